@@ -1,0 +1,37 @@
+"""The ``cxrkd`` command line. Each command group lives in its own module."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from trainables.errors import CxrkdError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from search.cli_data import add_data_commands
+
+    parser = argparse.ArgumentParser(
+        prog="cxrkd",
+        description="Hyperparameter search for chest X-ray transfer learning and knowledge "
+        "distillation (Ray Tune + Optuna). Datasets live in $CXRKD_HOME (default ~/.cxrkd).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_data_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except CxrkdError as exc:
+        print(f"cxrkd: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("cxrkd: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

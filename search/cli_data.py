@@ -1,0 +1,159 @@
+"""``cxrkd data ...``: import, list, show, preview and remove dataset stores."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+
+from trainables.data.store import (
+    SYNTHETIC_BANNER,
+    DatasetError,
+    DatasetStore,
+    datasets_dir,
+    list_datasets,
+)
+
+# Options of each importer beyond the common ones: (flags, argparse kwargs).
+KIND_OPTIONS: dict[str, list[tuple[tuple[str, ...], dict]]] = {
+    "phantom": [
+        (("--n",), dict(type=int, default=None, help="number of images (default 5000)")),
+        (("--seed",), dict(type=int, default=0, help="generator seed (default 0)")),
+        (("--val-fraction",), dict(type=float, default=0.1)),
+        (("--test-fraction",), dict(type=float, default=0.15)),
+    ],
+    "kaggle-pneumonia": [
+        (("--val-fraction",), dict(type=float, default=0.1, help="patients moved to val")),
+        (("--seed",), dict(type=int, default=0, help="seed of the validation split")),
+    ],
+    "vindr": [
+        (
+            ("--label-rule",),
+            dict(choices=["majority", "any"], default="majority", help="training labels"),
+        ),
+        (("--val-fraction",), dict(type=float, default=0.1)),
+        (("--seed",), dict(type=int, default=0)),
+    ],
+    "medmnist": [],
+}
+
+
+def add_data_commands(sub: argparse._SubParsersAction) -> None:
+    from trainables.data.importers import IMPORTERS
+
+    data = sub.add_parser("data", help="dataset stores: import, list, show, preview, rm")
+    dsub = data.add_subparsers(dest="data_cmd", required=True, metavar="COMMAND")
+
+    imp = dsub.add_parser("import", help="decode a dataset once into a store")
+    ksub = imp.add_subparsers(dest="kind", required=True, metavar="KIND")
+    for kind, importer in IMPORTERS.items():
+        p = ksub.add_parser(kind, help=importer.help, description=importer.help)
+        p.add_argument("src", metavar="SRC", help="source folder/file (phantom: a preset)")
+        p.add_argument("--name", help="store name (default: derived from the source)")
+        p.add_argument("--size", type=int, default=224, help="stored side in px (default 224)")
+        p.add_argument("--workers", type=int, default=None, help="decoding processes")
+        p.add_argument("--no-progress", action="store_true", help="no progress bar")
+        p.add_argument(
+            "--exist-ok", action="store_true", help="reuse a store of that name if identical"
+        )
+        dests = [p.add_argument(*flags, **kwargs).dest for flags, kwargs in KIND_OPTIONS[kind]]
+        p.set_defaults(func=cmd_import, kind_options=dests)
+
+    p = dsub.add_parser("list", help="list imported datasets")
+    p.set_defaults(func=cmd_list)
+    p = dsub.add_parser("show", help="describe one dataset")
+    p.add_argument("name")
+    p.add_argument("--json", action="store_true", help="print the manifest as one JSON object")
+    p.set_defaults(func=cmd_show)
+    p = dsub.add_parser("preview", help="write a PNG grid of sample images")
+    p.add_argument("name")
+    p.add_argument("--out", required=True, help="output PNG file")
+    p.add_argument("--n", type=int, default=16, help="number of images (default 16)")
+    p.add_argument("--split", default="train", choices=["train", "val", "test"])
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_preview)
+    p = dsub.add_parser("rm", help="delete a dataset store")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_rm)
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from trainables.data.importers import import_dataset
+
+    options = {dest: getattr(args, dest) for dest in args.kind_options}
+    if args.kind == "phantom" and options.get("n") is None:
+        options.pop("n")
+    manifest = import_dataset(
+        args.kind,
+        args.src,
+        name=args.name,
+        size=args.size,
+        workers=args.workers,
+        progress=not args.no_progress and sys.stderr.isatty(),
+        exist_ok=args.exist_ok,
+        **options,
+    )
+    print(f"dataset {manifest.title}")
+    print(f"  stored at {datasets_dir() / manifest.name}")
+    print(f"  splits {manifest.splits}, fingerprint {manifest.fingerprint}")
+    for note in manifest.notes:
+        print(f"  note: {note}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    manifests = list_datasets()
+    if not manifests:
+        print(f"no datasets in {datasets_dir()}; try `cxrkd data import phantom pneumonia`")
+        return 0
+    for m in manifests:
+        splits = " ".join(f"{k}={v}" for k, v in m.splits.items())
+        print(f"{m.title}  {splits}")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    m = DatasetStore.open(args.name).manifest
+    if args.json:
+        print(m.to_json())
+        return 0
+    print(m.title)
+    if m.synthetic:
+        print(f"  !! {SYNTHETIC_BANNER}")
+    print(f"  source      {m.source}")
+    print(f"  task        {m.task}; labels {', '.join(m.labels)}")
+    if m.finding_labels:
+        print(f"  findings    {', '.join(m.finding_labels)}; global label {m.global_label}")
+    print(f"  images      {m.n_images} at {m.resolution}x{m.resolution} px (uint8, one channel)")
+    for split, n in m.splits.items():
+        pos = ", ".join(f"{k}={v}" for k, v in m.label_counts.get(split, {}).items())
+        print(f"  {split:<5} {n:>7} images; positives: {pos}")
+    print(f"  fingerprint {m.fingerprint}")
+    for note in m.notes:
+        print(f"  note: {note}")
+    return 0
+
+
+def cmd_preview(args: argparse.Namespace) -> int:
+    from trainables.data.preview import write_preview
+
+    store = DatasetStore.open(args.name)
+    path = write_preview(store, args.out, n=args.n, split=args.split, seed=args.seed)
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_rm(args: argparse.Namespace) -> int:
+    store = DatasetStore.open(args.name)
+    shutil.rmtree(store.path)
+    print(f"removed {store.path}")
+    return 0
+
+
+def manifest_json(name: str) -> dict:
+    """The ``data show --json`` object (for tests and other tools)."""
+    return json.loads(DatasetStore.open(name).manifest.to_json())
+
+
+__all__ = ["DatasetError", "add_data_commands"]

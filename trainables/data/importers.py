@@ -1,0 +1,90 @@
+"""The importer registry: ``kind -> planner``; one entry point for the CLI and for tests.
+
+A planner is ``plan(src, *, name, **options) -> ImportPlan``: it reads the source's layout and
+labels, checks them (clear errors for bad input, raised before anything is written) and returns
+the plan; :func:`trainables.data.writer.write_store` then decodes and stores the images.
+Planner modules are imported lazily so that ``cxrkd data list`` does not import pydicom.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from trainables.data.store import DatasetError, DatasetStore, Manifest, datasets_dir
+from trainables.data.writer import ImportPlan, write_store
+
+
+@dataclass(frozen=True)
+class Importer:
+    kind: str
+    target: str  # "module:function" of the planner
+    help: str
+
+    def planner(self) -> Callable[..., ImportPlan]:
+        module, func = self.target.split(":")
+        return getattr(importlib.import_module(module), func)
+
+
+IMPORTERS: dict[str, Importer] = {
+    imp.kind: imp
+    for imp in (
+        Importer(
+            "phantom",
+            "trainables.data.phantom:plan_phantom",
+            "built-in SYNTHETIC chest-radiograph phantom; SRC is a preset (pneumonia, findings)",
+        ),
+        Importer(
+            "kaggle-pneumonia",
+            "trainables.data.kaggle:plan_kaggle",
+            "Kaggle 'Chest X-Ray Images (Pneumonia)' folder (chest_xray/{train,val,test}/...)",
+        ),
+        Importer(
+            "vindr",
+            "trainables.data.vindr:plan_vindr",
+            "VinDr-CXR as published on PhysioNet (train/, test/, annotations/)",
+        ),
+        Importer(
+            "medmnist",
+            "trainables.data.medmnist:plan_medmnist",
+            "a MedMNIST .npz file (PneumoniaMNIST or ChestMNIST, any size)",
+        ),
+    )
+}
+
+
+def get_importer(kind: str) -> Importer:
+    try:
+        return IMPORTERS[kind]
+    except KeyError:
+        raise DatasetError(
+            f"unknown dataset kind {kind!r}; known kinds: {sorted(IMPORTERS)}"
+        ) from None
+
+
+def import_dataset(
+    kind: str,
+    src: str,
+    *,
+    name: str | None = None,
+    size: int = 224,
+    home: str | os.PathLike | None = None,
+    workers: int | None = None,
+    progress: bool = True,
+    exist_ok: bool = False,
+    **options,
+) -> Manifest:
+    """Plan and write one import; returns the new (or, with ``exist_ok``, existing) manifest."""
+    plan = get_importer(kind).planner()(src, name=name, **options)
+    if exist_ok and (datasets_dir(home) / plan.name).exists():
+        existing = DatasetStore.open(plan.name, home).manifest
+        wanted = dict(plan.options, size=size)
+        if existing.kind != kind or existing.options != wanted:
+            raise DatasetError(
+                f"dataset {plan.name!r} exists but was imported from {existing.kind} with "
+                f"{existing.options}, not {kind} with {wanted}; pass another --name"
+            )
+        return existing
+    return write_store(plan, size=size, home=home, workers=workers, progress=progress)
