@@ -1,0 +1,171 @@
+"""Cells side by side in one Tune experiment: a searcher and a scheduler per cell.
+
+:class:`CellSearcher` keeps one ``OptunaSearch`` (TPE, seeded) per search cell and hands out
+trials round-robin over the cells that still have budget, so cells run side by side and no
+worker idles while any cell has work. :class:`CellScheduler` keeps one ASHA per cell, so a
+trial is only ever stopped against trials of its own cell. Each suggested config carries its
+cell key under ``"cell"`` (stripped before the trial parses its config).
+"""
+
+from __future__ import annotations
+
+import pickle
+
+from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
+from ray.tune.search import Searcher
+from ray.tune.search.optuna import OptunaSearch
+
+from spaces import get_space
+from spaces.studies import Cell, SearchCell
+from trainables.trainable import CELL_KEY
+
+
+class FixingTrial:
+    """An Optuna trial seen through a space function, with some parameters pinned.
+
+    A pinned parameter (fixed by the study or by ``--set``) is returned as is and never
+    suggested, so Optuna models only what is really searched.
+    """
+
+    def __init__(self, trial, fixed: dict) -> None:
+        self._trial, self._fixed = trial, fixed
+
+    def _pinned(self, kind: str, name: str, *args, **kwargs):
+        if name in self._fixed:
+            return self._fixed[name]
+        return getattr(self._trial, kind)(name, *args, **kwargs)
+
+    def suggest_float(self, name, *args, **kwargs):
+        return self._pinned("suggest_float", name, *args, **kwargs)
+
+    def suggest_int(self, name, *args, **kwargs):
+        return self._pinned("suggest_int", name, *args, **kwargs)
+
+    def suggest_categorical(self, name, *args, **kwargs):
+        return self._pinned("suggest_categorical", name, *args, **kwargs)
+
+
+class CellSpace:
+    """Picklable define-by-run space for OptunaSearch: the cell's space + its fixed values."""
+
+    def __init__(self, cell: SearchCell) -> None:
+        self.space_name, self.fixed = cell.space, dict(cell.fixed)
+
+    def __call__(self, trial) -> dict:
+        suggested = get_space(self.space_name)(FixingTrial(trial, self.fixed)) or {}
+        return {**suggested, **self.fixed}
+
+
+class CellSearcher(Searcher):
+    def __init__(self, cells: list[Cell], *, metric: str, mode: str, seed: int) -> None:
+        super().__init__(metric=metric, mode=mode)
+        import optuna
+
+        self.cells = list(cells)
+        self.optuna: dict[str, OptunaSearch] = {}
+        for i, cell in enumerate(self.cells):
+            if isinstance(cell, SearchCell):
+                self.optuna[cell.key] = OptunaSearch(
+                    space=CellSpace(cell),
+                    metric=metric,
+                    mode=mode,
+                    sampler=optuna.samplers.TPESampler(seed=seed + i),
+                )
+        self.issued = {cell.key: 0 for cell in self.cells}
+        self.trial_cell: dict[str, str] = {}
+
+    def _budget(self, cell: Cell) -> int:
+        return cell.num_samples if isinstance(cell, SearchCell) else len(cell.configs)
+
+    def suggest(self, trial_id: str) -> dict | None:
+        open_cells = [c for c in self.cells if self.issued[c.key] < self._budget(c)]
+        if not open_cells:
+            return Searcher.FINISHED
+        cell = min(open_cells, key=lambda c: self.issued[c.key])  # round robin, in order
+        if cell.key in self.optuna:
+            config = self.optuna[cell.key].suggest(trial_id)
+        else:
+            config = dict(cell.configs[self.issued[cell.key]])
+        self.issued[cell.key] += 1
+        self.trial_cell[trial_id] = cell.key
+        return {**config, CELL_KEY: cell.key}
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        searcher = self.optuna.get(self.trial_cell.get(trial_id))
+        if searcher is not None and self.metric in result:
+            searcher.on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result=None, error: bool = False) -> None:
+        searcher = self.optuna.get(self.trial_cell.get(trial_id))
+        if searcher is not None:
+            searcher.on_trial_complete(trial_id, result=result, error=error)
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.__dict__, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            self.__dict__.update(pickle.load(f))
+
+
+class CellScheduler(FIFOScheduler):
+    """One ASHA per cell (or none: plain FIFO for the final stage)."""
+
+    def __init__(
+        self,
+        cells: list[Cell],
+        *,
+        metric: str,
+        mode: str,
+        max_t: int,
+        grace_period: int,
+        reduction_factor: int,
+        early_stopping: bool,
+    ) -> None:
+        super().__init__()
+        self._metric, self._mode = metric, mode
+        self.asha: dict[str, AsyncHyperBandScheduler] = {}
+        if early_stopping:
+            self.asha = {
+                cell.key: AsyncHyperBandScheduler(
+                    time_attr="training_iteration",
+                    metric=metric,
+                    mode=mode,
+                    max_t=max_t,
+                    grace_period=min(grace_period, max_t),
+                    reduction_factor=reduction_factor,
+                )
+                for cell in cells
+            }
+
+    def set_search_properties(self, metric, mode, **spec) -> bool:
+        return True
+
+    def _of(self, trial) -> AsyncHyperBandScheduler | None:
+        return self.asha.get(trial.config[CELL_KEY])
+
+    def on_trial_add(self, tune_controller, trial) -> None:
+        if (asha := self._of(trial)) is not None:
+            asha.on_trial_add(tune_controller, trial)
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        asha = self._of(trial)
+        if asha is None or trial.trial_id not in asha._trial_info:
+            return TrialScheduler.CONTINUE
+        return asha.on_trial_result(tune_controller, trial, result)
+
+    def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
+        asha = self._of(trial)
+        if asha is not None and trial.trial_id in asha._trial_info:
+            asha.on_trial_complete(tune_controller, trial, result)
+
+    def on_trial_remove(self, tune_controller, trial) -> None:
+        asha = self._of(trial)
+        if asha is not None and trial.trial_id in asha._trial_info:
+            asha.on_trial_remove(tune_controller, trial)
+
+    def debug_string(self) -> str:
+        return "CellScheduler: " + ", ".join(
+            f"{k}: stopped {a._num_stopped}" for k, a in self.asha.items()
+        )

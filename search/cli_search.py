@@ -1,0 +1,104 @@
+"""``cxrkd search run | resume | status`` and ``cxrkd weights download``."""
+
+from __future__ import annotations
+
+import argparse
+
+from trainables.errors import CxrkdError
+
+
+def parse_sets(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise CxrkdError(f"--set takes key=value, got {item!r} (e.g. --set epochs=5)")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def add_search_commands(sub: argparse._SubParsersAction) -> None:
+    search = sub.add_parser("search", help="run, resume and watch hyperparameter searches")
+    ssub = search.add_subparsers(dest="search_cmd", required=True, metavar="COMMAND")
+    p = ssub.add_parser("run", help="run a study (e.g. pneumonia-kd)")
+    p.add_argument("study")
+    p.add_argument("--dataset", help="dataset store name (default: the study's built-in one)")
+    p.add_argument("--profile", default="demo", help="demo (CPU, minutes) or paper")
+    p.add_argument("--name", help="run name (default: study-profile-timestamp)")
+    p.add_argument("--storage", help="DIR or s3://bucket/prefix (default $CXRKD_HOME/runs)")
+    p.add_argument("--address", help="Ray cluster address (default: a private local Ray)")
+    p.add_argument("--num-samples", type=int, help="trials per search cell")
+    p.add_argument("--max-concurrent", type=int, help="trials at a time")
+    p.add_argument("--gpus-per-trial", type=float, help="GPUs per trial (fractions allowed)")
+    p.add_argument("--cpus-per-trial", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the Optuna samplers")
+    p.add_argument("--weights-dir", help="local pretrained weights (see `cxrkd weights`)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="fix a config value in every cell that has it, e.g. --set epochs=5",
+    )
+    p.set_defaults(func=cmd_run)
+    p = ssub.add_parser("resume", help="continue an interrupted run")
+    p.add_argument("run", help="run folder, URI, or name under the default storage")
+    p.set_defaults(func=cmd_resume)
+    p = ssub.add_parser("status", help="where a run stands")
+    p.add_argument("run")
+    p.set_defaults(func=cmd_status)
+
+    w = sub.add_parser("weights", help="pretrained weights for air-gapped sites")
+    wsub = w.add_subparsers(dest="weights_cmd", required=True, metavar="COMMAND")
+    p = wsub.add_parser("download", help="save timm weights to a folder (on a connected machine)")
+    p.add_argument("names", nargs="+", help="timm model names, e.g. resnet18 resnet50")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_weights_download)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from search.run_state import RunOptions
+    from search.runner import run_study
+
+    overrides = parse_sets(args.set)
+    if args.weights_dir:
+        overrides["weights_dir"] = args.weights_dir
+    options = RunOptions(
+        study=args.study,
+        profile=args.profile,
+        dataset=args.dataset,
+        name=args.name,
+        storage=args.storage,
+        address=args.address,
+        num_samples=args.num_samples,
+        max_concurrent=args.max_concurrent,
+        gpus_per_trial=args.gpus_per_trial,
+        cpus_per_trial=args.cpus_per_trial,
+        overrides=overrides,
+        seed=args.seed,
+        weights_dir=args.weights_dir,
+    )
+    run_study(options)
+    return 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from search.runner import resume_study
+
+    resume_study(args.run)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from search.status import print_status
+
+    print_status(args.run)
+    return 0
+
+
+def cmd_weights_download(args: argparse.Namespace) -> int:
+    from trainables.weights import weights_download
+
+    for path in weights_download(args.names, args.out):
+        print(f"saved {path}")
+    return 0

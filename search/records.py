@@ -1,0 +1,170 @@
+"""The driver's own record of every trial and epoch, and the live progress line.
+
+Tune's result files can lose rows across a restore, so the driver keeps its own: one
+``epochs`` row per reported epoch (deduplicated by ``(trial_id, epoch)`` when read) and one
+``trials`` row per trial, written to ``<run>/records/`` after each finished trial and at the
+end of a stage, as ``{trials,epochs}-<stage>--<cell>.parquet``.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import pandas as pd
+from ray.tune import Callback
+
+from trainables import storage
+from trainables.trainable import CELL_KEY
+
+SKIP_RESULT_KEYS = {
+    "config",
+    "date",
+    "hostname",
+    "node_ip",
+    "pid",
+    "time_since_restore",
+    "timestamp",
+    "time_this_iter_s",
+    "time_total_s",
+    "iterations_since_restore",
+    "checkpoint_dir_name",
+    "should_checkpoint",
+    "done",
+    "trial_id",
+}
+
+
+def _error_line(trial) -> str | None:
+    text = trial.get_error()
+    if not text:
+        return None
+    lines = [ln.strip() for ln in str(text).splitlines() if ln.strip()]
+    for line in reversed(lines):
+        if "Error" in line or "Exception" in line:
+            return line[:500]
+    return lines[-1][:500] if lines else None
+
+
+class RecordsCallback(Callback):
+    def __init__(self, *, run_uri: str, study: str, stage: str) -> None:
+        self.run_uri, self.study, self.stage = run_uri, study, stage
+        self.epoch_rows: dict[str, list[dict]] = {}
+        self.trials: dict[str, object] = {}
+        self.errors: dict[str, str | None] = {}
+
+    def _ids(self, trial) -> dict:
+        config = trial.config
+        return {
+            "study": self.study,
+            "stage": self.stage,
+            "cell": config[CELL_KEY],
+            "method": config["method"],
+            "trial_id": trial.trial_id,
+        }
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        row = {**self._ids(trial), **{k: v for k, v in result.items() if k not in SKIP_RESULT_KEYS}}
+        self.epoch_rows.setdefault(trial.config[CELL_KEY], []).append(row)
+        self.trials[trial.trial_id] = trial
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self.trials[trial.trial_id] = trial
+        self.flush()
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self.trials[trial.trial_id] = trial
+        self.errors[trial.trial_id] = _error_line(trial)
+        self.flush()
+
+    def on_experiment_end(self, trials, **info) -> None:
+        for trial in trials:
+            self.trials[trial.trial_id] = trial
+        self.flush()
+
+    def trial_row(self, trial) -> dict:
+        last = trial.last_result or {}
+        reached = int(last.get("epoch", 0))
+        planned = int(trial.config["epochs"])
+        status = {
+            "TERMINATED": "stopped" if reached < planned else "completed",
+            "ERROR": "errored",
+        }.get(trial.status, "running")
+        row = {**self._ids(trial), "status": status, "error": self.errors.get(trial.trial_id)}
+        row.update({f"config/{k}": v for k, v in trial.config.items() if k != CELL_KEY})
+        row.update({k: v for k, v in last.items() if k not in SKIP_RESULT_KEYS})
+        return row
+
+    def flush(self) -> None:
+        by_cell: dict[str, list[dict]] = {}
+        for trial in self.trials.values():
+            by_cell.setdefault(trial.config[CELL_KEY], []).append(self.trial_row(trial))
+        for cell, rows in by_cell.items():
+            write_records(self.run_uri, "trials", self.stage, cell, pd.DataFrame(rows))
+        for cell, rows in self.epoch_rows.items():
+            write_records(self.run_uri, "epochs", self.stage, cell, pd.DataFrame(rows))
+
+
+def records_uri(run_uri: str, kind: str, stage: str, cell: str) -> str:
+    return storage.join(run_uri, "records", f"{kind}-{stage}--{cell}.parquet")
+
+
+def write_records(run_uri: str, kind: str, stage: str, cell: str, frame: pd.DataFrame) -> None:
+    """Merge with what an earlier (interrupted) driver wrote; the newest row wins."""
+    uri = records_uri(run_uri, kind, stage, cell)
+    if storage.exists(uri):
+        frame = pd.concat([storage.read_parquet(uri), frame], ignore_index=True)
+    keys = ["trial_id", "epoch"] if kind == "epochs" else ["trial_id"]
+    frame = frame.drop_duplicates(subset=keys, keep="last")
+    storage.write_parquet(uri, frame)
+
+
+class ProgressCallback(Callback):
+    """One line per finished trial (and at most every ``every_s``): stage, counts, best, ETA."""
+
+    def __init__(self, *, stage: str, total: int, epochs: int, metric: str, every_s: float = 20):
+        self.stage, self.total, self.epochs, self.metric = stage, total, epochs, metric
+        self.every_s, self.start, self.last_print = every_s, time.monotonic(), 0.0
+        self.best: tuple[float, str] | None = None
+        self.epoch_times: list[float] = []
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        if "epoch_s" in result:
+            self.epoch_times.append(float(result["epoch_s"]))
+        value = result.get(self.metric)
+        if value is not None and value == value and (self.best is None or value > self.best[0]):
+            self.best = (float(value), trial.config[CELL_KEY])
+        if time.monotonic() - self.last_print > self.every_s:
+            self.print_line(trials)
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self.print_line(trials)
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        print(
+            f"[{self.stage}] trial {trial.trial_id} ({trial.config[CELL_KEY]}) errored: "
+            f"{_error_line(trial)}",
+            file=sys.stderr,
+            flush=True,
+        )
+        self.print_line(trials)
+
+    def print_line(self, trials) -> None:
+        self.last_print = time.monotonic()
+        done = sum(t.status in ("TERMINATED", "ERROR") for t in trials)
+        running = sum(t.status == "RUNNING" for t in trials)
+        best = f"best {self.metric}={self.best[0]:.3f} ({self.best[1]})" if self.best else ""
+        print(
+            f"[{self.stage}] trials {done}/{self.total} done, {running} running  {best}  "
+            f"{self.eta(done, running)}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def eta(self, done: int, running: int) -> str:
+        if not self.epoch_times or done >= self.total:
+            return ""
+        per_epoch = sum(self.epoch_times) / len(self.epoch_times)
+        # Upper bound: remaining trials run every epoch; ASHA usually stops some early.
+        left = (self.total - done) * self.epochs * per_epoch / max(running, 1)
+        return f"~{left / 60:.1f} min left (at most)"

@@ -1,0 +1,85 @@
+"""A run's folder on storage: its options (``run.json``) and what finished stages handed on
+(``state.json``), so ``cxrkd search resume RUN`` continues with nothing lost or repeated."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+
+from spaces.studies import StudyState
+from trainables import storage
+from trainables.errors import CxrkdError
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    study: str
+    profile: str = "demo"
+    dataset: str | None = None
+    name: str | None = None
+    storage: str | None = None
+    address: str | None = None
+    num_samples: int | None = None
+    max_concurrent: int | None = None
+    gpus_per_trial: float | None = None
+    cpus_per_trial: float = 1.0
+    overrides: dict = field(default_factory=dict)
+    seed: int = 0
+    weights_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.num_samples is not None and self.num_samples < 1:
+            raise CxrkdError(f"--num-samples must be at least 1, got {self.num_samples}")
+        if self.max_concurrent is not None and self.max_concurrent < 1:
+            raise CxrkdError(f"--max-concurrent must be at least 1, got {self.max_concurrent}")
+        if self.gpus_per_trial is not None and self.gpus_per_trial < 0:
+            raise CxrkdError(f"--gpus-per-trial must be >= 0, got {self.gpus_per_trial}")
+        if self.cpus_per_trial <= 0:
+            raise CxrkdError(f"--cpus-per-trial must be > 0, got {self.cpus_per_trial}")
+
+
+def default_storage() -> str:
+    from trainables.data.store import cxrkd_home
+
+    return str(cxrkd_home() / "runs")
+
+
+def run_uri_of(run: str) -> str:
+    """A run named on the command line: a path or URI to its folder, or a name under the
+    default storage."""
+    if "://" in run or "/" in run:
+        return storage.normalize(run)
+    return storage.join(default_storage(), run)
+
+
+def write_options(run_uri: str, options: RunOptions, extra: dict) -> None:
+    storage.write_json(
+        storage.join(run_uri, "run.json"),
+        {"options": dataclasses.asdict(options), "created": time.time(), **extra},
+    )
+
+
+def read_run(run_uri: str) -> dict:
+    uri = storage.join(run_uri, "run.json")
+    if not storage.exists(uri):
+        raise CxrkdError(
+            f"no run at {run_uri} (no run.json); pass the run's folder or its name under "
+            f"{default_storage()} (see `cxrkd search run --name`)"
+        )
+    return storage.read_json(uri)
+
+
+def read_state(run_uri: str) -> tuple[StudyState, list[str]]:
+    uri = storage.join(run_uri, "state.json")
+    if not storage.exists(uri):
+        return StudyState(), []
+    raw = storage.read_json(uri)
+    return StudyState(teacher_uri=raw["teacher_uri"], best=raw["best"]), raw["done"]
+
+
+def write_state(run_uri: str, state: StudyState, done: list[str]) -> None:
+    storage.write_json(
+        storage.join(run_uri, "state.json"),
+        {"teacher_uri": state.teacher_uri, "best": state.best, "done": done},
+    )

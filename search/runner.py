@@ -1,0 +1,130 @@
+"""The study runner: stages in order, each one Tune experiment; resumable; ends in tables.
+
+``run_study(options)`` starts a run, ``resume_study(run)`` continues an interrupted one with
+the options it was started with. Finished stages are recorded in ``state.json`` and skipped;
+an interrupted stage's experiment is restored by Tune (finished trials stay finished,
+unfinished ones continue from their last checkpoint, the searcher keeps its state).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+
+from search import setup
+from search.run_state import (
+    RunOptions,
+    default_storage,
+    read_run,
+    read_state,
+    run_uri_of,
+    write_options,
+    write_state,
+)
+from search.stage import StageContext, choose, config_of, register_teacher, run_stage
+from spaces.studies import Study, get_study
+from trainables import storage
+from trainables.errors import CxrkdError
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def run_study(options: RunOptions) -> str:
+    study = setup.study_with_options(options)
+    store = setup.open_dataset(study, options.dataset)
+    storage_uri = storage.check_writable(options.storage or default_storage())
+    name = options.name or f"{study.name}-{options.profile}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_uri = storage.join(storage_uri, name)
+    if storage.exists(storage.join(run_uri, "run.json")):
+        raise CxrkdError(
+            f"run {name!r} already exists at {run_uri}; continue it with "
+            f"`cxrkd search resume {run_uri}` or pass another --name"
+        )
+    overrides = setup.typed_overrides(study, options.overrides)
+    setup.check_cells(study, store, overrides)
+    options = dataclasses.replace(
+        options, name=name, storage=storage_uri, dataset=store.manifest.name, overrides=overrides
+    )
+    write_options(run_uri, options, {"dataset_fingerprint": store.manifest.fingerprint})
+    return _drive(study, options, store, run_uri)
+
+
+def resume_study(run: str) -> str:
+    run_uri = run_uri_of(run)
+    raw = read_run(run_uri)
+    options = RunOptions(**raw["options"])
+    study = setup.study_with_options(options)
+    store = setup.open_dataset(study, options.dataset)
+    if store.manifest.fingerprint != raw["dataset_fingerprint"]:
+        raise CxrkdError(
+            f"dataset {store.manifest.name!r} changed since the run started (fingerprint "
+            f"{store.manifest.fingerprint}, was {raw['dataset_fingerprint']}); re-import the "
+            "original data or start a new run"
+        )
+    log(f"resuming {run_uri}")
+    return _drive(study, options, store, run_uri)
+
+
+def _drive(study: Study, options: RunOptions, store, run_uri: str) -> str:
+    import ray
+
+    from results.report import write_report  # late: plotting stack only when needed
+    from trainables.context import DataBundle
+
+    started = setup.init_ray(options.address)
+    try:
+        bundle = DataBundle.from_store(store)
+        data_ref = ray.put(bundle)
+        from ray import tune
+
+        from trainables.trainable import tune_trainable
+
+        ctx = StageContext(
+            study=study,
+            run_uri=run_uri,
+            storage_uri=options.storage,
+            data_ref=data_ref,
+            trainable=tune.with_parameters(tune_trainable, data=data_ref),
+            resources=setup.trial_resources(options),
+            max_concurrent=setup.max_concurrent(options),
+            seed=options.seed,
+            dataset_fingerprint=store.manifest.fingerprint,
+        )
+        log(f"study {study.name} ({study.profile.banner}) on {store.manifest.title}")
+        log(f"run folder {run_uri}")
+        state, done = read_state(run_uri)
+        for stage in study.stages:
+            if stage.name in done:
+                log(f"[{stage.name}] already done")
+                continue
+            cells = setup.apply_overrides(stage.cells(state), options.overrides)
+            log(f"[{stage.name}] {len(cells)} cell(s): {', '.join(c.key for c in cells)}")
+            results = run_stage(ctx, stage, cells)
+            chosen = choose(results, metric=study.metric)
+            missing = [c.key for c in cells if c.key not in chosen]
+            if missing and stage.role != "final":
+                raise CxrkdError(
+                    f"stage {stage.name!r}: no trial of {missing} finished with a finite "
+                    f"{study.metric}; see `cxrkd search status {run_uri}` for the errors"
+                )
+            for key, result in chosen.items():
+                state.best[key] = config_of(result)
+            if stage.role == "teacher":
+                uri = register_teacher(ctx, chosen[cells[0].key], state)
+                setup.precompute_teacher_outputs(ctx, uri, state)
+                log(f"[{stage.name}] teacher registered at {uri}")
+            done.append(stage.name)
+            write_state(run_uri, state, done)
+        write_report(run_uri, study, store.manifest)
+    finally:
+        if started:
+            ray.shutdown()
+    return run_uri
+
+
+def study_of_run(run_uri: str) -> Study:
+    options = RunOptions(**read_run(run_uri)["options"])
+    return get_study(options.study, options.profile)

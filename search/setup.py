@@ -1,0 +1,195 @@
+"""Checks and set-up done once by the driver before any trial starts.
+
+Everything a user can get wrong (study, profile, dataset, ``--set`` keys and values, missing
+pretrained weights, storage) fails here, with the fix, instead of in thirty trials.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+
+from search.cells import CellSpace
+from search.run_state import RunOptions
+from spaces.studies import FixedCell, SearchCell, Study, StudyState, get_study
+from trainables.config import TrainConfig, coerce_field, field_names, parse_config
+from trainables.data.store import DatasetStore, datasets_dir
+from trainables.errors import CxrkdError
+from trainables.methods import get_method
+
+
+def study_with_options(options: RunOptions) -> Study:
+    study = get_study(options.study, options.profile)
+    if options.num_samples is not None:
+        profile = dataclasses.replace(
+            study.profile,
+            samples=options.num_samples,
+            teacher_samples=min(study.profile.teacher_samples, options.num_samples),
+        )
+        study = dataclasses.replace(study, profile=profile)
+    overrides = typed_overrides(study, options.overrides)
+    fixed = {k: v for k, v in overrides.items() if k in field_names(TrainConfig)}
+    if fixed:  # the schedulers and the progress line read epochs etc. from the profile
+        profile = dataclasses.replace(study.profile, fixed={**study.profile.fixed, **fixed})
+        study = dataclasses.replace(study, profile=profile)
+    return study
+
+
+def typed_overrides(study: Study, overrides: dict) -> dict:
+    """``--set`` strings -> typed values (checked against every config class that has them)."""
+    _check_override_keys(study, overrides)
+    classes = [TrainConfig] + [get_method(m).config_cls for m in sorted(_study_methods(study))]
+    out = {}
+    for key, value in overrides.items():
+        for cls in classes:
+            if key in field_names(cls):
+                out[key] = coerce_field(cls, key, value)
+                break
+    return out
+
+
+def _study_methods(study: Study) -> set[str]:
+    state = StudyState(teacher_uri="<teacher>")
+    return {
+        cell.fixed["method"]
+        for stage in study.stages
+        if stage.role != "final"
+        for cell in stage.cells(state)
+    }
+
+
+def _check_override_keys(study: Study, overrides: dict) -> None:
+    valid = field_names(TrainConfig)
+    for method in _study_methods(study):
+        valid |= field_names(get_method(method).config_cls)
+    unknown = sorted(set(overrides) - valid)
+    if unknown:
+        raise CxrkdError(
+            f"unknown --set key(s) {unknown} for study {study.name!r}; valid keys: {sorted(valid)}"
+        )
+    if "method" in overrides:
+        raise CxrkdError("--set method=... is not allowed: the study defines the methods")
+
+
+def apply_overrides(cells: list, overrides: dict) -> list:
+    """Pin ``--set`` values in every cell whose method has that config field."""
+    out = []
+    for cell in cells:
+        if isinstance(cell, SearchCell):
+            keys = field_names(TrainConfig) | field_names(
+                get_method(cell.fixed["method"]).config_cls
+            )
+            mine = {k: v for k, v in overrides.items() if k in keys}
+            out.append(dataclasses.replace(cell, fixed={**cell.fixed, **mine}))
+        else:
+            out.append(cell)  # the final stage re-runs chosen configs as they are
+    return out
+
+
+def open_dataset(study: Study, name: str | None) -> DatasetStore:
+    from trainables.data.importers import import_dataset
+
+    name = name or study.default_dataset
+    if name == study.default_dataset and not (datasets_dir() / name).exists():
+        kind, src, opts = study.default_import
+        print(f"importing the built-in dataset {name!r} (SYNTHETIC phantom data)", flush=True)
+        import_dataset(kind, src, name=name, progress=False, **opts)
+    store = DatasetStore.open(name)
+    if store.manifest.task != study.task:
+        raise CxrkdError(
+            f"study {study.name!r} needs a {study.task} dataset, but {name!r} is "
+            f"{store.manifest.task}; import a {study.task} dataset and pass it with --dataset"
+        )
+    return store
+
+
+def check_cells(study: Study, store: DatasetStore, overrides: dict | None = None) -> None:
+    """Dry-run every searchable cell: one config from its space must parse, and pretrained
+    weights must be reachable (one clear error, before any trial starts)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    state = StudyState(teacher_uri="<teacher>")
+    models: set[str] = set()
+    weights_dir = None
+    for stage in study.stages:
+        if stage.role == "final":
+            continue
+        for cell in apply_overrides(stage.cells(state), overrides or {}):
+            if isinstance(cell, FixedCell):
+                continue
+            trial = optuna.create_study().ask()
+            cfg = parse_config(CellSpace(cell)(trial))
+            if cfg.train.pretrained:
+                models.add(cfg.train.model)
+                weights_dir = cfg.train.weights_dir
+    if models:
+        from trainables.weights import check_weights_available
+
+        check_weights_available(sorted(models), weights_dir=weights_dir)
+
+
+def init_ray(address: str | None) -> bool:
+    """Attach to ``address`` (or ``RAY_ADDRESS``), else start a private local Ray.
+    Returns True when this call started Ray (the caller shuts it down)."""
+    import optuna
+    import ray
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Our own progress line replaces Tune's tables; the legacy output engine at verbose=0 is
+    # silent, the new one still prints its banners.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS")
+    quiet = dict(log_to_driver=False, logging_level=logging.ERROR)
+    if address:
+        ray.init(address=address, **quiet)
+        return False
+    ray.init(address="local", include_dashboard=False, **quiet)
+    return True
+
+
+def trial_resources(options: RunOptions) -> dict:
+    import ray
+
+    gpus = options.gpus_per_trial
+    if gpus is None:
+        gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+    return {"cpu": options.cpus_per_trial, "gpu": gpus}
+
+
+def max_concurrent(options: RunOptions) -> int:
+    import ray
+
+    if options.max_concurrent:
+        return options.max_concurrent
+    res = trial_resources(options)
+    total = ray.cluster_resources()
+    by_cpu = total.get("CPU", 1) // res["cpu"]
+    by_gpu = total.get("GPU", 0) // res["gpu"] if res["gpu"] else by_cpu
+    return max(1, int(min(by_cpu, by_gpu)))
+
+
+def precompute_teacher_outputs(ctx, teacher_uri: str, state: StudyState) -> None:
+    """Compute the teacher's cached outputs once, before the students start (no race)."""
+    import ray
+
+    fixed = ctx.study.profile.fixed
+    if fixed["augment"]:
+        return  # students run the teacher online on each augmented view
+    res = ctx.resources
+    task = ray.remote(num_cpus=res["cpu"], num_gpus=res["gpu"])(_teacher_outputs)
+    ray.get(task.remote(ctx.data_ref, teacher_uri, int(fixed["img_size"])))
+
+
+def _teacher_outputs(data, teacher_uri: str, img_size: int) -> None:
+    from trainables.context import TrialContext
+    from trainables.data.augment import Pipeline
+    from trainables.loop import pick_device
+
+    ctx = TrialContext(device=pick_device(), data=data)
+    ctx.teacher_outputs(teacher_uri, split="train", pipeline=Pipeline(input_size=img_size))

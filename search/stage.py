@@ -1,0 +1,121 @@
+"""Run one stage of a study as one Tune experiment, then choose each cell's configuration."""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from dataclasses import dataclass
+
+from ray import tune
+from ray.tune.search import ConcurrencyLimiter
+
+from search.cells import CellScheduler, CellSearcher
+from search.records import ProgressCallback, RecordsCallback
+from spaces.studies import Cell, FixedCell, Stage, Study, StudyState
+from trainables import storage
+from trainables.config import parse_config
+from trainables.errors import CxrkdError
+from trainables.teachers import TeacherKey, TeacherRegistry
+from trainables.trainable import CELL_KEY
+
+# Retries after a worker dies (node loss, OOM-kill); a deterministic error repeats quickly.
+MAX_FAILURES = 2
+
+
+@dataclass(frozen=True)
+class StageContext:
+    study: Study
+    run_uri: str
+    storage_uri: str  # the teacher registry lives here, shared by runs on the same storage
+    data_ref: object  # ray.ObjectRef of the DataBundle
+    trainable: object  # tune.with_parameters(tune_trainable, data=...)
+    resources: dict
+    max_concurrent: int
+    seed: int
+    dataset_fingerprint: str
+
+
+def stage_budget(cells: list[Cell]) -> int:
+    return sum(len(c.configs) if isinstance(c, FixedCell) else c.num_samples for c in cells)
+
+
+def run_stage(ctx: StageContext, stage: Stage, cells: list[Cell]):
+    """Fit (or continue) the stage's experiment; returns Tune's ResultGrid."""
+    study, profile = ctx.study, ctx.study.profile
+    epochs = int(profile.fixed["epochs"])
+    exp_uri = storage.join(ctx.run_uri, stage.name)
+    trainable = tune.with_resources(ctx.trainable, ctx.resources)
+    if tune.Tuner.can_restore(exp_uri):
+        tuner = tune.Tuner.restore(
+            exp_uri, trainable=trainable, resume_unfinished=True, resume_errored=False
+        )
+        return tuner.fit()
+    searcher = CellSearcher(cells, metric=study.metric, mode=study.mode, seed=ctx.seed)
+    scheduler = CellScheduler(
+        cells,
+        metric=study.metric,
+        mode=study.mode,
+        max_t=epochs,
+        grace_period=profile.grace_period,
+        reduction_factor=profile.reduction_factor,
+        early_stopping=stage.early_stopping,
+    )
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=ConcurrencyLimiter(searcher, max_concurrent=ctx.max_concurrent),
+            scheduler=scheduler,
+            num_samples=-1,  # the searcher says when every cell has had its budget
+            reuse_actors=True,
+        ),
+        run_config=tune.RunConfig(
+            name=stage.name,
+            storage_path=ctx.run_uri,
+            verbose=0,
+            callbacks=[
+                RecordsCallback(run_uri=ctx.run_uri, study=study.name, stage=stage.name),
+                ProgressCallback(
+                    stage=stage.name, total=stage_budget(cells), epochs=epochs, metric=study.metric
+                ),
+            ],
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
+        ),
+    )
+    return tuner.fit()
+
+
+def choose(results, *, metric: str) -> dict[str, object]:
+    """Each cell's chosen Result: the best final ``metric`` among trials that ran every epoch
+    (early-stopped trials are not comparable), else the best among any that reported it."""
+    by_cell: dict[str, list] = {}
+    for result in results:
+        ok = result.error is None and result.metrics and metric in result.metrics
+        if ok and math.isfinite(result.metrics[metric]):
+            by_cell.setdefault(result.config[CELL_KEY], []).append(result)
+    chosen = {}
+    for cell, rs in by_cell.items():
+        full = [r for r in rs if r.metrics["epoch"] == int(r.config["epochs"])] or rs
+        chosen[cell] = max(full, key=lambda r: r.metrics[metric])
+    return chosen
+
+
+def config_of(result) -> dict:
+    return {k: v for k, v in result.config.items() if k != CELL_KEY}
+
+
+def register_teacher(ctx: StageContext, result, state: StudyState) -> str:
+    """Put the chosen teacher in the registry and compute its cached outputs once."""
+    if result.checkpoint is None:
+        raise CxrkdError("the chosen teacher trial has no checkpoint; cannot register it")
+    resolved = parse_config(config_of(result)).to_flat()  # every field, defaults included
+    key = TeacherKey.from_config(resolved, ctx.dataset_fingerprint)
+    registry = TeacherRegistry(ctx.storage_uri)
+    uri = registry.lookup(key)
+    if uri is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = result.checkpoint.to_directory(tmp)
+            metrics = {k: v for k, v in result.metrics.items() if k.startswith("val_")}
+            uri = registry.register(key, folder, metrics)
+    state.teacher_uri = uri
+    return uri

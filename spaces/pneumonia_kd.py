@@ -1,0 +1,122 @@
+"""Study ``pneumonia-kd``: the pneumonia paper (seeds/000) as a search.
+
+Stages: a fine-tuned ResNet-50 teacher (small search, registered once per fingerprint) ->
+the baseline CNN, ResNet-18 fine-tuned, ResNet-18 as a frozen feature extractor and the
+ResNet-18 KD student, side by side, each with its own Optuna study and ASHA -> the best
+configuration of each (and the teacher's) re-trained on several seeds and tested.
+"""
+
+from __future__ import annotations
+
+from spaces.studies import (
+    Profile,
+    SearchCell,
+    Stage,
+    Study,
+    StudyState,
+    TableSpec,
+    final_cells,
+    register_study,
+)
+
+PROFILES = {
+    # CPU-sized: minutes on 2 cores. No pretrained weights (nothing can be downloaded here).
+    "demo": Profile(
+        name="demo",
+        fixed={
+            "img_size": 48,
+            "epochs": 3,
+            "pretrained": False,
+            "steps_per_epoch": 12,
+            "augment": False,
+            "warmup_epochs": 0.0,
+        },
+        samples=4,
+        teacher_samples=2,
+        seeds=2,
+        grace_period=1,
+        device_hint="CPU",
+    ),
+    # The paper's setting: 224 px ImageNet-pretrained ResNets on a GPU cluster.
+    "paper": Profile(
+        name="paper",
+        fixed={
+            "img_size": 224,
+            "epochs": 25,
+            "pretrained": True,
+            "steps_per_epoch": 0,
+            "augment": True,
+            "warmup_epochs": 1.0,
+        },
+        samples=24,
+        teacher_samples=8,
+        seeds=3,
+        grace_period=4,
+        device_hint="GPU cluster",
+    ),
+}
+
+ROWS = [
+    ("baseline_cnn", "Baseline CNN"),
+    ("resnet18_finetuned", "ResNet-18 fine-tuned"),
+    ("resnet18_frozen", "ResNet-18 fixed extractor"),
+    ("resnet50_teacher", "ResNet-50 teacher"),
+    ("resnet18_kd", "ResNet-18 KD student"),
+]
+OPTIM = ["lr", "weight_decay", "batch_size"]
+
+
+@register_study("pneumonia-kd", PROFILES)
+def pneumonia_kd(profile: Profile) -> Study:
+    base = dict(profile.fixed)
+
+    def teacher(state: StudyState) -> list:
+        fixed = {**base, "method": "transfer", "model": "resnet50", "freeze": False}
+        return [SearchCell("resnet50_teacher", "transfer", fixed, profile.teacher_samples)]
+
+    def students(state: StudyState) -> list:
+        n = profile.samples
+        cnn = {**base, "method": "cnn_baseline", "model": "cnn_baseline", "pretrained": False}
+        tl = {**base, "method": "transfer", "model": "resnet18"}
+        kd = {**base, "method": "kd_logit", "model": "resnet18", "teacher_path": state.teacher_uri}
+        return [
+            SearchCell("baseline_cnn", "cnn_baseline", cnn, n),
+            SearchCell("resnet18_finetuned", "transfer", {**tl, "freeze": False}, n),
+            SearchCell("resnet18_frozen", "transfer", {**tl, "freeze": True}, n),
+            SearchCell("resnet18_kd", "kd_logit", kd, n),
+        ]
+
+    def final(state: StudyState) -> list:
+        return final_cells(state, [key for key, _ in ROWS], profile.seeds)
+
+    return Study(
+        name="pneumonia-kd",
+        task="binary",
+        default_dataset="phantom-pneumonia",
+        default_import=("phantom", "pneumonia", {}),
+        stages=[
+            Stage("teacher", "teacher", teacher),
+            Stage("search", "search", students),
+            Stage("final", "final", final, early_stopping=False),
+        ],
+        table=TableSpec(
+            rows=ROWS,
+            metrics=[
+                ("test_acc_at_val_thr", "accuracy"),
+                ("test_precision_at_val_thr", "precision"),
+                ("test_recall_at_val_thr", "recall"),
+                ("test_f1_at_val_thr", "F1"),
+                ("test_auc", "AUC"),
+            ],
+            hyperparams={
+                "baseline_cnn": [*OPTIM, "dropout"],
+                "resnet18_finetuned": OPTIM,
+                "resnet18_frozen": OPTIM,
+                "resnet50_teacher": OPTIM,
+                "resnet18_kd": [*OPTIM, "alpha", "temperature"],
+            },
+            title="Table 4.1 (extended): pneumonia vs normal, test split",
+            stem="pneumonia_kd",
+        ),
+        profile=profile,
+    )

@@ -1,0 +1,83 @@
+"""Per-epoch checkpoints: everything needed to continue a trial exactly.
+
+A checkpoint folder holds ``state.pt`` (trainable weights, optimiser, scheduler, epoch, RNG
+states, best metric), ``model.pt`` (the deployed model alone: what a teacher or an export
+needs) and ``config.json`` (the resolved trial config, STYLE.md 3).
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from trainables.config import TrialConfig
+from trainables.task import Task
+
+
+def rng_state() -> dict:
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def trainable_state(task: Task) -> dict:
+    """The task's state without its frozen parts (teachers are stored once, elsewhere)."""
+    frozen = {id(p) for m in task.frozen_modules() for p in m.parameters()}
+    frozen |= {id(b) for m in task.frozen_modules() for b in m.buffers()}
+    keep = {}
+    named = dict(task.named_parameters())
+    named.update(dict(task.named_buffers()))
+    for key, value in task.state_dict(keep_vars=True).items():
+        if id(named.get(key, value)) not in frozen:
+            keep[key] = value.detach()
+    return keep
+
+
+def save(
+    folder: Path, *, task: Task, optimizer, scheduler, epoch: int, cfg: TrialConfig, extra: dict
+) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(
+        {
+            "task": trainable_state(task),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "epoch": epoch,
+            "rng": rng_state(),
+            "extra": extra,
+        },
+        folder / "state.pt",
+    )
+    torch.save(task.model.state_dict(), folder / "model.pt")
+    (folder / "config.json").write_text(cfg.to_json())
+    return folder
+
+
+def load(folder: Path, *, task: Task, optimizer, scheduler) -> dict:
+    """Restore in place; returns ``{"epoch": last finished epoch, "extra": ...}``."""
+    state = torch.load(Path(folder) / "state.pt", map_location="cpu", weights_only=False)
+    missing, unexpected = task.load_state_dict(state["task"], strict=False)
+    frozen = {k for k in task.state_dict() if k not in trainable_state(task)}
+    missing = [k for k in missing if k not in frozen]
+    if missing or unexpected:
+        raise RuntimeError(f"checkpoint mismatch: missing {missing}, unexpected {unexpected}")
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    set_rng_state(state["rng"])
+    return {"epoch": state["epoch"], "extra": state["extra"]}

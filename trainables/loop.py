@@ -1,0 +1,200 @@
+"""The one training loop every method shares (it never looks at the method's name).
+
+Per epoch: train on shuffled batches (views from the device-side pipeline, bf16 autocast and
+channels_last on CUDA, fp32 on CPU), score the validation split, report one row of metrics
+with a checkpoint. A restored trial continues exactly where its checkpoint left off: same
+weights, optimiser and scheduler state, RNG state and batch order.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import tempfile
+import time
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from trainables import checkpoint
+from trainables.config import ConfigError, TrialConfig, parse_config
+from trainables.context import DataBundle, TrialContext
+from trainables.data.augment import Augment, Pipeline, epoch_generator
+from trainables.data.pipeline import BatchLoader
+from trainables.errors import CxrkdError
+from trainables.evaluate import autocast, predict, split_metrics, val_threshold
+from trainables.methods import get_method
+from trainables.optim import make_optimizer, make_scheduler
+from trainables.profiling import (
+    count_flops,
+    count_parameters,
+    measure_latency_ms,
+    measure_throughput,
+)
+from trainables.task import Task
+
+# Augmentation when `augment=True`: small, as chest films are taken in a standard position.
+AUGMENT = dict(degrees=7.0, translate=0.05, scale=0.05, brightness=0.1, contrast=0.1)
+EVAL_BATCH = 256
+
+
+class TrialError(CxrkdError):
+    """A trial that cannot go on (non-finite loss, out of memory); the search goes on."""
+
+
+class Reporter(Protocol):
+    def report(self, metrics: dict, checkpoint_dir: Path) -> None: ...
+
+    def restore_dir(self) -> Path | None: ...
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def run_trial(flat: dict, data: DataBundle, *, reporter: Reporter) -> dict:
+    """Train one configuration; returns the last reported metrics."""
+    cfg = parse_config(flat)
+    method = get_method(cfg.train.method)
+    if data.info.task not in method.tasks:
+        raise ConfigError(
+            f"method {method.name!r} trains {'/'.join(method.tasks)} datasets, but "
+            f"{data.info.name!r} is {data.info.task}; pick a dataset of that task"
+        )
+    device = pick_device()
+    seed_everything(cfg.train.seed)
+    ctx = TrialContext(device=device, data=data)
+    task = method.build(cfg, data.info, ctx).to(device)
+    if device.type == "cuda":
+        task = task.to(memory_format=torch.channels_last)
+    try:
+        return _train(cfg, task, data, ctx, reporter)
+    except torch.cuda.OutOfMemoryError as exc:
+        raise TrialError(
+            f"CUDA out of memory with batch_size={cfg.train.batch_size}, "
+            f"img_size={cfg.train.img_size}, model={cfg.train.model}: lower batch_size or give "
+            f"trials more GPU (--gpus-per-trial). ({exc})"
+        ) from None
+
+
+def _train(cfg: TrialConfig, task: Task, data: DataBundle, ctx: TrialContext, reporter) -> dict:
+    t = cfg.train
+    device = ctx.device
+    pipeline = Pipeline(
+        input_size=t.img_size, augment=Augment(**AUGMENT) if t.augment else None, low=task.low_res
+    )
+    train, val = data.split("train"), data.split("val")
+    batch = min(t.batch_size, len(train))
+    loader = BatchLoader(
+        train.images,
+        train.labels,
+        batch_size=batch,
+        shuffle=True,
+        device=device,
+        seed=t.seed,
+        drop_last=True,
+    )
+    steps = len(loader) if t.steps_per_epoch == 0 else min(len(loader), t.steps_per_epoch)
+    side = {k: torch.from_numpy(np.asarray(v)) for k, v in task.side_arrays("train").items()}
+    optimizer = make_optimizer(task.trainable_parameters(), t)
+    scheduler = make_scheduler(optimizer, t, steps)
+    start, best = 0, -math.inf
+    restore = reporter.restore_dir()
+    if restore is not None:
+        state = checkpoint.load(restore, task=task, optimizer=optimizer, scheduler=scheduler)
+        start, best = state["epoch"] + 1, state["extra"]["best_val_auc"]
+    workdir = Path(tempfile.mkdtemp(prefix="cxrkd-ckpt-"))
+    metrics: dict = {}
+    for epoch in range(start, t.epochs):
+        t0 = time.perf_counter()
+        sums = _train_epoch(task, loader, pipeline, side, optimizer, scheduler, epoch, steps, t)
+        train_s = time.perf_counter() - t0
+        if not math.isfinite(sums["loss"]):
+            raise TrialError(
+                f"training loss became {sums['loss']} in epoch {epoch + 1} (lr={t.lr}, "
+                f"batch_size={t.batch_size}); lower lr or set grad_clip"
+            )
+        val_out, val_y = predict(task, pipeline, val, device=device, batch_size=EVAL_BATCH)
+        threshold = val_threshold(data.info, val_out, val_y)
+        val_metrics = split_metrics(data.info, val_out, val_y, threshold=threshold)
+        metrics = {
+            "epoch": epoch + 1,
+            "lr": optimizer.param_groups[0]["lr"],
+            "images_per_s": steps * batch / train_s,
+            "train_s": train_s,
+            **{f"train_{k}": v / steps for k, v in sums.items()},
+            **{f"val_{k}": v for k, v in val_metrics.items()},
+        }
+        if math.isfinite(metrics["val_auc"]):
+            best = max(best, metrics["val_auc"])
+        metrics["best_val_auc"] = best
+        if t.evaluate_test and epoch + 1 == t.epochs:
+            metrics.update(final_metrics(task, pipeline, data, device, threshold, batch))
+        metrics["epoch_s"] = time.perf_counter() - t0
+        folder = checkpoint.save(
+            workdir / f"epoch-{epoch + 1:04d}",
+            task=task,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            epoch=epoch,
+            cfg=cfg,
+            extra={"best_val_auc": best},
+        )
+        reporter.report(metrics, folder)
+    return metrics
+
+
+def _train_epoch(task, loader, pipeline, side, optimizer, scheduler, epoch, steps, t) -> dict:
+    task.train()
+    device = loader.device
+    generator = epoch_generator(t.seed, epoch)
+    order = loader.epoch_order(epoch)
+    size = loader.batch_size
+    sums: dict[str, torch.Tensor] = {}
+    for step in range(steps):
+        idx = order[step * size : (step + 1) * size]
+        x, y = loader.batch(idx)
+        extras = {k: v[idx].to(device, non_blocking=True) for k, v in side.items()}
+        views = pipeline(x, train=True, generator=generator)
+        with autocast(device):
+            out = task(views, y, **extras)
+        optimizer.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        if t.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(task.trainable_parameters(), t.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        # Summed on the device: no host sync per step; non-finite values surface at epoch end.
+        for key, value in out.items():
+            if key != "output":
+                sums[key] = sums.get(key, 0.0) + value.detach().float()
+    return {k: float(v) for k, v in sums.items()}
+
+
+def final_metrics(task, pipeline, data, device, threshold, batch) -> dict:
+    """Test metrics at the validation threshold, plus the deployed model's cost."""
+    out, y = predict(task, pipeline, data.split("test"), device=device, batch_size=EVAL_BATCH)
+    test = split_metrics(data.info, out, y, threshold=threshold)
+    model = task.model.eval()
+    one = torch.zeros(1, 1, pipeline.input_size, pipeline.input_size, device=device)
+    total, trainable = count_parameters(model)
+    many = one.expand(batch, -1, -1, -1).contiguous()
+    with autocast(device):
+        latency = measure_latency_ms(model, one)
+        throughput = measure_throughput(model, many)
+    return {
+        **{f"test_{k}": v for k, v in test.items()},
+        "params": total,
+        "params_trainable": trainable,
+        "flops": count_flops(model, one),
+        "latency_ms": latency,
+        "throughput": throughput,
+    }

@@ -1,0 +1,178 @@
+"""Classification metrics: numpy arrays in, plain floats/ints/dicts out (no sklearn).
+
+Scores are probabilities (sigmoid of the logit); an image is predicted positive when
+``score >= threshold``. Thresholds are chosen on validation (``choose_threshold``) and then
+applied unchanged to test.
+
+Keys of ``binary_metrics`` (flat and stable: the loop prefixes them with ``val_``/``test_``
+before ``tune.report``, and ``results/`` reads these names):
+
+=========================== ===============================================================
+``auc``                     ROC AUC (threshold-free); NaN when one class is absent
+``acc`` ``precision``       at the fixed threshold 0.5
+``recall`` ``f1``
+``specificity``
+``tn`` ``fp`` ``fn`` ``tp`` confusion counts at 0.5 (ints)
+``<name>_at_val_thr``       each of the nine above, at the threshold chosen on validation
+``threshold``               that validation threshold
+=========================== ===============================================================
+
+Edge cases: a ratio whose denominator is zero is 0.0 with no warning (no predicted
+positives -> precision 0; no positives -> recall 0; no negatives -> specificity 0; precision
+and recall both 0 -> f1 0). AUC is NaN (documented, not an error) when ``y_true`` holds only one
+class, because it is undefined there; ``multilabel_auroc`` skips such labels in its macro.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from trainables.errors import CxrkdError
+
+
+class MetricError(CxrkdError, ValueError):
+    """Metric inputs with a bad shape, label or score."""
+
+
+CRITERIA = ("youden", "f1")
+_COUNTS = ("tn", "fp", "fn", "tp")
+_RATES = ("acc", "precision", "recall", "f1", "specificity")
+
+
+def _check(y_true: object, scores: object) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(y_true)
+    s = np.asarray(scores, dtype=np.float64)
+    if y.ndim != 1 or s.shape != y.shape:
+        raise MetricError(
+            f"y_true and scores must be 1-D of equal length, got {y.shape} and {s.shape}"
+        )
+    if not np.isin(y, (0, 1)).all():
+        raise MetricError(f"y_true must hold only 0/1, got values {np.unique(y)[:10].tolist()}")
+    if not np.isfinite(s).all():
+        raise MetricError(f"scores must be finite, got {int((~np.isfinite(s)).sum())} NaN/inf")
+    return y.astype(bool), s
+
+
+def roc_auc(y_true: object, scores: object) -> float:
+    """ROC AUC as the Mann-Whitney statistic: P(score_pos > score_neg) + 0.5 P(tie).
+
+    Computed from mid-ranks (tied scores share their average rank), O(n log n).
+    Returns NaN when ``y_true`` has only one class (or is empty): AUC is undefined there.
+    """
+    y, s = _check(y_true, scores)
+    n_pos = int(y.sum())
+    n_neg = y.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    _, inverse, counts = np.unique(s, return_inverse=True, return_counts=True)
+    # Rank of a tie group = mean of the 1-based positions it occupies in sorted order.
+    mid_rank = np.cumsum(counts) - (counts - 1) / 2.0
+    rank_sum = mid_rank[inverse][y].sum()
+    return float((rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def _ratio(num: float, den: float) -> float:
+    return float(num) / float(den) if den else 0.0
+
+
+def _f1(tp: float, fp: float, fn: float) -> float:
+    # 2PR/(P+R) == 2tp/(2tp+fp+fn), which is 0 (not NaN) when tp == 0.
+    return _ratio(2 * tp, 2 * tp + fp + fn)
+
+
+def choose_threshold(y_true: object, scores: object, *, criterion: str = "youden") -> float:
+    """The score threshold that maximises ``criterion`` on (validation) data.
+
+    ``"youden"``: TPR - FPR; ``"f1"``: F1 of the positive class. Candidates are the distinct
+    scores (predict positive when ``score >= threshold``), so the result is one of ``scores``;
+    among equally good candidates the highest (fewest positives) wins. Needs both classes.
+    """
+    if criterion not in CRITERIA:
+        raise MetricError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
+    y, s = _check(y_true, scores)
+    n_pos = int(y.sum())
+    n_neg = y.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        raise MetricError(
+            f"choosing a threshold needs both classes, got {n_pos} positive and {n_neg} negative;"
+            " use a validation split that holds both"
+        )
+    order = np.argsort(-s, kind="stable")
+    s_desc, y_desc = s[order], y[order]
+    # Last index of each run of equal scores: the candidate "predict positive if >= this".
+    last = np.flatnonzero(np.r_[s_desc[1:] != s_desc[:-1], True])
+    tp = np.cumsum(y_desc)[last]
+    fp = (last + 1) - tp
+    if criterion == "youden":
+        value = tp / n_pos - fp / n_neg
+    else:
+        value = 2 * tp / (2 * tp + fp + (n_pos - tp))
+    # argmax returns the first maximum, i.e. the highest threshold among ties.
+    return float(s_desc[last][int(np.argmax(value))])
+
+
+def binary_report(y_true: object, scores: object, *, threshold: float) -> dict[str, float | int]:
+    """Accuracy, precision, recall, f1, specificity and tn/fp/fn/tp at ``score >= threshold``."""
+    y, s = _check(y_true, scores)
+    if not isinstance(threshold, (int, float, np.number)) or not np.isfinite(threshold):
+        raise MetricError(f"threshold must be a finite number, got {threshold!r}")
+    pred = s >= threshold
+    tp = int((pred & y).sum())
+    fp = int((pred & ~y).sum())
+    fn = int((~pred & y).sum())
+    tn = int((~pred & ~y).sum())
+    return {
+        "acc": _ratio(tp + tn, y.size),
+        "precision": _ratio(tp, tp + fp),
+        "recall": _ratio(tp, tp + fn),
+        "f1": _f1(tp, fp, fn),
+        "specificity": _ratio(tn, tn + fp),
+        "tn": tn,
+        "fp": fp,
+        "fn": fn,
+        "tp": tp,
+    }
+
+
+def binary_metrics(
+    y_true: object, scores: object, *, val_threshold: float
+) -> dict[str, float | int]:
+    """All binary metrics under the flat key names of the module docstring."""
+    out: dict[str, float | int] = {"auc": roc_auc(y_true, scores)}
+    out.update(binary_report(y_true, scores, threshold=0.5))
+    at_val = binary_report(y_true, scores, threshold=val_threshold)
+    out.update({f"{key}_at_val_thr": value for key, value in at_val.items()})
+    out["threshold"] = float(val_threshold)
+    return out
+
+
+def binary_metric_names() -> tuple[str, ...]:
+    """The keys ``binary_metrics`` returns, in order (for schemas and tests)."""
+    base = (*_RATES, *_COUNTS)
+    return ("auc", *base, *(f"{k}_at_val_thr" for k in base), "threshold")
+
+
+def multilabel_auroc(
+    y_true: object, scores: object, labels: Sequence[str]
+) -> tuple[float, dict[str, float]]:
+    """Per-label ROC AUC of ``(N, L)`` 0/1 targets and ``(N, L)`` scores, and their macro mean.
+
+    ``per_label`` has every label; a label with one class only gets NaN and is left out of the
+    macro mean. The macro is NaN when no label has both classes.
+    """
+    y = np.asarray(y_true)
+    s = np.asarray(scores)
+    labels = list(labels)
+    if y.ndim != 2 or s.shape != y.shape or y.shape[1] != len(labels):
+        raise MetricError(
+            f"y_true and scores must both be (N, {len(labels)}) for {len(labels)} labels, "
+            f"got {y.shape} and {s.shape}"
+        )
+    if len(set(labels)) != len(labels):
+        raise MetricError(f"label names must be unique, got {labels}")
+    per_label = {name: roc_auc(y[:, j], s[:, j]) for j, name in enumerate(labels)}
+    defined = [v for v in per_label.values() if not np.isnan(v)]
+    macro = float(np.mean(defined)) if defined else float("nan")
+    return macro, per_label

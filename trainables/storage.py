@@ -1,0 +1,122 @@
+"""Run storage: a local path (standing for NFS) or ``s3://bucket/prefix``, through pyarrow.fs.
+
+Only this storage is shared between the driver and the trials on other nodes; trials write
+their absolute URIs (Tune changes the working directory into the trial folder).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import pyarrow.fs as pafs
+
+from trainables.errors import CxrkdError
+
+
+class StorageError(CxrkdError):
+    """Storage that cannot be reached or written."""
+
+
+def is_remote(uri: str) -> bool:
+    return "://" in uri and not uri.startswith("file://")
+
+
+def normalize(uri: str) -> str:
+    """Absolute local paths; remote URIs unchanged (without a trailing slash)."""
+    if is_remote(uri):
+        return uri.rstrip("/")
+    return str(Path(uri.removeprefix("file://")).expanduser().resolve())
+
+
+def join(uri: str, *parts: str) -> str:
+    return "/".join([uri.rstrip("/"), *parts])
+
+
+def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
+    try:
+        if is_remote(uri):
+            return pafs.FileSystem.from_uri(uri)
+        return pafs.LocalFileSystem(), normalize(uri)
+    except Exception as exc:
+        raise StorageError(f"cannot open storage {uri!r}: {exc}") from exc
+
+
+def exists(uri: str) -> bool:
+    fs, path = filesystem(uri)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def read_text(uri: str) -> str:
+    fs, path = filesystem(uri)
+    with fs.open_input_stream(path) as f:
+        return f.read().decode()
+
+
+def write_text(uri: str, text: str) -> None:
+    """Write a small file; local writes are atomic (tmp + rename), S3 puts are atomic."""
+    fs, path = filesystem(uri)
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    if isinstance(fs, pafs.LocalFileSystem):
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+        return
+    with fs.open_output_stream(path) as f:
+        f.write(text.encode())
+
+
+def read_json(uri: str) -> dict:
+    return json.loads(read_text(uri))
+
+
+def write_json(uri: str, obj: dict) -> None:
+    write_text(uri, json.dumps(obj, indent=2, sort_keys=True, default=str))
+
+
+def upload_dir(local: str | Path, uri: str) -> None:
+    fs, path = filesystem(uri)
+    fs.create_dir(path, recursive=True)
+    pafs.copy_files(str(local), path, destination_filesystem=fs)
+
+
+def download_dir(uri: str, local: str | Path) -> Path:
+    fs, path = filesystem(uri)
+    Path(local).mkdir(parents=True, exist_ok=True)
+    pafs.copy_files(path, str(local), source_filesystem=fs)
+    return Path(local)
+
+
+def check_writable(uri: str) -> str:
+    """Fail early, with the fix, when the run storage cannot be written."""
+    uri = normalize(uri)
+    probe = join(uri, f".cxrkd-write-probe-{os.getpid()}")
+    try:
+        write_text(probe, "ok")
+        fs, path = filesystem(probe)
+        fs.delete_file(path)
+    except Exception as exc:
+        raise StorageError(
+            f"storage {uri!r} is not writable ({type(exc).__name__}: {exc}); pass a writable "
+            "--storage DIR or s3://bucket/prefix (with credentials on every node)"
+        ) from exc
+    return uri
+
+
+def write_parquet(uri: str, frame) -> None:
+    """Write a DataFrame as parquet (atomically for local paths)."""
+    fs, path = filesystem(uri)
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    tmp = f"{path}.tmp"
+    frame.to_parquet(tmp, filesystem=fs, index=False)
+    fs.move(tmp, path)
+
+
+def read_parquet(uri: str):
+    import pandas as pd
+
+    fs, path = filesystem(uri)
+    return pd.read_parquet(path, filesystem=fs)

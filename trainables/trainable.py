@@ -1,0 +1,81 @@
+"""The Ray Tune function trainable: ``tune.with_parameters(tune_trainable, data=bundle)``.
+
+Every method runs through this one function; the method is a config value. Data arrives
+through Ray's object store, teachers through the run storage, so nothing assumes a path shared
+with the driver. Checkpoints are reported with each epoch's metrics (``tune.report``) and a
+restored trial continues from ``tune.get_checkpoint()``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from trainables.context import DataBundle
+from trainables.loop import run_trial
+
+# The driver tags each trial's config with its cell; it is not a training setting.
+CELL_KEY = "cell"
+
+
+class TuneReporter:
+    """Reports to Ray Tune; keeps a local copy of the restored checkpoint while it is used."""
+
+    def __init__(self) -> None:
+        self._restored: Path | None = None
+
+    def restore_dir(self) -> Path | None:
+        from ray import tune
+
+        ckpt = tune.get_checkpoint()
+        if ckpt is None:
+            return None
+        self._restored = Path(tempfile.mkdtemp(prefix="cxrkd-restore-"))
+        return Path(ckpt.to_directory(str(self._restored)))
+
+    def report(self, metrics: dict, checkpoint_dir: Path) -> None:
+        from ray import tune
+
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(checkpoint_dir)))
+        # Tune has persisted it to the run storage; the local copy is no longer needed.
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+
+
+def tune_trainable(config: dict, data: DataBundle) -> None:
+    """``data`` is the bundle, or the ObjectRef the driver put it in once (shared by every
+    stage's experiment and by the teacher-output task)."""
+    import ray
+
+    if isinstance(data, ray.ObjectRef):
+        data = ray.get(data)
+    threads = os.environ.get("CXRKD_TRIAL_THREADS")
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
+    config = {k: v for k, v in config.items() if k != CELL_KEY}
+    run_trial(config, data, reporter=TuneReporter())
+
+
+class LocalReporter:
+    """Keeps reports in memory and checkpoints on local disk: tests, benchmarks, GPU checks."""
+
+    def __init__(self, restore: Path | None = None, keep: Path | None = None) -> None:
+        self.rows: list[dict] = []
+        self.checkpoints: list[Path] = []
+        self._restore = restore
+        self._keep = keep
+
+    def restore_dir(self) -> Path | None:
+        return self._restore
+
+    def report(self, metrics: dict, checkpoint_dir: Path) -> None:
+        self.rows.append(dict(metrics))
+        if self._keep is not None:
+            dest = self._keep / checkpoint_dir.name
+            shutil.copytree(checkpoint_dir, dest, dirs_exist_ok=True)
+            shutil.rmtree(checkpoint_dir, ignore_errors=True)
+            checkpoint_dir = dest
+        self.checkpoints.append(checkpoint_dir)
