@@ -80,7 +80,8 @@ def train_and_test(store, res: int, *, epochs: int, batch: int, width: int, seed
     pos = y_tr.mean(axis=0).clip(0.02, 0.98)
     loss_fn = nn.BCEWithLogitsLoss(pos_weight=torch.tensor((1 - pos) / pos).sqrt().float())
     model.train()
-    for _ in range(epochs):
+    for epoch in range(epochs):
+        total = 0.0
         order = rng.permutation(len(x_tr))
         for i in range(len(x_tr) // batch):
             idx = np.sort(order[i * batch : (i + 1) * batch])
@@ -89,6 +90,8 @@ def train_and_test(store, res: int, *, epochs: int, batch: int, width: int, seed
             loss.backward()
             opt.step()
             sched.step()
+            total += float(loss)
+        print(f"    {res} px epoch {epoch}: train loss {total / (len(x_tr) // batch):.4f}", flush=True)
     model.eval()
     with torch.no_grad():
         scores = torch.cat(
@@ -105,14 +108,16 @@ def main() -> None:
     ap.add_argument("--res", default="224,28", help="resolutions, e.g. 224,112,56,28")
     ap.add_argument("--width", type=int, default=8, help="CNN width (channels of the stem)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--home", help="keep the store in this CXRKD_HOME (reused if identical)")
     args = ap.parse_args()
     torch.set_num_threads(2)
     resolutions = [int(r) for r in args.res.split(",")]
 
-    with tempfile.TemporaryDirectory() as home:
+    with tempfile.TemporaryDirectory() as tmp:
+        home = args.home or tmp
         t0 = time.perf_counter()
         import_dataset("phantom", "findings", n=args.n, size=INPUT, home=home, workers=2,
-                       progress=False)  # fmt: skip
+                       progress=False, exist_ok=True)  # fmt: skip
         gen = time.perf_counter() - t0
         store = DatasetStore.open("phantom-findings", home)
         print(f"generated {args.n} phantom images at {INPUT} px with 2 workers in {gen:.1f} s "

@@ -1,11 +1,9 @@
 #!/usr/bin/env bash
-# Install (first run only), import the built-in SYNTHETIC phantom data and write its preview.
+# Install (first run only), then run the pneumonia-kd study with the demo profile on the built-in
+# SYNTHETIC phantom data (imported on first use) and print the comparison table.
+# Extra arguments go to `cxrkd search run`, e.g. `bash scripts/demo.sh --num-samples 2`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 VENV=${CXRKD_VENV:-.venv}
-cxrkd() { "$VENV/bin/cxrkd" "$@"; }
-cxrkd data import phantom pneumonia --exist-ok
-cxrkd data show phantom-pneumonia
-mkdir -p out
-cxrkd data preview phantom-pneumonia --out out/phantom-pneumonia.png
+exec "$VENV/bin/cxrkd" search run pneumonia-kd --profile demo "$@"

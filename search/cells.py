@@ -21,25 +21,31 @@ from trainables.trainable import CELL_KEY
 
 
 class FixingTrial:
-    """An Optuna trial seen through a space function, with some parameters pinned.
+    """An Optuna trial seen through a space function, with some parameters pinned or narrowed.
 
     A pinned parameter (fixed by the study or by ``--set``) is returned as is and never
-    suggested, so Optuna models only what is really searched.
+    suggested, so Optuna models only what is really searched. ``bounds`` replace the range of
+    a numeric parameter (a profile's budget-sized range, e.g. higher learning rates for a few
+    hundred steps from scratch) without another space function.
     """
 
-    def __init__(self, trial, fixed: dict) -> None:
-        self._trial, self._fixed = trial, fixed
+    def __init__(self, trial, fixed: dict, bounds: dict | None = None) -> None:
+        self._trial, self._fixed, self._bounds = trial, fixed, bounds or {}
 
     def _pinned(self, kind: str, name: str, *args, **kwargs):
         if name in self._fixed:
             return self._fixed[name]
         return getattr(self._trial, kind)(name, *args, **kwargs)
 
-    def suggest_float(self, name, *args, **kwargs):
-        return self._pinned("suggest_float", name, *args, **kwargs)
+    def _ranged(self, kind: str, name: str, low, high, **kwargs):
+        low, high = self._bounds.get(name, (low, high))
+        return self._pinned(kind, name, low, high, **kwargs)
 
-    def suggest_int(self, name, *args, **kwargs):
-        return self._pinned("suggest_int", name, *args, **kwargs)
+    def suggest_float(self, name, low, high, **kwargs):
+        return self._ranged("suggest_float", name, low, high, **kwargs)
+
+    def suggest_int(self, name, low, high, **kwargs):
+        return self._ranged("suggest_int", name, low, high, **kwargs)
 
     def suggest_categorical(self, name, *args, **kwargs):
         return self._pinned("suggest_categorical", name, *args, **kwargs)
@@ -50,9 +56,11 @@ class CellSpace:
 
     def __init__(self, cell: SearchCell) -> None:
         self.space_name, self.fixed = cell.space, dict(cell.fixed)
+        self.bounds = dict(cell.bounds)
 
     def __call__(self, trial) -> dict:
-        suggested = get_space(self.space_name)(FixingTrial(trial, self.fixed)) or {}
+        view = FixingTrial(trial, self.fixed, self.bounds)
+        suggested = get_space(self.space_name)(view) or {}
         return {**suggested, **self.fixed}
 
 

@@ -12,7 +12,7 @@ import os
 
 from search.cells import CellSpace
 from search.run_state import RunOptions
-from spaces.studies import FixedCell, SearchCell, Study, StudyState, get_study
+from spaces.studies import STUDIES, FixedCell, SearchCell, Study, StudyState, get_study
 from trainables.config import TrainConfig, coerce_field, field_names, parse_config
 from trainables.data.store import DatasetStore, datasets_dir
 from trainables.errors import CxrkdError
@@ -21,19 +21,21 @@ from trainables.methods import get_method
 
 def study_with_options(options: RunOptions) -> Study:
     study = get_study(options.study, options.profile)
+    profile = study.profile
     if options.num_samples is not None:
         profile = dataclasses.replace(
-            study.profile,
+            profile,
             samples=options.num_samples,
-            teacher_samples=min(study.profile.teacher_samples, options.num_samples),
+            teacher_samples=min(profile.teacher_samples, options.num_samples),
         )
-        study = dataclasses.replace(study, profile=profile)
     overrides = typed_overrides(study, options.overrides)
     fixed = {k: v for k, v in overrides.items() if k in field_names(TrainConfig)}
     if fixed:  # the schedulers and the progress line read epochs etc. from the profile
-        profile = dataclasses.replace(study.profile, fixed={**study.profile.fixed, **fixed})
-        study = dataclasses.replace(study, profile=profile)
-    return study
+        profile = dataclasses.replace(profile, fixed={**profile.fixed, **fixed})
+    # Rebuilt by the study's factory, not `replace(study, profile=...)`: the stages' cell
+    # functions close over the profile they were made with (budgets, fixed values).
+    factory, _ = STUDIES[study.name]
+    return factory(profile)
 
 
 def typed_overrides(study: Study, overrides: dict) -> dict:
@@ -51,12 +53,14 @@ def typed_overrides(study: Study, overrides: dict) -> dict:
 
 def _study_methods(study: Study) -> set[str]:
     state = StudyState(teacher_uri="<teacher>")
-    return {
-        cell.fixed["method"]
-        for stage in study.stages
-        if stage.role != "final"
-        for cell in stage.cells(state)
-    }
+    methods = set()
+    for stage in study.stages:
+        if stage.role == "final":
+            continue
+        for cell in stage.cells(state):  # fixed cells may appear in any stage, not only final
+            configs = cell.configs if isinstance(cell, FixedCell) else [cell.fixed]
+            methods |= {config["method"] for config in configs}
+    return methods
 
 
 def _check_override_keys(study: Study, overrides: dict) -> None:

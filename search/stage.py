@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 import tempfile
 from dataclasses import dataclass
 
@@ -49,7 +50,7 @@ def run_stage(ctx: StageContext, stage: Stage, cells: list[Cell]):
         tuner = tune.Tuner.restore(
             exp_uri, trainable=trainable, resume_unfinished=True, resume_errored=False
         )
-        return tuner.fit()
+        return _fit(tuner, budget=stage_budget(cells), stage=stage.name, run_uri=ctx.run_uri)
     searcher = CellSearcher(cells, metric=study.metric, mode=study.mode, seed=ctx.seed)
     scheduler = CellScheduler(
         cells,
@@ -82,7 +83,23 @@ def run_stage(ctx: StageContext, stage: Stage, cells: list[Cell]):
             failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
         ),
     )
-    return tuner.fit()
+    return _fit(tuner, budget=stage_budget(cells), stage=stage.name, run_uri=ctx.run_uri)
+
+
+def _fit(tuner, *, budget: int, stage: str, run_uri: str):
+    results = tuner.fit()
+    # On SIGINT Tune saves the experiment and returns as if it had finished: a stage with
+    # trials still to run must not be marked done and handed to the next stage.
+    finished = results.num_terminated + results.num_errors
+    if finished < budget:
+        print(
+            f"[{stage}] interrupted after {finished}/{budget} trials; continue with "
+            f"`cxrkd search resume {run_uri}`",
+            file=sys.stderr,
+            flush=True,
+        )
+        raise KeyboardInterrupt
+    return results
 
 
 def choose(results, *, metric: str) -> dict[str, object]:

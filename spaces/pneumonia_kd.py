@@ -21,20 +21,24 @@ from spaces.studies import (
 
 PROFILES = {
     # CPU-sized: minutes on 2 cores. No pretrained weights (nothing can be downloaded here).
+    # 80 steps of batch 32 at 32 px: ResNet-18 from scratch reaches a validation AUC of about
+    # 0.78 on the phantom at lr 2e-3, at 1e-4 it is still near chance; hence the lr range.
     "demo": Profile(
         name="demo",
         fixed={
-            "img_size": 48,
-            "epochs": 3,
+            "img_size": 32,
+            "epochs": 4,
             "pretrained": False,
-            "steps_per_epoch": 12,
+            "steps_per_epoch": 20,
+            "batch_size": 32,
             "augment": False,
             "warmup_epochs": 0.0,
         },
-        samples=4,
+        samples=3,
         teacher_samples=2,
         seeds=2,
-        grace_period=1,
+        grace_period=2,
+        bounds={"lr": (5e-4, 5e-3)},
         device_hint="CPU",
     ),
     # The paper's setting: 224 px ImageNet-pretrained ResNets on a GPU cluster.
@@ -72,18 +76,22 @@ def pneumonia_kd(profile: Profile) -> Study:
 
     def teacher(state: StudyState) -> list:
         fixed = {**base, "method": "transfer", "model": "resnet50", "freeze": False}
-        return [SearchCell("resnet50_teacher", "transfer", fixed, profile.teacher_samples)]
+        return [
+            SearchCell(
+                "resnet50_teacher", "transfer", fixed, profile.teacher_samples, profile.bounds
+            )
+        ]
 
     def students(state: StudyState) -> list:
-        n = profile.samples
+        n, b = profile.samples, profile.bounds
         cnn = {**base, "method": "cnn_baseline", "model": "cnn_baseline", "pretrained": False}
         tl = {**base, "method": "transfer", "model": "resnet18"}
         kd = {**base, "method": "kd_logit", "model": "resnet18", "teacher_path": state.teacher_uri}
         return [
-            SearchCell("baseline_cnn", "cnn_baseline", cnn, n),
-            SearchCell("resnet18_finetuned", "transfer", {**tl, "freeze": False}, n),
-            SearchCell("resnet18_frozen", "transfer", {**tl, "freeze": True}, n),
-            SearchCell("resnet18_kd", "kd_logit", kd, n),
+            SearchCell("baseline_cnn", "cnn_baseline", cnn, n, b),
+            SearchCell("resnet18_finetuned", "transfer", {**tl, "freeze": False}, n, b),
+            SearchCell("resnet18_frozen", "transfer", {**tl, "freeze": True}, n, b),
+            SearchCell("resnet18_kd", "kd_logit", kd, n, b),
         ]
 
     def final(state: StudyState) -> list:

@@ -24,6 +24,7 @@ class SearchCell:
     space: str
     fixed: dict
     num_samples: int
+    bounds: dict = field(default_factory=dict)  # name -> (low, high) replacing the space's
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,7 @@ class Profile:
     seeds: int  # final re-training seeds per row
     grace_period: int  # ASHA: epochs before a trial can be stopped
     reduction_factor: int = 2
+    bounds: dict = field(default_factory=dict)  # search ranges sized to the budget
     device_hint: str = ""  # where the profile is meant to run, for the tables' caption
 
     @property

@@ -65,6 +65,8 @@ class TrainConfig:
         _check(self.step_every >= 1, "step_every", self.step_every, "at least 1")
         _check(0 < self.step_gamma <= 1, "step_gamma", self.step_gamma, "in (0, 1]")
         _check(self.steps_per_epoch >= 0, "steps_per_epoch", self.steps_per_epoch, ">= 0")
+        # numpy's seeded generators (batch order, augmentation draws) refuse negative seeds.
+        _check(self.seed >= 0, "seed", self.seed, ">= 0")
         _check(self.grad_clip >= 0, "grad_clip", self.grad_clip, ">= 0 (0 turns it off)")
 
 

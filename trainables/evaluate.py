@@ -62,7 +62,7 @@ def split_metrics(
         y = labels[:, global_idx]
         out = dict(binary_metrics(y, _sigmoid(logits), val_threshold=threshold))
         out["loss"] = float(
-            F.binary_cross_entropy_with_logits(torch.from_numpy(logits), torch.from_numpy(y))
+            F.binary_cross_entropy_with_logits(torch.tensor(logits), torch.tensor(y))
         )
         return out
     y_find, y_glob = labels[:, list(finding_idx)], labels[:, global_idx]

@@ -36,8 +36,12 @@ class TuneReporter:
         return Path(ckpt.to_directory(str(self._restored)))
 
     def report(self, metrics: dict, checkpoint_dir: Path) -> None:
+        import ray
         from ray import tune
 
+        # Which Ray node ran the epoch: hostname/node_ip cannot tell nodes of one machine
+        # apart, and a restored trial may move to another node.
+        metrics = {**metrics, "node_id": ray.get_runtime_context().get_node_id()}
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(checkpoint_dir)))
         # Tune has persisted it to the run storage; the local copy is no longer needed.
         shutil.rmtree(checkpoint_dir, ignore_errors=True)

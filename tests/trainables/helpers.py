@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import numpy as np
 
+from trainables.config import parse_config
 from trainables.context import DataBundle
 from trainables.data.pipeline import DatasetInfo, SplitData
+from trainables.loop import run_trial
+from trainables.teachers import TeacherKey, TeacherRegistry
+from trainables.trainable import LocalReporter
 
 
 def binary_bundle(n: int = 96, size: int = 32, seed: int = 0, fingerprint: str = "fp0"):
@@ -26,3 +33,38 @@ def binary_bundle(n: int = 96, size: int = 32, seed: int = 0, fingerprint: str =
         fingerprint=fingerprint, synthetic=True,
     )  # fmt: skip
     return DataBundle(info=info, splits=splits)
+
+
+def multilabel_bundle(n: int = 32, size: int = 16, seed: int = 0, fingerprint: str = "fp-ml"):
+    """Two findings plus an ``abnormal`` global label (any finding): a MLCAK-style dataset."""
+    rng = np.random.default_rng(seed)
+    splits = {}
+    for split, count in {"train": n, "val": n // 2, "test": n // 2}.items():
+        findings = (rng.random((count, 2)) < 0.3).astype(np.float32)
+        labels = np.concatenate([findings, findings.max(axis=1, keepdims=True)], axis=1)
+        x = rng.integers(0, 255, size=(count, size, size)).astype(np.uint8)
+        splits[split] = SplitData.from_arrays(x, labels)
+    info = DatasetInfo(
+        name="tiny-multilabel", kind="test", task="multilabel",
+        labels=("effusion", "nodule", "abnormal"), finding_labels=("effusion", "nodule"),
+        global_label="abnormal", resolution=size, n={s: len(d) for s, d in splits.items()},
+        positive_rate={}, fingerprint=fingerprint, synthetic=True,
+    )  # fmt: skip
+    return DataBundle(info=info, splits=splits)
+
+
+# A trial small enough for a test: 16 px, batches of 8, two optimiser steps per epoch.
+TINY = {"img_size": 16, "epochs": 1, "batch_size": 8, "steps_per_epoch": 2}
+
+
+def train_teacher(storage: str | Path, data: DataBundle, **overrides) -> str:
+    """Train a tiny ``transfer`` teacher with the real loop, register it, return its URI.
+
+    The registry key is built from the resolved config, as the study's teacher stage does.
+    """
+    flat = {**TINY, "method": "transfer", "model": "test_resnet", "lr": 3e-3, **overrides}
+    keep = Path(tempfile.mkdtemp(prefix="teacher-", dir=storage))
+    reporter = LocalReporter(keep=keep)
+    run_trial(flat, data, reporter=reporter)
+    key = TeacherKey.from_config(parse_config(flat).to_flat(), data.info.fingerprint)
+    return TeacherRegistry(str(storage)).register(key, reporter.checkpoints[-1], {})

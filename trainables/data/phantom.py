@@ -246,48 +246,70 @@ def _lobar(rng: np.random.Generator, k: int, op: tuple) -> list:
     return [[str(lobe), _u(rng, *op)] for lobe in rng.choice(LOBES, size=k, replace=False)]
 
 
-def sample_view(preset: str, person: dict, rng: np.random.Generator) -> tuple[dict, dict, dict]:
-    """One image of ``person``: ``(render params, labels before noise, extra metadata)``."""
-    anat = dict(person["anat"], base=person["anat"]["base"] + _u(rng, -0.035, 0.035))
-    pose = [_u(rng, -0.05, 0.05), _u(rng, -0.04, 0.04), float(np.clip(rng.normal(0, 0.03), -0.07, 0.07)),
-            _u(rng, 0.88, 1.02)]  # fmt: skip
-    expo = dict(lo=_u(rng, -0.08, 0.04), hi=_u(rng, 0.9, 1.08), gamma=_u(rng, 0.75, 1.3),
-                noise=_u(rng, 0.008, 0.028), blur=_u(rng, 0.3, 1.0), heel=_u(rng, -0.06, 0.06))  # fmt: skip
+def _pose_and_exposure(rng: np.random.Generator) -> tuple[list, dict]:
+    """Nuisance of one film: patient position and the exposure/detector settings."""
+    tilt = float(np.clip(rng.normal(0.0, 0.03), -0.07, 0.07))  # radians, about +-2 degrees
+    pose = [_u(rng, -0.05, 0.05), _u(rng, -0.04, 0.04), tilt, _u(rng, 0.88, 1.02)]
+    expo = dict(
+        lo=_u(rng, -0.08, 0.04),  # density shown black ...
+        hi=_u(rng, 0.9, 1.08),  # ... and white
+        gamma=_u(rng, 0.75, 1.3),
+        noise=_u(rng, 0.008, 0.028),  # density units per 224-px pixel
+        blur=_u(rng, 0.3, 1.0),  # Gaussian sigma in 224-px pixels
+        heel=_u(rng, -0.06, 0.06),  # top-to-bottom brightness ramp
+    )
+    return pose, expo
+
+
+def _pneumonia_view(person: dict, anat: dict, rng) -> tuple[dict, dict, dict]:
+    sick = bool(person["pneumonia"])
     find: dict = {}
-    extra = {"ctr": anat["ctr"]}
-    if preset == "pneumonia":
-        sick = bool(person["pneumonia"])
-        extra["pattern"] = person["pattern"] if sick else "none"
-        if sick and person["pattern"] == "lobar":
-            find["lobar"] = _lobar(rng, 1 if rng.random() < 0.85 else 2, (0.16, 0.33))
-        elif sick:
-            blobs = _patchy(anat, rng, k=int(rng.integers(3, 9)), r=(0.04, 0.10), a=(0.08, 0.18))
-            find["patchy"] = {"blobs": blobs, "retic": _u(rng, 0.03, 0.08)}
-        labels = {"pneumonia": int(sick)}
-    else:
-        jitter = lambda v: [v[0] + rng.normal(0, 0.004), v[1] + rng.normal(0, 0.004), *v[2:]]  # noqa: E731
-        find["nodules"] = [jitter(v) for v in person["nodules"]]
-        find["masses"] = [jitter(v) for v in person["masses"]]
-        has = {
-            "nodule": bool(find["nodules"]),
-            "mass": bool(find["masses"]),
-            "cardiomegaly": bool(person["cardiomegaly"]),
-            "consolidation": rng.random() < P_FINDING["consolidation"],
-            "pleural_effusion": rng.random() < 0.08 + 0.22 * person["cardiomegaly"],
-            "pneumothorax": rng.random() < P_FINDING["pneumothorax"],
-        }
-        if has["consolidation"] and rng.random() < 0.7:
-            find["lobar"] = _lobar(rng, 1, (0.2, 0.33))
-        elif has["consolidation"]:
-            find["patchy"] = {"blobs": _patchy(anat, rng, k=3, r=(0.06, 0.1), a=(0.18, 0.3)),
-                              "retic": 0.0}  # fmt: skip
-        if has["pleural_effusion"]:
-            sides = [[-1], [1], [-1, 1]][int(rng.choice(3, p=(0.45, 0.35, 0.2)))]
-            find["effusion"] = [[side, _u(rng, 0.10, 0.32)] for side in sides]
-        if has["pneumothorax"]:
-            find["ptx"] = [[int(rng.choice((-1, 1))), _u(rng, 0.03, 0.10)]]
-        labels = {name: int(has[name]) for name in FINDINGS}
-        labels["abnormal"] = int(any(has.values()))
-    params = {"tex": int(rng.integers(2**31)), "pose": pose, "anat": anat, "expo": expo,
-              "find": find}  # fmt: skip
-    return params, labels, extra
+    if sick and person["pattern"] == "lobar":
+        find["lobar"] = _lobar(rng, 1 if rng.random() < 0.85 else 2, (0.16, 0.33))
+    elif sick:
+        blobs = _patchy(anat, rng, k=int(rng.integers(3, 9)), r=(0.04, 0.10), a=(0.10, 0.22))
+        find["patchy"] = {"blobs": blobs, "retic": _u(rng, 0.04, 0.10)}
+    pattern = person["pattern"] if sick else "none"
+    return find, {"pneumonia": int(sick)}, {"pattern": pattern}
+
+
+def _findings_view(person: dict, anat: dict, rng) -> tuple[dict, dict, dict]:
+    def jitter(lesion: list) -> list:  # the same lesion, as placed on another film
+        return [lesion[0] + rng.normal(0, 0.004), lesion[1] + rng.normal(0, 0.004), *lesion[2:]]
+
+    find: dict = {
+        "nodules": [jitter(v) for v in person["nodules"]],
+        "masses": [jitter(v) for v in person["masses"]],
+    }
+    has = {
+        "nodule": bool(find["nodules"]),
+        "mass": bool(find["masses"]),
+        "consolidation": rng.random() < P_FINDING["consolidation"],
+        # effusion is likelier with an enlarged heart (heart failure), as on real films
+        "pleural_effusion": rng.random() < 0.08 + 0.22 * person["cardiomegaly"],
+        "cardiomegaly": bool(person["cardiomegaly"]),
+        "pneumothorax": rng.random() < P_FINDING["pneumothorax"],
+    }
+    if has["consolidation"] and rng.random() < 0.7:
+        find["lobar"] = _lobar(rng, 1, (0.2, 0.33))
+    elif has["consolidation"]:
+        blobs = _patchy(anat, rng, k=3, r=(0.06, 0.1), a=(0.18, 0.3))
+        find["patchy"] = {"blobs": blobs, "retic": 0.0}
+    if has["pleural_effusion"]:
+        sides = [[-1], [1], [-1, 1]][int(rng.choice(3, p=(0.45, 0.35, 0.2)))]
+        find["effusion"] = [[side, _u(rng, 0.15, 0.45)] for side in sides]
+    if has["pneumothorax"]:
+        find["ptx"] = [[int(rng.choice((-1, 1))), _u(rng, 0.03, 0.10)]]
+    labels = {name: int(has[name]) for name in FINDINGS}
+    labels["abnormal"] = int(any(has.values()))
+    return find, labels, {}
+
+
+def sample_view(preset: str, person: dict, rng: np.random.Generator) -> tuple[dict, dict, dict]:
+    """One film of ``person``: ``(render params, labels before noise, extra metadata)``."""
+    anat = dict(person["anat"], base=person["anat"]["base"] + _u(rng, -0.035, 0.035))
+    pose, expo = _pose_and_exposure(rng)
+    view = _pneumonia_view if preset == "pneumonia" else _findings_view
+    find, labels, extra = view(person, anat, rng)
+    params = {"tex": int(rng.integers(2**31)), "pose": pose, "anat": anat, "expo": expo}
+    return dict(params, find=find), labels, {"ctr": anat["ctr"], **extra}

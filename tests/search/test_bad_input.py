@@ -1,0 +1,184 @@
+"""What a user can get wrong fails before any trial (and before Ray starts), with the fix.
+
+Each case goes through the real command line (``search.cli.main``) and checks the exit code,
+the message, and that nothing was started or written; the last test runs a real (tiny) search
+in which one trial's loss turns NaN: that trial ends errored, with the reason, and the study
+goes on.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import ray
+
+from search.cli import main
+from search.run_state import RunOptions
+from search.runner import run_study
+from spaces.studies import STUDIES, FixedCell, Profile, Stage, Study, TableSpec, final_cells
+
+
+def _fails(capsys, argv: list[str], *patterns: str) -> str:
+    """Run the CLI; it must exit 2 with every pattern (a regex) in its error message."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cxrkd: error: "), err
+    for pattern in patterns:
+        assert re.search(pattern, err), f"{pattern!r} not in {err!r}"
+    assert not ray.is_initialized(), "Ray was started before the input was checked"
+    return err
+
+
+@pytest.fixture
+def run_args(tiny_store, tmp_path, tiny) -> list[str]:
+    """``search run`` arguments of a valid tiny run (the cases below spoil one thing)."""
+    sets = [a for k, v in tiny.items() for a in ("--set", f"{k}={v}")]
+    storage = str(tmp_path / "runs")
+    return ["search", "run", "pneumonia-kd", "--dataset", tiny_store.name, "--name", "R",
+            "--storage", storage, *sets]  # fmt: skip
+
+
+def test_unknown_study_lists_the_known_ones(capsys):
+    _fails(capsys, ["search", "run", "pneumonia-kdd"], r"unknown study 'pneumonia-kdd'",
+           r"did you mean pneumonia-kd", r"known studies: \['pneumonia-kd'")  # fmt: skip
+
+
+def test_unknown_profile_lists_the_known_ones(capsys):
+    _fails(capsys, ["search", "run", "pneumonia-kd", "--profile", "huge"],
+           r"unknown profile 'huge'", r"known profiles: \['demo', 'paper'\]")  # fmt: skip
+
+
+def test_unknown_set_key_lists_the_valid_keys(capsys):
+    err = _fails(capsys, ["search", "run", "pneumonia-kd", "--set", "epoch=3"],
+                 r"unknown --set key\(s\) \['epoch'\]", r"valid keys: ")  # fmt: skip
+    assert "'epochs'" in err and "'temperature'" in err  # a KD key of this study is valid
+
+
+def test_set_without_equals_sign(capsys):
+    _fails(capsys, ["search", "run", "pneumonia-kd", "--set", "epochs5"],
+           r"--set takes key=value, got 'epochs5'")  # fmt: skip
+
+
+def test_set_method_is_refused(capsys):
+    _fails(capsys, ["search", "run", "pneumonia-kd", "--set", "method=kd_logit"],
+           r"--set method=\.\.\. is not allowed")  # fmt: skip
+
+
+def test_set_value_of_the_wrong_type(capsys):
+    _fails(capsys, ["search", "run", "pneumonia-kd", "--set", "lr=fast"],
+           r"bad value lr='fast': expected float")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("setting", "pattern"),
+    [
+        ("temperature=0", r"temperature=0\.0"),
+        ("alpha=1.5", r"alpha=1\.5"),
+        ("batch_size=0", r"bad value batch_size=0: expected at least 1"),
+        ("lr=-1", r"bad value lr=-1\.0: expected a positive learning rate"),
+    ],
+)
+def test_bad_values_fail_before_the_run_is_created(capsys, run_args, tmp_path, setting, pattern):
+    _fails(capsys, [*run_args, "--set", setting], pattern)
+    assert not (tmp_path / "runs" / "R" / "run.json").exists()
+
+
+def test_bad_numbers_of_trials(capsys, run_args):
+    _fails(capsys, [*run_args, "--num-samples", "0"], r"--num-samples must be at least 1, got 0")
+    _fails(capsys, [*run_args, "--max-concurrent", "0"], r"--max-concurrent must be at least 1")
+
+
+def test_unknown_dataset_lists_the_known_ones(capsys, run_args):
+    args = [*run_args]
+    args[args.index("--dataset") + 1] = "nope"
+    _fails(capsys, args, r"unknown dataset 'nope'", r"known datasets: \['tiny-pneumonia'\]",
+           r"cxrkd data import")  # fmt: skip
+
+
+def test_binary_study_on_a_multilabel_dataset(capsys, run_args, store_maker):
+    store_maker(name="tiny-findings", preset="findings")
+    args = [*run_args]
+    args[args.index("--dataset") + 1] = "tiny-findings"
+    _fails(capsys, args, r"study 'pneumonia-kd' needs a binary dataset",
+           r"'tiny-findings' is multilabel", r"--dataset")  # fmt: skip
+
+
+def test_storage_that_cannot_be_written(capsys, run_args, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")  # root can write anywhere, but not under a file
+    args = [*run_args]
+    args[args.index("--storage") + 1] = str(blocker / "runs")
+    _fails(capsys, args, r"storage '.*a-file/runs' is not writable", r"pass a writable --storage")
+
+
+def test_existing_run_name_says_resume(capsys, run_args, tmp_path):
+    run = tmp_path / "runs" / "R"
+    run.mkdir(parents=True)
+    (run / "run.json").write_text("{}")
+    _fails(capsys, run_args, r"run 'R' already exists", rf"cxrkd search resume {run}",
+           r"another --name")  # fmt: skip
+
+
+@pytest.mark.parametrize("command", ["resume", "status"])
+def test_resume_and_status_of_a_run_that_does_not_exist(capsys, tmp_path, command):
+    missing = tmp_path / "runs" / "nope"
+    _fails(capsys, ["search", command, str(missing)], rf"no run at {missing} \(no run.json\)")
+    # A bare name is looked up under the default storage ($CXRKD_HOME/runs).
+    _fails(capsys, ["search", command, "nope"], r"no run at .*/runs/nope", r"--name")
+
+
+# ---- a trial whose loss turns NaN ------------------------------------------------------
+
+NAN_STUDY = "nan-probe"
+
+
+def _nan_probe(profile: Profile) -> Study:
+    """One search cell of two fixed configs (one with a learning rate that diverges), then
+    the final stage re-trains the cell's choice."""
+    base = {**profile.fixed, "method": "cnn_baseline", "model": "cnn_baseline"}
+
+    def search(state) -> list:
+        return [FixedCell("cnn", ({**base, "lr": 1e-3}, {**base, "lr": 1e6}))]
+
+    return Study(
+        name=NAN_STUDY,
+        task="binary",
+        default_dataset="unused",
+        default_import=("phantom", "pneumonia", {}),
+        stages=[
+            # No ASHA: it could stop the diverging trial after epoch 1, before its loss is NaN.
+            Stage("search", "search", search, early_stopping=False),
+            Stage("final", "final", lambda state: final_cells(state, ["cnn"], 1), False),
+        ],
+        table=TableSpec(rows=[("cnn", "CNN")], metrics=[("test_auc", "AUC")],
+                        hyperparams={"cnn": ["lr"]}, title="NaN probe", stem="nan_probe"),
+        profile=profile,
+    )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_nan_trial_ends_errored_with_its_reason_and_the_study_goes_on(
+    local_ray, tiny_store, tiny, tmp_path, monkeypatch
+):
+    profile = Profile(name="demo", fixed={"img_size": 16, "epochs": 2, "pretrained": False,
+                      "steps_per_epoch": 2, "batch_size": 8, "augment": False},
+                      samples=1, teacher_samples=1, seeds=1, grace_period=1)  # fmt: skip
+    monkeypatch.setitem(STUDIES, NAN_STUDY, (_nan_probe, {"demo": profile}))
+    run = Path(
+        run_study(RunOptions(study=NAN_STUDY, dataset=tiny_store.name, name="nan",
+                             storage=str(tmp_path / "runs"), max_concurrent=2))
+    )  # fmt: skip
+    trials = pd.read_parquet(run / "trials.parquet").set_index(["stage", "config/lr"])
+    bad = trials.loc[("search", 1e6)]
+    assert bad["status"] == "errored"
+    assert re.search(r"training loss became nan in epoch 2 \(lr=1000000.0", bad["error"])
+    assert "lower lr or set grad_clip" in bad["error"]
+    good = trials.loc[("search", 1e-3)]
+    assert good["status"] == "completed" and pd.isna(good["error"])
+    # The study went on: the final stage re-trained the finite configuration and tested it.
+    final = trials.loc[("final", 1e-3)]
+    assert final["status"] == "completed" and final["test_auc"] == final["test_auc"]
+    assert (run / "tables" / "nan_probe.md").is_file()

@@ -1,0 +1,244 @@
+"""The study driver end to end: real Ray Tune + Optuna on a three-node cluster on this machine.
+
+Fast unit tests pin down what the end-to-end run cannot show reliably at this size: each cell
+is early-stopped only against its own trials (CellScheduler) and each cell gets its own Optuna
+study and budget (CellSearcher), across a searcher save/restore too.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+from ray.tune.schedulers import TrialScheduler
+from ray.tune.search import Searcher
+
+from search.cells import CellScheduler, CellSearcher
+from search.run_state import RunOptions
+from search.runner import run_study
+from spaces.studies import FixedCell, SearchCell
+from trainables.trainable import CELL_KEY
+
+METRIC = "val_auc"
+BASE = {"img_size": 16, "epochs": 4, "pretrained": False}
+
+
+def _trial(trial_id: str, cell: str) -> SimpleNamespace:
+    return SimpleNamespace(trial_id=trial_id, config={CELL_KEY: cell})
+
+
+def _scheduler(cells: list[str], *, early_stopping: bool = True) -> CellScheduler:
+    return CellScheduler(
+        [SearchCell(c, "cnn_baseline", {}, 4) for c in cells],
+        metric=METRIC,
+        mode="max",
+        max_t=4,
+        grace_period=1,
+        reduction_factor=2,
+        early_stopping=early_stopping,
+    )
+
+
+def _report(scheduler: CellScheduler, trial, value: float, it: int = 1) -> str:
+    return scheduler.on_trial_result(None, trial, {"training_iteration": it, METRIC: value})
+
+
+def test_cell_scheduler_stops_a_trial_only_against_its_own_cell():
+    scheduler = _scheduler(["a", "b"])
+    a1, a2, b1, b2 = _trial("a1", "a"), _trial("a2", "a"), _trial("b1", "b"), _trial("b2", "b")
+    for trial in (a1, a2, b1, b2):
+        scheduler.on_trial_add(None, trial)
+    assert set(scheduler.asha) == {"a", "b"} and scheduler.asha["a"] is not scheduler.asha["b"]
+    # Cell a's rung fills with strong trials.
+    assert _report(scheduler, a1, 0.95) == TrialScheduler.CONTINUE
+    assert _report(scheduler, a2, 0.90) == TrialScheduler.STOP  # below a's median (0.95)
+    # Cell b's first trial is far below cell a's rung: one shared ASHA would stop it.
+    assert _report(scheduler, b1, 0.30) == TrialScheduler.CONTINUE
+    assert _report(scheduler, b2, 0.20) == TrialScheduler.STOP  # below b's own rung (0.30)
+    assert scheduler.asha["a"]._num_stopped == 1 and scheduler.asha["b"]._num_stopped == 1
+    # A finished trial leaves its own cell's bookkeeping only.
+    scheduler.on_trial_complete(None, b1, {"training_iteration": 4, METRIC: 0.5})
+    assert "b1" not in scheduler.asha["b"]._trial_info and "a1" in scheduler.asha["a"]._trial_info
+
+
+def test_cell_scheduler_without_early_stopping_never_stops():
+    scheduler = _scheduler(["a"], early_stopping=False)
+    trials = [_trial(f"t{i}", "a") for i in range(3)]
+    for i, trial in enumerate(trials):
+        scheduler.on_trial_add(None, trial)
+        assert _report(scheduler, trial, 0.9 - 0.3 * i) == TrialScheduler.CONTINUE
+
+
+def _cells() -> list:
+    cnn = {**BASE, "method": "cnn_baseline", "model": "cnn_baseline"}
+    tl = {**BASE, "method": "transfer", "model": "resnet18", "freeze": True, "lr": 1e-3}
+    return [
+        SearchCell("cnn", "cnn_baseline", cnn, 3),
+        SearchCell("tl", "transfer", tl, 1),
+        FixedCell("fixed", ({**cnn, "lr": 1e-3, "seed": 0}, {**cnn, "lr": 1e-3, "seed": 1})),
+    ]
+
+
+def _take(searcher: CellSearcher, start: int, n: int) -> list[tuple[str, dict]]:
+    """Up to ``n`` suggestions, fewer when the searcher says it is finished."""
+    out = []
+    for i in range(start, start + n):
+        config = searcher.suggest(f"t{i}")
+        if config == Searcher.FINISHED:
+            break
+        out.append((f"t{i}", config))
+    return out
+
+
+def test_cell_searcher_gives_each_cell_its_own_study_and_budget(tmp_path):
+    searcher = CellSearcher(_cells(), metric=METRIC, mode="max", seed=0)
+    assert set(searcher.optuna) == {"cnn", "tl"}  # a fixed cell needs no Optuna study
+    studies = {k: s._ot_study for k, s in searcher.optuna.items()}
+    assert studies["cnn"] is not studies["tl"]
+    first = _take(searcher, 0, 3)
+    # Round robin over cells with budget left: every cell starts before any gets a second.
+    assert [c[CELL_KEY] for _, c in first] == ["cnn", "tl", "fixed"]
+    # A result reaches its own cell's study only.
+    tid, config = first[0]
+    assert config["method"] == "cnn_baseline" and config["epochs"] == 4  # fixed values kept
+    assert 1e-5 <= config["lr"] <= 3e-3 and "dropout" in config  # searched values
+    searcher.on_trial_complete(tid, result={METRIC: 0.8, "training_iteration": 4})
+    assert [t.value for t in studies["cnn"].trials if t.value is not None] == [0.8]
+    assert all(t.value is None for t in studies["tl"].trials)
+    # Tune saves the searcher with the experiment; a restored one keeps what it issued.
+    searcher.save(str(tmp_path / "searcher.pkl"))
+    restored = CellSearcher(_cells(), metric=METRIC, mode="max", seed=0)
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    rest = _take(restored, 3, 20)
+    assert restored.suggest("t99") == Searcher.FINISHED
+    counts = pd.Series([c[CELL_KEY] for _, c in first + rest]).value_counts().to_dict()
+    assert counts == {"cnn": 3, "tl": 1, "fixed": 2}
+    assert sorted(c["seed"] for _, c in first + rest if c[CELL_KEY] == "fixed") == [0, 1]
+    # The restored cnn study still holds the result told before the save.
+    assert [t.value for t in restored.optuna["cnn"]._ot_study.trials if t.value] == [0.8]
+
+
+# ---- end to end on three Ray nodes -------------------------------------------------------
+
+CONTRACT = ["study", "stage", "cell", "method", "trial_id", "status"]
+KD_CELL = "resnet18_kd"
+
+
+@pytest.mark.slow
+def test_pneumonia_kd_runs_across_nodes_and_writes_the_contract(
+    ray_cluster, tiny_store, tiny, home, tmp_path
+):
+    storage = tmp_path / "runs"
+    run_uri = run_study(
+        RunOptions(
+            study="pneumonia-kd",
+            dataset=tiny_store.name,
+            name="e2e",
+            storage=str(storage),
+            address=ray_cluster.address,
+            num_samples=2,
+            max_concurrent=3,
+            overrides=tiny,
+        )
+    )
+    run = Path(run_uri)
+    assert run == storage / "e2e"
+    trials = pd.read_parquet(run / "trials.parquet")
+    epochs = pd.read_parquet(run / "epochs.parquet")
+
+    # Contract columns, one row per trial, every trial finished.
+    for column in [*CONTRACT, "error", "config/lr", "config/batch_size", "val_auc"]:
+        assert column in trials, column
+    assert not trials["trial_id"].duplicated().any()
+    assert set(trials["status"]) <= {"completed", "stopped"}, trials[["cell", "error"]]
+    assert (trials["study"] == "pneumonia-kd").all()
+    sizes = trials.groupby(["stage", "cell"]).size().to_dict()
+    assert sizes == {
+        ("teacher", "resnet50_teacher"): 2,  # min(teacher_samples=2, num_samples=2)
+        **{("search", c): 2 for c in ["baseline_cnn", "resnet18_finetuned", "resnet18_frozen"]},
+        ("search", KD_CELL): 2,
+        **{("final", c): 2 for c in ["baseline_cnn", "resnet18_finetuned", "resnet18_frozen"]},
+        ("final", KD_CELL): 2,
+        ("final", "resnet50_teacher"): 2,  # the demo profile's 2 seeds
+    }
+    # --set values reached every trial; --num-samples set the budget (checked above).
+    assert (trials["config/img_size"] == 16).all() and (trials["config/epochs"] == 2).all()
+    assert (trials["config/batch_size"] == 8).all()
+
+    # Only the final stage touches the test split and measures the deployed model.
+    final = trials[trials["stage"] == "final"]
+    for column in ["test_auc", "test_acc_at_val_thr", "params", "latency_ms"]:
+        assert final[column].notna().all(), column
+    assert trials.loc[trials["stage"] != "final", "test_auc"].isna().all()
+    assert (final["status"] == "completed").all()  # no early stopping in the final stage
+    assert sorted(final.groupby("cell")["config/seed"].apply(sorted).iloc[0]) == [0, 1]
+
+    # epochs.parquet: one row per (trial, epoch), epochs 1..n without gaps, matching trials.
+    assert not epochs.duplicated(["trial_id", "epoch"]).any()
+    assert {"val_auc", "epoch_s", "node_id"} <= set(epochs.columns)
+    for trial_id, rows in epochs.groupby("trial_id"):
+        assert sorted(rows["epoch"]) == list(range(1, len(rows) + 1)), trial_id
+    last = epochs.groupby("trial_id")["epoch"].max()
+    assert last.to_dict() == trials.set_index("trial_id")["epoch"].to_dict()
+    stopped = trials[trials["status"] == "stopped"]
+    assert (stopped["stage"] != "final").all() and (stopped["epoch"] >= 1).all()
+
+    # The trials of a stage really ran on more than one Ray node.
+    nodes = epochs.groupby("stage")["node_id"].nunique().to_dict()
+    assert nodes["search"] >= 2 and nodes["final"] >= 2, nodes
+    assert epochs["node_id"].nunique() == 3, "three nodes, three trials at a time"
+
+    # The chosen configuration of each search cell is what the final stage re-trained.
+    searched = trials[(trials["stage"] == "search") & (trials["epoch"] == 2)]
+    config_cols = [c for c in trials.columns if c.startswith("config/")]
+    for cell, rows in final.groupby("cell"):
+        if cell == "resnet50_teacher":
+            continue
+        best = searched[searched["cell"] == cell]
+        best = best[best["val_auc"] == best["val_auc"].max()]
+        same = [
+            c
+            for c in config_cols
+            if c not in ("config/seed", "config/evaluate_test") and rows[c].notna().any()
+        ]
+        mine = rows.iloc[0][same]
+        assert any(all(_same(mine[c], b[c]) for c in same) for _, b in best.iterrows()), (
+            f"{cell}: final config is not the best searched one"
+        )
+
+    # One teacher, registered once on the run storage, used by every KD trial.
+    teachers = sorted((storage / "teachers").iterdir())
+    assert len(teachers) == 1 and (teachers[0] / "record.json").is_file()
+    state = json.loads((run / "state.json").read_text())
+    assert state["teacher_uri"] == str(teachers[0])
+    assert state["done"] == ["teacher", "search", "final"]
+    kd = trials[trials["method"] == "kd_logit"]
+    assert len(kd) == 4 and (kd["config/teacher_path"] == str(teachers[0])).all()
+    assert list((teachers[0] / "outputs").glob("train-16px.npy")), "cached teacher outputs"
+
+    # Nothing a trial is handed names a path outside the run storage (the dataset comes
+    # through the object store; the teacher from the storage).
+    for column in config_cols:
+        for value in trials[column].dropna():
+            if isinstance(value, str) and "/" in value:
+                assert value.startswith(str(storage)), (column, value)
+    assert str(home) not in trials.to_json(), "a trial config names the driver's CXRKD_HOME"
+
+    # Records and tables.
+    assert sorted(p.name for p in (run / "records").glob("trials-*")) == sorted(
+        f"trials-{s}--{c}.parquet" for s, c in sizes
+    )
+    for ext in ("md", "csv", "tex", "html"):
+        assert (run / "tables" / f"pneumonia_kd.{ext}").is_file(), ext
+    md = (run / "tables" / "pneumonia_kd.md").read_text()
+    assert "SYNTHETIC" in md and "ResNet-18 KD student" in md
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, float) and isinstance(b, float):
+        return math.isclose(a, b) or (math.isnan(a) and math.isnan(b))
+    return a == b

@@ -1,0 +1,145 @@
+"""Search spaces and studies: one name per method in both registries, and every config a
+space or a study proposes is one the trial accepts (STYLE.md 1, 5, 11)."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+
+from search.cells import CellSpace
+from spaces import get_space, load_spaces
+from spaces.studies import FixedCell, SearchCell, StudyState, get_study
+from trainables.config import field_names, parse_config
+from trainables.errors import CxrkdError
+from trainables.methods import load_methods
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+SPACES = sorted(load_spaces())
+PROFILES = ["demo", "paper"]
+SAMPLES = 6  # random draws per space: enough to visit every categorical choice often
+
+
+def sampled_trials(n: int = SAMPLES, seed: int = 0):
+    """Real optuna trials from an in-memory study (random sampler: spread over the space)."""
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    return [study.ask() for _ in range(n)]
+
+
+def test_every_method_has_a_space_of_the_same_name_and_vice_versa():
+    assert set(load_methods()) == set(load_spaces())
+    assert SPACES  # an empty registry would pass the line above
+
+
+@pytest.mark.parametrize("name", SPACES)
+def test_space_suggests_only_config_fields_under_their_own_names(name):
+    method = load_methods()[name]
+    fields = field_names(method.config_cls) | field_names(parse_config({"method": name}).train)
+    for trial in sampled_trials():
+        suggested = get_space(name)(trial) or {}
+        assert suggested, f"space {name!r} searched nothing"
+        # Parameter names equal config fields, and the config holds what Optuna recorded.
+        assert suggested == trial.params
+        assert set(suggested) <= fields
+
+
+@pytest.mark.parametrize("name", SPACES)
+def test_space_suggestions_parse_for_their_method(name):
+    seen = []
+    for trial in sampled_trials():
+        suggested = get_space(name)(trial)
+        cfg = parse_config({"method": name, **suggested}).to_flat()
+        assert {k: cfg[k] for k in suggested} == suggested  # nothing dropped or changed
+        seen.append(suggested)
+    assert len({tuple(sorted(s.items())) for s in seen}) == SAMPLES  # the draws really vary
+
+
+def test_space_is_a_pure_function_of_the_trial():
+    for name in SPACES:
+        trial = sampled_trials(1)[0]
+        first = get_space(name)(trial)
+        fixed = optuna.trial.FixedTrial(first)
+        assert get_space(name)(fixed) == first == get_space(name)(fixed)
+
+
+def test_unknown_space_names_the_close_match():
+    with pytest.raises(CxrkdError, match=r"unknown space 'kd_logits' \(did you mean kd_logit"):
+        get_space("kd_logits")
+
+
+def stage_cells(study, stage) -> list:
+    """The cells of a stage, built from a state such as the earlier stages leave."""
+    state = StudyState(teacher_uri="/runs/r1/teachers/0123456789abcdef0123")
+    rows = [key for key, _ in study.table.rows]
+    if stage.role == "final":
+        # What the search stage chose: the demo/paper fixed values plus a searched config.
+        for cell in [c for s in study.stages if s.role != "final" for c in s.cells(state)]:
+            state.best[cell.key] = CellSpace(cell)(sampled_trials(1)[0])
+        assert set(rows) <= set(state.best), "every table row needs a searched cell"
+    return stage.cells(state)
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_pneumonia_kd_study_builds_and_every_cell_config_parses(profile):
+    study = get_study("pneumonia-kd", profile)
+    assert study.profile.name == profile and profile in study.profile.banner
+    assert [s.role for s in study.stages] == ["teacher", "search", "final"]
+    for stage in study.stages:
+        cells = stage_cells(study, stage)
+        assert cells, f"stage {stage.name!r} has no cells"
+        keys = [cell.key for cell in cells]
+        assert len(keys) == len(set(keys)), keys  # a cell key names one Optuna study
+        if stage.role == "final":
+            assert keys == [key for key, _ in study.table.rows]
+        for cell in cells:
+            if isinstance(cell, SearchCell):
+                assert cell.space == cell.fixed["method"]  # the space of the cell's method
+                assert cell.num_samples >= 1
+                for trial in sampled_trials(3):
+                    flat = CellSpace(cell)(trial)
+                    cfg = parse_config(flat)
+                    # Fixed values win over (and are never suggested by) the space.
+                    assert {k: flat[k] for k in cell.fixed} == cell.fixed
+                    assert not set(cell.fixed) & set(trial.params)
+                    assert cfg.train.img_size == study.profile.fixed["img_size"]
+            else:
+                assert isinstance(cell, FixedCell)
+                seeds = [parse_config(c).train.seed for c in cell.configs]
+                assert seeds == list(range(study.profile.seeds))
+                assert all(parse_config(c).train.evaluate_test for c in cell.configs)
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_pneumonia_kd_table_names_real_cells_and_config_fields(profile):
+    study = get_study("pneumonia-kd", profile)
+    state = StudyState(teacher_uri="/runs/r1/teachers/x")
+    cells = {c.key: c for s in study.stages[:2] for c in s.cells(state)}
+    for row, _ in study.table.rows:
+        method = cells[row].fixed["method"]
+        fields = field_names(load_methods()[method].config_cls) | field_names(
+            parse_config({"method": method}).train
+        )
+        assert set(study.table.hyperparams[row]) <= fields, row
+
+
+def test_kd_cell_carries_the_registered_teacher():
+    study = get_study("pneumonia-kd", "demo")
+    uri = "/runs/r1/teachers/0123456789abcdef0123"
+    (kd,) = [c for c in study.stages[1].cells(StudyState(teacher_uri=uri)) if c.space == "kd_logit"]
+    assert parse_config(CellSpace(kd)(sampled_trials(1)[0])).method.teacher_path == uri
+
+
+def test_pinned_parameters_are_not_searched():
+    cell = SearchCell("c", "kd_logit", {"method": "kd_logit", "lr": 0.01, "alpha": 0.3}, 1)
+    trial = sampled_trials(1)[0]
+    flat = CellSpace(cell)(trial)
+    assert flat["lr"] == 0.01 and flat["alpha"] == 0.3
+    assert "lr" not in trial.params and "alpha" not in trial.params
+    assert "temperature" in trial.params  # the rest is still searched
+
+
+def test_unknown_study_and_profile_are_refused():
+    with pytest.raises(CxrkdError, match="known studies"):
+        get_study("pneumonia", "demo")
+    with pytest.raises(CxrkdError, match=r"unknown profile 'fast'.*\['demo', 'paper'\]"):
+        get_study("pneumonia-kd", "fast")
