@@ -7,40 +7,28 @@ under the name of the method it searches; parameter names equal config fields. S
 
 from __future__ import annotations
 
-import difflib
-import importlib
 from collections.abc import Callable
 
-from trainables.errors import CxrkdError
+from trainables.registry import Registry
 
 _MODULES = ("spaces.cnn_baseline", "spaces.transfer", "spaces.kd_logit")
 
-SPACES: dict[str, Callable] = {}
+SPACES: Registry[Callable] = Registry("space", _MODULES)
 
 
 def register_space(name: str) -> Callable:
     def decorate(fn: Callable) -> Callable:
-        if name in SPACES:
-            raise CxrkdError(f"space {name!r} registered twice")
-        SPACES[name] = fn
-        return fn
+        return SPACES.add(name, fn)
 
     return decorate
 
 
 def load_spaces() -> dict[str, Callable]:
-    for module in _MODULES:
-        importlib.import_module(module)
-    return SPACES
+    return SPACES.all()
 
 
 def get_space(name: str) -> Callable:
-    spaces = load_spaces()
-    if name not in spaces:
-        close = difflib.get_close_matches(name, spaces, n=3)
-        hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        raise CxrkdError(f"unknown space {name!r}{hint}; known spaces: {sorted(spaces)}")
-    return spaces[name]
+    return SPACES.get(name)
 
 
 def suggest_optimizer(trial) -> dict:

@@ -9,11 +9,11 @@ side by side. Cells of later stages are built from what earlier stages chose
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from trainables.errors import CxrkdError
+from trainables.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -106,25 +106,22 @@ class Study:
 
 
 StudyFactory = Callable[[Profile], Study]
-STUDIES: dict[str, tuple[StudyFactory, dict[str, Profile]]] = {}
+# name -> (factory, profiles); studies register themselves in their modules
+STUDIES: Registry[tuple[StudyFactory, dict[str, Profile]]] = Registry(
+    "study", ("spaces.pneumonia_kd",), plural="studies"
+)
 
 
 def register_study(name: str, profiles: dict[str, Profile]) -> Callable:
     def decorate(factory: StudyFactory) -> StudyFactory:
-        STUDIES[name] = (factory, profiles)
+        STUDIES.add(name, (factory, profiles))
         return factory
 
     return decorate
 
 
 def get_study(name: str, profile: str) -> Study:
-    import spaces.pneumonia_kd  # noqa: F401  (registers the study)
-
-    if name not in STUDIES:
-        close = difflib.get_close_matches(name, STUDIES, n=3)
-        hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        raise CxrkdError(f"unknown study {name!r}{hint}; known studies: {sorted(STUDIES)}")
-    factory, profiles = STUDIES[name]
+    factory, profiles = STUDIES.get(name)
     if profile not in profiles:
         raise CxrkdError(
             f"unknown profile {profile!r} for study {name!r}; known profiles: {sorted(profiles)}"

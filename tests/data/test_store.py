@@ -165,3 +165,10 @@ def test_cli_show_json_list_preview_rm(tmp_path, monkeypatch, capsys):
     assert main(["data", "rm", "tiny"]) == 0
     assert main(["data", "show", "tiny"]) == 2
     assert "unknown dataset 'tiny'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bad", ["../x", "a/b", "", ".hidden", "x" * 101, "a..b"])
+def test_bad_names_are_refused_before_any_work(tmp_path, bad):
+    with pytest.raises(DatasetError, match="bad dataset name"):
+        write_store(make_plan(name=bad), size=8, home=tmp_path, workers=1)
+    assert not (tmp_path / "datasets").exists() or not any((tmp_path / "datasets").iterdir())

@@ -13,7 +13,13 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from trainables.data.store import DatasetError, DatasetStore, Manifest, datasets_dir
+from trainables.data.store import (
+    DatasetError,
+    DatasetStore,
+    Manifest,
+    check_name,
+    datasets_dir,
+)
 from trainables.data.writer import ImportPlan, write_store
 
 
@@ -77,6 +83,8 @@ def import_dataset(
     **options,
 ) -> Manifest:
     """Plan and write one import; returns the new (or, with ``exist_ok``, existing) manifest."""
+    if name is not None:
+        check_name(name)  # before a long planning pass over the source
     plan = get_importer(kind).planner()(src, name=name, **options)
     if exist_ok and (datasets_dir(home) / plan.name).exists():
         existing = DatasetStore.open(plan.name, home).manifest

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -43,6 +44,19 @@ SYNTHETIC_BANNER = "SYNTHETIC phantom data (not real patients)"
 
 class DatasetError(CxrkdError):
     """A dataset problem a user can fix; the message says what and how."""
+
+
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def check_name(name: str) -> str:
+    """A store name is one path component: letters, digits, '.', '_', '-' (no '/', no '..')."""
+    if not NAME_PATTERN.fullmatch(name) or ".." in name:
+        raise DatasetError(
+            f"bad dataset name {name!r}: use letters, digits, '.', '_' and '-' (at most 100, "
+            "starting with a letter or digit), e.g. --name kaggle-pneumonia-224"
+        )
+    return name
 
 
 def cxrkd_home(home: str | os.PathLike | None = None) -> Path:
@@ -124,7 +138,7 @@ class DatasetStore:
 
     @classmethod
     def open(cls, name: str, home: str | os.PathLike | None = None) -> DatasetStore:
-        path = datasets_dir(home) / name
+        path = datasets_dir(home) / check_name(name)
         if not (path / MANIFEST_FILE).is_file():
             known = [m.name for m in list_datasets(home)]
             raise DatasetError(

@@ -36,6 +36,7 @@ from trainables.data.store import (
     SPLITS,
     DatasetError,
     Manifest,
+    check_name,
     datasets_dir,
     label_counts,
     split_counts,
@@ -202,6 +203,7 @@ def write_store(
     """Decode ``plan`` into ``$CXRKD_HOME/datasets/<plan.name>`` and return its manifest."""
     if not 8 <= size <= 2048:
         raise DatasetError(f"--size must be between 8 and 2048 px, got {size}")
+    check_name(plan.name)
     plan.validate()
     root = datasets_dir(home)
     final = root / plan.name

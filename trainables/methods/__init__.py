@@ -7,12 +7,10 @@ in ``spaces``, and its import in :data:`_MODULES`.
 
 from __future__ import annotations
 
-import difflib
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from trainables.errors import CxrkdError
+from trainables.registry import Registry
 
 _MODULES = (
     "trainables.methods.cnn_baseline",
@@ -30,31 +28,22 @@ class Method:
     needs_teacher: bool = False
 
 
-METHODS: dict[str, Method] = {}
+METHODS: Registry[Method] = Registry("method", _MODULES)
 
 
 def register_method(
     name: str, *, config: type, tasks: tuple[str, ...], needs_teacher: bool = False
 ) -> Callable:
     def decorate(build: Callable) -> Callable:
-        if name in METHODS:
-            raise CxrkdError(f"method {name!r} registered twice")
-        METHODS[name] = Method(name, config, build, tasks, needs_teacher)
+        METHODS.add(name, Method(name, config, build, tasks, needs_teacher))
         return build
 
     return decorate
 
 
 def load_methods() -> dict[str, Method]:
-    for module in _MODULES:
-        importlib.import_module(module)
-    return METHODS
+    return METHODS.all()
 
 
 def get_method(name: str) -> Method:
-    methods = load_methods()
-    if name not in methods:
-        close = difflib.get_close_matches(name, methods, n=3)
-        hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        raise CxrkdError(f"unknown method {name!r}{hint}; known methods: {sorted(methods)}")
-    return methods[name]
+    return METHODS.get(name)

@@ -1,0 +1,226 @@
+"""What Ray Tune + the driver cost on top of training: a tiny demo study, timed end to end.
+
+Run: ``.venv/bin/python bench/tune_overhead.py [--num-samples 1] [--concurrency 2]``. In one
+run it imports a tiny SYNTHETIC phantom store (120 images, 32 px) into a temporary
+``CXRKD_HOME``, starts a private local Ray with ``--concurrency`` CPUs, runs ``pneumonia-kd``
+with tiny trials (16 px, 2 epochs of 2 steps of 8 images; with ``--num-samples 1``: 1 teacher
++ 4 search + 10 final trials) and compares
+
+* ``wall``: the driver's wall time (``run_study``, Ray start excluded and reported apart), with
+* ``train``: the sum over every reported epoch of the trial's own ``epoch_s`` (train + val
+  (+ test) inside the trial), divided by the concurrency: the wall time an ideal scheduler
+  with no per-trial cost would need.
+
+``overhead = wall / train - 1``. The breakdown times each stage (Tuner set-up + fit), the
+teacher-output task and the report, and, per trial (from Tune's callbacks), the time from
+Tune starting the trial to its first result beyond that epoch's own ``epoch_s`` (actor start
+or reuse, data from the object store, model build) and the worker pids, which show whether
+``reuse_actors=True`` runs trials of different cells in the same actor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+
+TINY = {"img_size": "16", "epochs": "2", "steps_per_epoch": "2", "batch_size": "8"}
+
+
+class Timeline:
+    """Wall-clock marks of the driver's phases and of every trial (from Tune's callbacks)."""
+
+    def __init__(self) -> None:
+        self.phases: list[tuple[str, float]] = []
+        self.trials: dict[str, dict] = {}
+
+    def timed(self, name: str, fn):
+        """``fn`` that adds its wall time to the phases under ``name``."""
+
+        def wrapper(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.phases.append((name, time.perf_counter() - t0))
+
+        return wrapper
+
+    def callback(self, stage: str):
+        from ray.tune import Callback
+
+        trials = self.trials
+
+        class Marks(Callback):
+            def on_trial_start(self, iteration, trials_, trial, **info):
+                trials.setdefault(trial.trial_id, {"stage": stage, "starts": []})
+                trials[trial.trial_id]["starts"].append(time.perf_counter())
+
+            def on_trial_result(self, iteration, trials_, trial, result, **info):
+                row = trials[trial.trial_id]
+                row.setdefault("results", []).append(
+                    (time.perf_counter(), float(result.get("epoch_s", 0.0)))
+                )
+                row["pid"] = result.get("pid")
+                row["cell"] = trial.config["cell"]
+
+            def on_trial_complete(self, iteration, trials_, trial, **info):
+                trials[trial.trial_id]["end"] = time.perf_counter()
+
+        return Marks()
+
+
+def instrument(timeline: Timeline) -> None:
+    """Wrap the driver's phases and add a timing callback to each stage's Tuner."""
+    import results.report
+    import search.runner
+    import search.setup
+    from search import stage as stage_mod
+
+    run_stage = stage_mod.run_stage
+
+    def run_stage_timed(ctx, stage, cells):
+        original = stage_mod.RecordsCallback
+
+        class RecordsAndMarks(original):  # one more callback, same Tuner otherwise
+            def __init__(self, **kwargs):
+                super().__init__(**kwargs)
+                self.marks = timeline.callback(stage.name)
+
+            def on_trial_start(self, *args, **kwargs):
+                self.marks.on_trial_start(*args, **kwargs)
+
+            def on_trial_result(self, *args, **kwargs):
+                super().on_trial_result(*args, **kwargs)
+                self.marks.on_trial_result(*args, **kwargs)
+
+            def on_trial_complete(self, *args, **kwargs):
+                super().on_trial_complete(*args, **kwargs)
+                self.marks.on_trial_complete(*args, **kwargs)
+
+        stage_mod.RecordsCallback = RecordsAndMarks
+        try:
+            return timeline.timed(f"stage {stage.name}", run_stage)(ctx, stage, cells)
+        finally:
+            stage_mod.RecordsCallback = original
+
+    search.runner.run_stage = run_stage_timed
+    search.setup.precompute_teacher_outputs = timeline.timed(
+        "teacher outputs task", search.setup.precompute_teacher_outputs
+    )
+    results.report.write_report = timeline.timed("report", results.report.write_report)
+
+
+def trial_costs(timeline: Timeline) -> pd.DataFrame:
+    rows = []
+    for trial_id, t in timeline.trials.items():
+        results = t.get("results", [])
+        if not results:
+            continue
+        first_at, first_epoch_s = results[0]
+        rows.append(
+            {
+                "trial_id": trial_id,
+                "stage": t["stage"],
+                "cell": t.get("cell"),
+                "pid": t.get("pid"),
+                # Tune starting the trial -> its first result, less the first epoch itself.
+                "start_cost_s": first_at - t["starts"][0] - first_epoch_s,
+                # Last result -> Tune calling the trial complete.
+                "end_cost_s": t.get("end", results[-1][0]) - results[-1][0],
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--num-samples", type=int, default=1)
+    parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument("--keep", help="keep the run folder here (default: a temp folder)")
+    args = parser.parse_args()
+
+    root = Path(args.keep or tempfile.mkdtemp(prefix="cxrkd-bench-"))
+    os.environ["CXRKD_HOME"] = str(root / "home")
+    os.environ.setdefault("CXRKD_TRIAL_THREADS", "1")  # one core per trial
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    import ray
+
+    from search.run_state import RunOptions
+    from search.runner import run_study
+    from trainables.data.importers import import_dataset
+
+    store = import_dataset(
+        "phantom", "pneumonia", name="bench", n=120, size=32, progress=False, workers=1
+    )
+    load_before = os.getloadavg()
+    t0 = time.perf_counter()
+    # As the driver's own init_ray (which then uses this Ray), with a fixed CPU count.
+    ray.init(address="local", num_cpus=args.concurrency, include_dashboard=False,
+             log_to_driver=False)  # fmt: skip
+    ray_start = time.perf_counter() - t0
+
+    timeline = Timeline()
+    instrument(timeline)
+    t0 = time.perf_counter()
+    run_uri = run_study(
+        RunOptions(
+            study="pneumonia-kd",
+            dataset=store.name,
+            name="bench",
+            storage=str(root / "runs"),
+            num_samples=args.num_samples,
+            max_concurrent=args.concurrency,
+            overrides=dict(TINY),
+        )
+    )
+    wall = time.perf_counter() - t0
+    ray.shutdown()
+    load_after = os.getloadavg()
+
+    epochs = pd.read_parquet(Path(run_uri) / "epochs.parquet")
+    trials = pd.read_parquet(Path(run_uri) / "trials.parquet")
+    conc = args.concurrency
+    train = epochs["epoch_s"].sum() / conc
+    print(f"\nrun {run_uri}: {len(trials)} trials, {len(epochs)} epochs, concurrency {conc}")
+    print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f} (1 min)")
+    print(f"ray start                     {ray_start:7.1f} s  (not in wall)")
+    print(f"wall (run_study)              {wall:7.1f} s")
+    print(f"sum(epoch_s) / concurrency    {train:7.1f} s")
+    print(f"overhead wall / train - 1     {wall / train - 1:7.0%}   (goal <= 15%)")
+    print("\nphases (wall s):")
+    phases = dict(timeline.phases)
+    for name, seconds in timeline.phases:
+        print(f"  {name:<24} {seconds:7.1f}")
+    rest = wall - sum(phases.values())
+    print(f"  {'driver set-up, other':<24} {rest:7.1f}  (checks, data to object store, ...)")
+    print("\nper stage: wall vs sum(epoch_s)/concurrency")
+    for stage, rows in epochs.groupby("stage", sort=False):
+        ideal = rows["epoch_s"].sum() / conc
+        stage_wall = phases.get(f"stage {stage}", float("nan"))
+        n = trials[trials["stage"] == stage].shape[0]
+        print(f"  {stage:<8} {n:3d} trials  wall {stage_wall:6.1f} s  train {ideal:6.1f} s  "
+              f"overhead {stage_wall / ideal - 1:6.0%}")  # fmt: skip
+    costs = trial_costs(timeline)
+    if len(costs):
+        print("\nper trial (s): median [min, max]")
+        for column in ("start_cost_s", "end_cost_s"):
+            values = costs[column]
+            print(f"  {column:<14} {statistics.median(values):5.2f} "
+                  f"[{values.min():5.2f}, {values.max():5.2f}]")  # fmt: skip
+        print("\nactor reuse (worker pids per stage; fewer pids than trials = reused):")
+        for stage, rows in costs.groupby("stage", sort=False):
+            by_pid = rows.groupby("pid")["cell"].apply(lambda c: sorted(set(c)))
+            mixed = sum(len(cells) > 1 for cells in by_pid)
+            print(f"  {stage:<8} {len(rows):3d} trials in {rows['pid'].nunique()} worker "
+                  f"process(es); {mixed} process(es) ran trials of more than one cell")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

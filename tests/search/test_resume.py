@@ -1,0 +1,224 @@
+"""An interrupted run continues with nothing lost or repeated: the real CLI in a subprocess,
+killed mid-stage (SIGKILL in the search stage, Ctrl-C in the final stage), then resumed.
+
+The driver runs in its own session, so a kill reaches it and every Ray process it started
+(they share its process group) and nothing else on the machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from search.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+BUDGET = {  # num_samples=2: trials per (stage, cell)
+    ("teacher", "resnet50_teacher"): 2,
+    **{
+        ("search", c): 2
+        for c in ["baseline_cnn", "resnet18_finetuned", "resnet18_frozen", "resnet18_kd"]
+    },
+    **{
+        ("final", c): 2  # the demo profile's 2 seeds
+        for c in [
+            "baseline_cnn",
+            "resnet18_finetuned",
+            "resnet18_frozen",
+            "resnet18_kd",
+            "resnet50_teacher",
+        ]
+    },
+}
+
+
+class Driver:
+    """``python -m search.cli ARGS`` in a new session, its output in a log file."""
+
+    def __init__(self, args: list[str], *, env: dict, log: Path) -> None:
+        self.log = log
+        self.out = log.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "search.cli", *args],
+            cwd=REPO,
+            env=env,
+            stdout=self.out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def alive(self) -> list[int]:
+        """Pids still in the driver's session (the driver, Ray's daemons and workers)."""
+        sid, pids = self.proc.pid, []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[0] != "Z" and int(fields[3]) == sid:  # state, ppid, pgrp, session
+                pids.append(int(stat.parent.name))
+        return pids
+
+    def signal(self, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError):  # already gone
+            os.killpg(self.proc.pid, sig)
+
+    def wait(self, timeout: float) -> int:
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            tail = self.text()[-3000:]
+            raise AssertionError(f"driver still running after {timeout} s:\n{tail}") from None
+
+    def wait_gone(self, timeout: float = 60) -> None:
+        """Wait until no process of the session is left."""
+        deadline = time.monotonic() + timeout
+        while self.alive() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not self.alive(), f"processes left behind: {self.alive()}"
+
+    def close(self) -> None:
+        if self.proc.poll() is None or self.alive():
+            self.signal(signal.SIGKILL)
+            self.proc.wait(timeout=30)
+        self.out.close()
+
+
+def finished(run: Path, stage: str) -> int:
+    """Trials of ``stage`` the driver has recorded as finished (completed or stopped)."""
+    n = 0
+    for path in (run / "records").glob(f"trials-{stage}--*.parquet"):
+        try:
+            n += pd.read_parquet(path)["status"].isin(["completed", "stopped"]).sum()
+        except (OSError, ValueError):  # being replaced right now
+            continue
+    return n
+
+
+def wait_until(driver: Driver, ready, what: str, timeout: float = 400) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        code = driver.proc.poll()
+        assert code is None, f"driver exited ({code}) before {what}:\n{driver.text()[-3000:]}"
+        assert time.monotonic() < deadline, f"no {what} after {timeout} s:\n{driver.text()[-3000:]}"
+        time.sleep(0.5)
+
+
+@pytest.fixture
+def driver_env(home, tmp_path):
+    """The CLI's environment: this test's CXRKD_HOME, no cluster address, Ray's files in a
+    private short folder (socket paths are limited to 107 characters)."""
+    ray_tmp = Path(tempfile.mkdtemp(prefix="cxrkd-rt-", dir="/tmp"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
+    env.update(
+        CXRKD_HOME=str(home),
+        RAY_TMPDIR=str(ray_tmp),
+        CXRKD_TRIAL_THREADS="1",
+        OMP_NUM_THREADS="1",
+        PYTHONUNBUFFERED="1",
+    )
+    yield env
+    shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def status_text(capsys, run: Path) -> str:
+    assert main(["search", "status", str(run)]) == 0
+    return capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_killed_then_interrupted_run_resumes_without_loss_or_repeats(
+    tiny_store, tiny, tmp_path, driver_env, capsys
+):
+    storage = tmp_path / "runs"
+    run = storage / "R"
+    sets = [a for k, v in tiny.items() for a in ("--set", f"{k}={v}")]
+    log = tmp_path / "driver.log"
+    drivers: list[Driver] = []
+
+    def start(args: list[str]) -> Driver:
+        drivers.append(Driver(args, env=driver_env, log=log))
+        return drivers[-1]
+
+    try:
+        # 1. Run; SIGKILL the driver and its Ray once two search trials have finished.
+        first = start(["search", "run", "pneumonia-kd", "--dataset", tiny_store.name,
+                       "--name", "R", "--storage", str(storage), "--num-samples", "2",
+                       "--max-concurrent", "2", *sets])  # fmt: skip
+        wait_until(first, lambda: finished(run, "search") >= 2, "2 finished search trials")
+        first.signal(signal.SIGKILL)
+        first.wait(30)
+        first.wait_gone()
+        state = json.loads((run / "state.json").read_text())
+        assert state["done"] == ["teacher"]
+        teacher = Path(state["teacher_uri"])
+        registered = (teacher / "record.json").stat().st_mtime_ns
+        text = status_text(capsys, run)
+        assert "stages done: teacher" in text and "[search]" in text, text
+
+        # 2. Resume; Ctrl-C (SIGINT to the group, as a terminal does) in the final stage.
+        second = start(["search", "resume", str(run)])
+        wait_until(second, lambda: finished(run, "final") >= 1, "a finished final trial")
+        second.signal(signal.SIGINT)
+        assert second.wait(120) == 130, second.text()[-3000:]
+        second.wait_gone()
+        assert f"continue with `cxrkd search resume {run}`" in second.text()
+        state = json.loads((run / "state.json").read_text())
+        assert state["done"] == ["teacher", "search"], "an interrupted stage was marked done"
+
+        # 3. Resume again, to the end.
+        third = start(["search", "resume", str(run)])
+        assert third.wait(400) == 0, third.text()[-3000:]
+        third.wait_gone()
+    finally:
+        for driver in drivers:
+            driver.close()
+
+    text = log.read_text()
+    assert text.count("[teacher] already done") == 2 and text.count("[search] already done") == 1
+    trials = pd.read_parquet(run / "trials.parquet")
+    epochs = pd.read_parquet(run / "epochs.parquet")
+    # Every trial exactly once, each cell exactly its budget, every trial finished.
+    assert not trials["trial_id"].duplicated().any()
+    assert trials.groupby(["stage", "cell"]).size().to_dict() == BUDGET
+    assert set(trials["status"]) <= {"completed", "stopped"}, trials[["cell", "error"]]
+    assert (trials.loc[trials["stage"] == "final", "status"] == "completed").all()
+    assert not epochs.duplicated(["trial_id", "epoch"]).any()
+    for trial_id, rows in epochs.groupby("trial_id"):
+        assert sorted(rows["epoch"]) == list(range(1, len(rows) + 1)), trial_id
+    # Tune's own view agrees: no stage experiment holds more trials than its budget.
+    for stage in ("teacher", "search", "final"):
+        dirs = [p for p in (run / stage).iterdir() if p.name.startswith("tune_trainable_")]
+        budget = sum(n for (s, _), n in BUDGET.items() if s == stage)
+        assert len(dirs) == budget, (stage, len(dirs))
+    # The teacher was trained and registered once, and every KD trial used it.
+    assert sorted((storage / "teachers").iterdir()) == [teacher]
+    assert (teacher / "record.json").stat().st_mtime_ns == registered
+    kd = trials[trials["method"] == "kd_logit"]
+    assert len(kd) == 4 and (kd["config/teacher_path"] == str(teacher)).all()
+    assert (run / "tables" / "pneumonia_kd.md").is_file()
+
+    text = status_text(capsys, run)
+    assert "stages done: teacher, search, final" in text and f"teacher: {teacher}" in text
+    for (stage, cell), rows in trials.groupby(["stage", "cell"]):
+        counts = rows["status"].value_counts().to_dict()
+        summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+        assert any(f"[{stage}] {cell} " in ln and summary in ln for ln in text.splitlines()), (
+            stage,
+            cell,
+            text,
+        )
