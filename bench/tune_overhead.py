@@ -21,6 +21,7 @@ or reuse, data from the object store, model build) and the worker pids, which sh
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import statistics
 import tempfile
@@ -38,6 +39,7 @@ class Timeline:
     def __init__(self) -> None:
         self.phases: list[tuple[str, float]] = []
         self.trials: dict[str, dict] = {}
+        self.stage_begin: dict[str, float] = {}
 
     def timed(self, name: str, fn):
         """``fn`` that adds its wall time to the phases under ``name``."""
@@ -54,23 +56,23 @@ class Timeline:
     def callback(self, stage: str):
         from ray.tune import Callback
 
-        trials = self.trials
+        store = self.trials
 
-        class Marks(Callback):
-            def on_trial_start(self, iteration, trials_, trial, **info):
-                trials.setdefault(trial.trial_id, {"stage": stage, "starts": []})
-                trials[trial.trial_id]["starts"].append(time.perf_counter())
+        class Marks(Callback):  # Tune calls callbacks with keyword arguments
+            def on_trial_start(self, iteration, trials, trial, **info):
+                store.setdefault(trial.trial_id, {"stage": stage, "starts": []})
+                store[trial.trial_id]["starts"].append(time.perf_counter())
 
-            def on_trial_result(self, iteration, trials_, trial, result, **info):
-                row = trials[trial.trial_id]
+            def on_trial_result(self, iteration, trials, trial, result, **info):
+                row = store[trial.trial_id]
                 row.setdefault("results", []).append(
                     (time.perf_counter(), float(result.get("epoch_s", 0.0)))
                 )
                 row["pid"] = result.get("pid")
                 row["cell"] = trial.config["cell"]
 
-            def on_trial_complete(self, iteration, trials_, trial, **info):
-                trials[trial.trial_id]["end"] = time.perf_counter()
+            def on_trial_complete(self, iteration, trials, trial, **info):
+                store[trial.trial_id]["end"] = time.perf_counter()
 
         return Marks()
 
@@ -104,6 +106,7 @@ def instrument(timeline: Timeline) -> None:
                 self.marks.on_trial_complete(*args, **kwargs)
 
         stage_mod.RecordsCallback = RecordsAndMarks
+        timeline.stage_begin[stage.name] = time.perf_counter()
         try:
             return timeline.timed(f"stage {stage.name}", run_stage)(ctx, stage, cells)
         finally:
@@ -118,30 +121,65 @@ def instrument(timeline: Timeline) -> None:
 
 def trial_costs(timeline: Timeline) -> pd.DataFrame:
     rows = []
-    for trial_id, t in timeline.trials.items():
+    for trial_id, t in sorted(timeline.trials.items(), key=lambda kv: kv[1]["starts"][0]):
         results = t.get("results", [])
         if not results:
             continue
         first_at, first_epoch_s = results[0]
+        gaps = [b[0] - a[0] - b[1] for a, b in itertools.pairwise(results)]
         rows.append(
             {
                 "trial_id": trial_id,
                 "stage": t["stage"],
                 "cell": t.get("cell"),
                 "pid": t.get("pid"),
-                # Tune starting the trial -> its first result, less the first epoch itself.
+                "started": t["starts"][0],
+                # Tune starting the trial -> its first result, less the first epoch itself:
+                # data from the object store, model build, first checkpoint save + persist.
                 "start_cost_s": first_at - t["starts"][0] - first_epoch_s,
+                # Between two results, beyond the epoch: checkpoint save + persist + report.
+                "epoch_cost_s": statistics.median(gaps) if gaps else float("nan"),
                 # Last result -> Tune calling the trial complete.
                 "end_cost_s": t.get("end", results[-1][0]) - results[-1][0],
             }
         )
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    if len(frame):  # the first trial of each worker process paid for starting the actor
+        frame["new_actor"] = ~frame.duplicated(["stage", "pid"])
+    return frame
+
+
+def print_trial_costs(costs: pd.DataFrame, timeline: Timeline) -> None:
+    print("\nper trial (s): median [min, max] (n)")
+    for label, values in [
+        ("start, new actor", costs.loc[costs["new_actor"], "start_cost_s"]),
+        ("start, reused actor", costs.loc[~costs["new_actor"], "start_cost_s"]),
+        ("per epoch beyond epoch_s", costs["epoch_cost_s"].dropna()),
+        ("end", costs["end_cost_s"]),
+    ]:
+        if len(values):
+            print(f"  {label:<26} {statistics.median(values):5.2f} "
+                  f"[{values.min():5.2f}, {values.max():5.2f}] ({len(values)})")  # fmt: skip
+    print("\nstage start -> its first trial starts (Tuner set-up, actor scheduling) (s):")
+    for stage, begin in timeline.stage_begin.items():
+        first = costs.loc[costs["stage"] == stage, "started"].min()
+        print(f"  {stage:<8} {first - begin:5.2f}")
+    print("\nactor reuse (worker pids per stage; fewer pids than trials = reused):")
+    for stage, rows in costs.groupby("stage", sort=False):
+        by_pid = rows.groupby("pid")["cell"].apply(lambda c: sorted(set(c)))
+        mixed = sum(len(cells) > 1 for cells in by_pid)
+        print(f"  {stage:<8} {len(rows):3d} trials in {rows['pid'].nunique()} worker "
+              f"process(es); {mixed} process(es) ran trials of more than one cell")  # fmt: skip
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--num-samples", type=int, default=1)
     parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=2, help="epochs per trial")
+    parser.add_argument("--steps", type=int, default=2, help="training steps per epoch")
+    parser.add_argument("--img-size", type=int, default=16, help="model input side (px)")
+    parser.add_argument("--n", type=int, default=120, help="images in the phantom store")
     parser.add_argument("--keep", help="keep the run folder here (default: a temp folder)")
     args = parser.parse_args()
 
@@ -157,7 +195,7 @@ def main() -> None:
     from trainables.data.importers import import_dataset
 
     store = import_dataset(
-        "phantom", "pneumonia", name="bench", n=120, size=32, progress=False, workers=1
+        "phantom", "pneumonia", name="bench", n=args.n, size=32, progress=False, workers=1
     )
     load_before = os.getloadavg()
     t0 = time.perf_counter()
@@ -177,7 +215,12 @@ def main() -> None:
             storage=str(root / "runs"),
             num_samples=args.num_samples,
             max_concurrent=args.concurrency,
-            overrides=dict(TINY),
+            overrides={
+                **TINY,
+                "epochs": str(args.epochs),
+                "steps_per_epoch": str(args.steps),
+                "img_size": str(args.img_size),
+            },
         )
     )
     wall = time.perf_counter() - t0
@@ -209,17 +252,7 @@ def main() -> None:
               f"overhead {stage_wall / ideal - 1:6.0%}")  # fmt: skip
     costs = trial_costs(timeline)
     if len(costs):
-        print("\nper trial (s): median [min, max]")
-        for column in ("start_cost_s", "end_cost_s"):
-            values = costs[column]
-            print(f"  {column:<14} {statistics.median(values):5.2f} "
-                  f"[{values.min():5.2f}, {values.max():5.2f}]")  # fmt: skip
-        print("\nactor reuse (worker pids per stage; fewer pids than trials = reused):")
-        for stage, rows in costs.groupby("stage", sort=False):
-            by_pid = rows.groupby("pid")["cell"].apply(lambda c: sorted(set(c)))
-            mixed = sum(len(cells) > 1 for cells in by_pid)
-            print(f"  {stage:<8} {len(rows):3d} trials in {rows['pid'].nunique()} worker "
-                  f"process(es); {mixed} process(es) ran trials of more than one cell")  # fmt: skip
+        print_trial_costs(costs, timeline)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,9 @@
 
 Tune's result files can lose rows across a restore, so the driver keeps its own: one
 ``epochs`` row per reported epoch (deduplicated by ``(trial_id, epoch)`` when read) and one
-``trials`` row per trial, written to ``<run>/records/`` after each finished trial and at the
-end of a stage, as ``{trials,epochs}-<stage>--<cell>.parquet``.
+``trials`` row per trial, written to ``<run>/records/`` as
+``{trials,epochs}-<stage>--<cell>.parquet``: epochs as they are reported, trials after each
+finished trial and at the end of a stage.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import sys
 import time
 
 import pandas as pd
+import pyarrow.fs as pafs
 from ray.tune import Callback
 
 from trainables import storage
@@ -49,7 +51,6 @@ def _error_line(trial) -> str | None:
 class RecordsCallback(Callback):
     def __init__(self, *, run_uri: str, study: str, stage: str) -> None:
         self.run_uri, self.study, self.stage = run_uri, study, stage
-        self.epoch_rows: dict[str, list[dict]] = {}
         self.trials: dict[str, object] = {}
         self.errors: dict[str, str | None] = {}
 
@@ -65,7 +66,10 @@ class RecordsCallback(Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         row = {**self._ids(trial), **{k: v for k, v in result.items() if k not in SKIP_RESULT_KEYS}}
-        self.epoch_rows.setdefault(trial.config[CELL_KEY], []).append(row)
+        # Written at once, not when the trial ends: a driver killed mid-trial would lose the
+        # epochs its checkpoint already covers (the resumed trial goes on after them).
+        cell = trial.config[CELL_KEY]
+        write_records(self.run_uri, "epochs", self.stage, cell, pd.DataFrame([row]))
         self.trials[trial.trial_id] = trial
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
@@ -81,6 +85,7 @@ class RecordsCallback(Callback):
         for trial in trials:
             self.trials[trial.trial_id] = trial
         self.flush()
+        prune_records(self.run_uri, self.stage, {trial.trial_id for trial in trials})
 
     def trial_row(self, trial) -> dict:
         last = trial.last_result or {}
@@ -101,8 +106,6 @@ class RecordsCallback(Callback):
             by_cell.setdefault(trial.config[CELL_KEY], []).append(self.trial_row(trial))
         for cell, rows in by_cell.items():
             write_records(self.run_uri, "trials", self.stage, cell, pd.DataFrame(rows))
-        for cell, rows in self.epoch_rows.items():
-            write_records(self.run_uri, "epochs", self.stage, cell, pd.DataFrame(rows))
 
 
 def records_uri(run_uri: str, kind: str, stage: str, cell: str) -> str:
@@ -117,6 +120,24 @@ def write_records(run_uri: str, kind: str, stage: str, cell: str, frame: pd.Data
     keys = ["trial_id", "epoch"] if kind == "epochs" else ["trial_id"]
     frame = frame.drop_duplicates(subset=keys, keep="last")
     storage.write_parquet(uri, frame)
+
+
+def prune_records(run_uri: str, stage: str, known: set[str]) -> None:
+    """Drop the stage's rows of trials its experiment does not know: ones a killed driver
+    started after Tune's last snapshot. The resumed experiment never saw them and its
+    searcher hands their budget out again, under new trial ids."""
+    fs, root = storage.filesystem(storage.join(run_uri, "records"))
+    for info in fs.get_file_info(pafs.FileSelector(root, allow_not_found=True)):
+        name = info.base_name
+        if name.endswith(".parquet") and name.split("--")[0] in (
+            f"trials-{stage}",
+            f"epochs-{stage}",
+        ):
+            uri = storage.join(run_uri, "records", name)
+            frame = storage.read_parquet(uri)
+            keep = frame["trial_id"].isin(known)
+            if not keep.all():
+                storage.write_parquet(uri, frame[keep])
 
 
 class ProgressCallback(Callback):

@@ -75,11 +75,16 @@ def read_state(run_uri: str) -> tuple[StudyState, list[str]]:
     if not storage.exists(uri):
         return StudyState(), []
     raw = storage.read_json(uri)
-    return StudyState(teacher_uri=raw["teacher_uri"], best=raw["best"]), raw["done"]
+    return StudyState(teachers=raw["teachers"], best=raw["best"]), raw["done"]
 
 
 def write_state(run_uri: str, state: StudyState, done: list[str]) -> None:
     storage.write_json(
         storage.join(run_uri, "state.json"),
-        {"teacher_uri": state.teacher_uri, "best": state.best, "done": done},
+        {
+            "teachers": state.teachers,
+            "teacher_uri": state.teacher_uri,  # the first teacher, for single-teacher studies
+            "best": state.best,
+            "done": done,
+        },
     )

@@ -113,9 +113,10 @@ def _drive(study: Study, options: RunOptions, store, run_uri: str) -> str:
             for key, result in chosen.items():
                 state.best[key] = config_of(result)
             if stage.role == "teacher":
-                uri = register_teacher(ctx, chosen[cells[0].key], state)
-                setup.precompute_teacher_outputs(ctx, uri, state)
-                log(f"[{stage.name}] teacher registered at {uri}")
+                for cell in cells:
+                    uri = register_teacher(ctx, cell.key, chosen[cell.key], state)
+                    log(f"[{stage.name}] teacher {cell.key} registered at {uri}")
+                setup.warm_teacher_caches(ctx, study, state, options.overrides)
             done.append(stage.name)
             write_state(run_uri, state, done)
         write_report(run_uri, study, store.manifest)

@@ -34,7 +34,7 @@ def study_with_options(options: RunOptions) -> Study:
         profile = dataclasses.replace(profile, fixed={**profile.fixed, **fixed})
     # Rebuilt by the study's factory, not `replace(study, profile=...)`: the stages' cell
     # functions close over the profile they were made with (budgets, fixed values).
-    factory, _ = STUDIES[study.name]
+    factory, _ = STUDIES.get(study.name)
     return factory(profile)
 
 
@@ -52,7 +52,7 @@ def typed_overrides(study: Study, overrides: dict) -> dict:
 
 
 def _study_methods(study: Study) -> set[str]:
-    state = StudyState(teacher_uri="<teacher>")
+    state = StudyState(placeholder=True)
     methods = set()
     for stage in study.stages:
         if stage.role == "final":
@@ -114,7 +114,7 @@ def check_cells(study: Study, store: DatasetStore, overrides: dict | None = None
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    state = StudyState(teacher_uri="<teacher>")
+    state = StudyState(placeholder=True)
     models: set[str] = set()
     weights_dir = None
     for stage in study.stages:
@@ -178,22 +178,35 @@ def max_concurrent(options: RunOptions) -> int:
     return max(1, int(min(by_cpu, by_gpu)))
 
 
-def precompute_teacher_outputs(ctx, teacher_uri: str, state: StudyState) -> None:
-    """Compute the teacher's cached outputs once, before the students start (no race)."""
+def warm_teacher_caches(ctx, study: Study, state: StudyState, overrides: dict) -> None:
+    """Build one task of every student cell once, in one Ray task on a trial's resources:
+    building a task with a teacher computes the teacher's cached outputs it needs (when
+    augmentation allows caching) and stores them in the registry, so the student trials
+    that start next only read them (none computes them, and none races another)."""
+    import json
+
+    import optuna
     import ray
 
-    fixed = ctx.study.profile.fixed
-    if fixed["augment"]:
-        return  # students run the teacher online on each augmented view
-    res = ctx.resources
-    task = ray.remote(num_cpus=res["cpu"], num_gpus=res["gpu"])(_teacher_outputs)
-    ray.get(task.remote(ctx.data_ref, teacher_uri, int(fixed["img_size"])))
+    configs: dict[str, dict] = {}
+    for stage in study.stages:
+        if stage.role != "search":
+            continue
+        for cell in apply_overrides(stage.cells(state), overrides):
+            if isinstance(cell, SearchCell) and get_method(cell.fixed["method"]).needs_teacher:
+                flat = CellSpace(cell)(optuna.create_study().ask())
+                configs.setdefault(json.dumps(cell.fixed, sort_keys=True, default=str), flat)
+    if configs:
+        res = ctx.resources
+        task = ray.remote(num_cpus=res["cpu"], num_gpus=res["gpu"])(_build_tasks)
+        ray.get(task.remote(ctx.data_ref, list(configs.values())))
 
 
-def _teacher_outputs(data, teacher_uri: str, img_size: int) -> None:
+def _build_tasks(data, configs: list[dict]) -> None:
     from trainables.context import TrialContext
-    from trainables.data.augment import Pipeline
     from trainables.loop import pick_device
 
     ctx = TrialContext(device=pick_device(), data=data)
-    ctx.teacher_outputs(teacher_uri, split="train", pipeline=Pipeline(input_size=img_size))
+    for flat in configs:
+        cfg = parse_config(flat)
+        get_method(cfg.train.method).build(cfg, data.info, ctx)

@@ -21,6 +21,11 @@ from trainables.trainable import CELL_KEY
 
 # Retries after a worker dies (node loss, OOM-kill); a deterministic error repeats quickly.
 MAX_FAILURES = 2
+# Not 1: Tune deletes the older checkpoint as soon as a newer one is registered, before the
+# experiment snapshot naming the newer one is saved; a driver killed in between resumes the
+# trial from a deleted checkpoint (the trial errors). With 2, the snapshot (taken at least
+# every 10 s) still names a kept checkpoint unless two epochs finish within its period.
+KEEP_CHECKPOINTS = 2
 
 
 @dataclass(frozen=True)
@@ -79,7 +84,7 @@ def run_stage(ctx: StageContext, stage: Stage, cells: list[Cell]):
                     stage=stage.name, total=stage_budget(cells), epochs=epochs, metric=study.metric
                 ),
             ],
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS),
             failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
         ),
     )
@@ -121,7 +126,7 @@ def config_of(result) -> dict:
     return {k: v for k, v in result.config.items() if k != CELL_KEY}
 
 
-def register_teacher(ctx: StageContext, result, state: StudyState) -> str:
+def register_teacher(ctx: StageContext, cell: str, result, state: StudyState) -> str:
     """Put the chosen teacher in the registry and compute its cached outputs once."""
     if result.checkpoint is None:
         raise CxrkdError("the chosen teacher trial has no checkpoint; cannot register it")
@@ -134,5 +139,5 @@ def register_teacher(ctx: StageContext, result, state: StudyState) -> str:
             folder = result.checkpoint.to_directory(tmp)
             metrics = {k: v for k, v in result.metrics.items() if k.startswith("val_")}
             uri = registry.register(key, folder, metrics)
-    state.teacher_uri = uri
+    state.teachers[cell] = uri
     return uri

@@ -30,8 +30,8 @@ def status_lines(run_uri: str) -> list[str]:
         f"  study {opts['study']} (profile {opts['profile']}) on dataset {opts['dataset']}",
         f"  stages done: {', '.join(done) or 'none'}",
     ]
-    if state.teacher_uri:
-        lines.append(f"  teacher: {state.teacher_uri}")
+    for key, uri in state.teachers.items():
+        lines.append(f"  teacher {key}: {uri}")
     trials = load_trial_records(run_uri)
     if trials.empty:
         lines.append("  no trial has reported yet")

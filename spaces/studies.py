@@ -40,10 +40,27 @@ Cell = SearchCell | FixedCell
 
 @dataclass
 class StudyState:
-    """What finished stages handed on; saved in the run folder so a resume sees it too."""
+    """What finished stages handed on; saved in the run folder so a resume sees it too.
 
-    teacher_uri: str | None = None
+    ``placeholder=True`` makes a state for checking cells before anything ran: every teacher
+    is ``"<teacher>"``.
+    """
+
+    teachers: dict[str, str] = field(default_factory=dict)  # teacher cell key -> registry URI
     best: dict[str, dict] = field(default_factory=dict)  # cell key -> chosen config
+    placeholder: bool = False
+
+    def teacher(self, key: str) -> str:
+        if self.placeholder:
+            return "<teacher>"
+        if key not in self.teachers:
+            raise CxrkdError(f"no teacher was registered for cell {key!r}: its stage found none")
+        return self.teachers[key]
+
+    @property
+    def teacher_uri(self) -> str | None:
+        """The teacher of a single-teacher study (pneumonia-kd)."""
+        return next(iter(self.teachers.values()), None)
 
     def chosen(self, key: str) -> dict:
         if key not in self.best:
@@ -71,6 +88,7 @@ class Profile:
     grace_period: int  # ASHA: epochs before a trial can be stopped
     reduction_factor: int = 2
     bounds: dict = field(default_factory=dict)  # search ranges sized to the budget
+    grid: dict = field(default_factory=dict)  # study-specific axes (e.g. lowres-kd's Grid)
     device_hint: str = ""  # where the profile is meant to run, for the tables' caption
 
     @property
@@ -81,6 +99,17 @@ class Profile:
             f"{self.name} scale ({self.device_hint}): {f['img_size']} px, {f['epochs']} epochs, "
             f"{weights}, {self.samples} trials per cell, {self.seeds} seeds"
         )
+
+
+@dataclass(frozen=True)
+class PivotSpec:
+    """A grid table: ``entries`` are ``(row labels, column, final cell key, metric)``."""
+
+    title: str
+    stem: str
+    row_names: tuple[str, ...]
+    entries: list[tuple[tuple[str, ...], str, str, str]]
+    configs: dict[str, list[str]] = field(default_factory=dict)  # cell -> keys to list
 
 
 @dataclass(frozen=True)
@@ -99,7 +128,7 @@ class Study:
     default_dataset: str  # built-in dataset used when --dataset is not given
     default_import: tuple[str, str, dict]  # (kind, src, options) to create it if missing
     stages: list[Stage]
-    table: TableSpec
+    tables: list[TableSpec | PivotSpec]
     profile: Profile
     metric: str = "val_auc"
     mode: str = "max"
@@ -108,7 +137,7 @@ class Study:
 StudyFactory = Callable[[Profile], Study]
 # name -> (factory, profiles); studies register themselves in their modules
 STUDIES: Registry[tuple[StudyFactory, dict[str, Profile]]] = Registry(
-    "study", ("spaces.pneumonia_kd",), plural="studies"
+    "study", ("spaces.pneumonia_kd", "spaces.lowres_kd"), plural="studies"
 )
 
 

@@ -68,7 +68,13 @@ def split_metrics(
     y_find, y_glob = labels[:, list(finding_idx)], labels[:, global_idx]
     macro, per_label = multilabel_auroc(y_find, _sigmoid(outputs["mlct"]), info.finding_labels)
     glob = binary_metrics(y_glob, _sigmoid(outputs["mcct"].reshape(-1)), val_threshold=threshold)
-    out = {"auroc_mlct": macro, "auroc_mcct": glob["auc"], "auc": glob["auc"]}
+    # auroc_mean weighs both tasks equally: what lowres-kd selects configurations by.
+    out = {
+        "auroc_mlct": macro,
+        "auroc_mcct": glob["auc"],
+        "auroc_mean": (macro + glob["auc"]) / 2,
+        "auc": glob["auc"],
+    }
     out.update({f"auroc_{name}": value for name, value in per_label.items()})
     return out
 

@@ -200,11 +200,9 @@ def test_killed_then_interrupted_run_resumes_without_loss_or_repeats(
     assert not epochs.duplicated(["trial_id", "epoch"]).any()
     for trial_id, rows in epochs.groupby("trial_id"):
         assert sorted(rows["epoch"]) == list(range(1, len(rows) + 1)), trial_id
-    # Tune's own view agrees: no stage experiment holds more trials than its budget.
-    for stage in ("teacher", "search", "final"):
-        dirs = [p for p in (run / stage).iterdir() if p.name.startswith("tune_trainable_")]
-        budget = sum(n for (s, _), n in BUDGET.items() if s == stage)
-        assert len(dirs) == budget, (stage, len(dirs))
+    # Trials a killed driver had started after Tune's last snapshot were re-run under new
+    # ids; none of their rows is left behind.
+    assert set(epochs["trial_id"]) == set(trials["trial_id"])
     # The teacher was trained and registered once, and every KD trial used it.
     assert sorted((storage / "teachers").iterdir()) == [teacher]
     assert (teacher / "record.json").stat().st_mtime_ns == registered

@@ -69,8 +69,8 @@ def test_unknown_space_names_the_close_match():
 
 def stage_cells(study, stage) -> list:
     """The cells of a stage, built from a state such as the earlier stages leave."""
-    state = StudyState(teacher_uri="/runs/r1/teachers/0123456789abcdef0123")
-    rows = [key for key, _ in study.table.rows]
+    state = StudyState(teachers={"resnet50_teacher": "/runs/r1/teachers/0123456789abcdef0123"})
+    rows = [key for key, _ in study.tables[0].rows]
     if stage.role == "final":
         # What the search stage chose: the demo/paper fixed values plus a searched config.
         for cell in [c for s in study.stages if s.role != "final" for c in s.cells(state)]:
@@ -90,7 +90,7 @@ def test_pneumonia_kd_study_builds_and_every_cell_config_parses(profile):
         keys = [cell.key for cell in cells]
         assert len(keys) == len(set(keys)), keys  # a cell key names one Optuna study
         if stage.role == "final":
-            assert keys == [key for key, _ in study.table.rows]
+            assert keys == [key for key, _ in study.tables[0].rows]
         for cell in cells:
             if isinstance(cell, SearchCell):
                 assert cell.space == cell.fixed["method"]  # the space of the cell's method
@@ -112,20 +112,24 @@ def test_pneumonia_kd_study_builds_and_every_cell_config_parses(profile):
 @pytest.mark.parametrize("profile", PROFILES)
 def test_pneumonia_kd_table_names_real_cells_and_config_fields(profile):
     study = get_study("pneumonia-kd", profile)
-    state = StudyState(teacher_uri="/runs/r1/teachers/x")
+    state = StudyState(teachers={"resnet50_teacher": "/runs/r1/teachers/x"})
     cells = {c.key: c for s in study.stages[:2] for c in s.cells(state)}
-    for row, _ in study.table.rows:
+    for row, _ in study.tables[0].rows:
         method = cells[row].fixed["method"]
         fields = field_names(load_methods()[method].config_cls) | field_names(
             parse_config({"method": method}).train
         )
-        assert set(study.table.hyperparams[row]) <= fields, row
+        assert set(study.tables[0].hyperparams[row]) <= fields, row
 
 
 def test_kd_cell_carries_the_registered_teacher():
     study = get_study("pneumonia-kd", "demo")
     uri = "/runs/r1/teachers/0123456789abcdef0123"
-    (kd,) = [c for c in study.stages[1].cells(StudyState(teacher_uri=uri)) if c.space == "kd_logit"]
+    (kd,) = [
+        c
+        for c in study.stages[1].cells(StudyState(teachers={"resnet50_teacher": uri}))
+        if c.space == "kd_logit"
+    ]
     assert parse_config(CellSpace(kd)(sampled_trials(1)[0])).method.teacher_path == uri
 
 

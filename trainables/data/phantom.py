@@ -223,9 +223,10 @@ def sample_patient(preset: str, rng: np.random.Generator) -> dict:
         anat["ctr"] = _u(rng, 0.53, 0.66)
     person["nodules"] = []
     if rng.random() < P_FINDING["nodule"]:
-        for _ in range(1 if rng.random() < 0.75 else 2):
+        for _ in range(int(rng.choice((1, 2, 3), p=(0.5, 0.3, 0.2)))):
+            # radius 2-3 px at 224 px (a 4-6 mm nodule on a 35 cm film), under 0.4 px at 28
             x, y = _lung_point(anat, rng, 0.06)
-            person["nodules"].append([x, y, _u(rng, 0.018, 0.028), _u(rng, 0.11, 0.17)])
+            person["nodules"].append([x, y, _u(rng, 0.017, 0.026), _u(rng, 0.18, 0.28)])
     person["masses"] = []
     if rng.random() < P_FINDING["mass"]:
         x, y = _lung_point(anat, rng, 0.12)

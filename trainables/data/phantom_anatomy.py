@@ -130,7 +130,7 @@ def vessels(x, y, s, anat: dict, rng: np.random.Generator):
     for (k, drift), (p0, p1) in zip(_HARMONICS, phase.tolist(), strict=True):
         prof += np.cos(k * theta + p0 + 0.8 * np.sin(drift * r + p1))
     width = 0.12 + 0.2 * r
-    return np.clip(1.0 - np.abs(prof) / width, 0.0, 1.0) * np.exp(-1.5 * r)
+    return np.clip(1.0 - np.abs(prof) / width, 0.0, 1.0) * np.exp(-1.0 * r)
 
 
 _HARMONICS = ((5.0, 5.0), (8.0, 7.0), (12.0, 6.0), (17.0, 9.0))  # (angular k, radial drift)
@@ -207,8 +207,10 @@ def lobe_zone(s, y, lobe: str, anat: dict, px: float):
     if lobe == "upper_right":
         return sig((fissure - y) / sharp)
     if lobe == "middle":
-        return sig((y - fissure) / sharp) * sig((fissure + 0.32 - y) / 0.06) * sig(
-            (anat["med"] + 0.42 - s) / 0.08
+        return (
+            sig((y - fissure) / sharp)
+            * sig((fissure + 0.32 - y) / 0.06)
+            * sig((anat["med"] + 0.42 - s) / 0.08)
         )
     if lobe in ("lower_right", "lower_left"):
         return sig((y - anat["hilum"] - 0.05) / 0.07)
@@ -311,10 +313,12 @@ def _lung_fields(film: Film, anat: dict, find: dict, mottle: np.ndarray):
                 dist = lung_distance(s, y, collapsed_box(box, width))
                 gap = sig(-dist / ew)  # outside the collapsed lung
                 # apical and lateral only: the medial lung stays against the mediastinum
-                where = lung * sig((box[2] + 0.25 - y) / 0.06) * sig((s - box[0] + 0.2 * box[1]) / 0.04)
+                where = (
+                    lung * sig((box[2] + 0.25 - y) / 0.06) * sig((s - box[0] + 0.2 * box[1]) / 0.04)
+                )
                 keep *= 1.0 - gap * where
                 line = np.clip(1.0 - np.abs(dist) / (2.0 * ew), 0.0, 1.0)  # ~1 px wide
-                extra[win] += where * (0.14 * line - 0.01 * gap)
+                extra[win] += where * (0.20 * line - 0.01 * gap)
         air[win] += lung
         marked[win] += keep
     return air, marked, extra
@@ -397,7 +401,7 @@ def render_params(p: dict, size: int) -> np.ndarray:
     markings = vessels(x[win], y[win], ax[win], anat, rng)
     # Markings vanish in pleural air and under fluid; the mottle (overlying soft tissue and
     # parenchyma at a coarse scale) follows the aerated lung only.
-    dens[win] += marked[win] * (1.0 - mediastinal[win]) * (0.08 * markings)
+    dens[win] += marked[win] * (1.0 - mediastinal[win]) * (0.10 * markings)
     dens[win] += np.minimum(air[win], 1.0) * (0.02 * mottle[win])
     _add_local(dens, film, find, anat)
     # bones show best against aerated lung; over the abdomen and heart they are faint

@@ -1,0 +1,207 @@
+"""Study ``lowres-kd``: the MLCAK paper (seeds/002) as a grid of searched cells.
+
+Axes: ViT size (teacher = student, as in the paper; cross-size pairs can be added), the
+student's low resolution, and the KD approach. Stages: one high-resolution ``vit_mtl`` teacher
+per size (registered once, reused by every student) -> side by side: ``vit_mtl`` at each low
+resolution (the paper's Table 1) and ``kd_vit`` for every (size, resolution, approach) (its
+Table 2), each cell with its own Optuna study and ASHA -> every cell's chosen configuration
+re-trained on several seeds and tested. Searched per cell: lr, weight decay, alpha, beta,
+gamma, and T for vanilla KD.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from spaces.studies import (
+    FixedCell,
+    PivotSpec,
+    Profile,
+    SearchCell,
+    Stage,
+    Study,
+    StudyState,
+    final_cells,
+    register_study,
+)
+
+SIZES = {
+    "tiny": ("vit_tiny_patch16_224", "ViT-Tiny"),
+    "small": ("vit_small_patch16_224", "ViT-Small"),
+    "base": ("vit_base_patch16_224", "ViT-Base"),
+}
+APPROACHES = ("vanilla", "last_block", "one_to_one", "mlcak")
+TASKS = (("T1 (MLCT)", "test_auroc_mlct"), ("T2 (MCCT)", "test_auroc_mcct"))
+KD_KEYS = ["lr", "weight_decay", "alpha", "beta", "gamma", "temperature"]
+
+
+@dataclass(frozen=True)
+class Grid:
+    sizes: tuple[str, ...]  # teacher = student size
+    lows: tuple[int, ...]  # student resolutions, below the profile's img_size
+    approaches: tuple[str, ...] = APPROACHES
+    pairs: tuple[tuple[str, str], ...] = ()  # extra (teacher, student) cross-size pairs
+    patch_size: int = 0  # 0: the timm model's own (demo variants shrink it)
+    depth: int = 0
+
+
+PROFILES = {
+    # CPU-sized: tiny ViTs at 64 px keeping the paper's 8:4:2:1 ratio (224 -> 112/56/28).
+    "demo": Profile(
+        name="demo",
+        fixed={
+            "img_size": 64,
+            "epochs": 4,
+            "pretrained": False,
+            "steps_per_epoch": 15,
+            "batch_size": 32,
+            "augment": False,
+            "warmup_epochs": 0.0,
+        },
+        samples=2,
+        teacher_samples=2,
+        seeds=2,
+        grace_period=2,
+        bounds={"lr": (3e-4, 3e-3)},
+        device_hint="CPU",
+        grid={"grid": Grid(sizes=("tiny",), lows=(32, 16, 8), patch_size=8, depth=4)},
+    ),
+    # The paper: 224 px, batch 64, AdamW around lr 5e-4 with cosine annealing, 100 epochs.
+    "paper": Profile(
+        name="paper",
+        fixed={
+            "img_size": 224,
+            "epochs": 100,
+            "pretrained": True,
+            "steps_per_epoch": 0,
+            "batch_size": 64,
+            "augment": True,
+            "warmup_epochs": 5.0,
+            "schedule": "cosine",
+            "optimizer": "adamw",
+        },
+        samples=16,
+        teacher_samples=6,
+        seeds=3,
+        grace_period=10,
+        reduction_factor=3,
+        bounds={"lr": (1e-4, 1e-3)},
+        device_hint="GPU cluster",
+        grid={"grid": Grid(sizes=("tiny", "small", "base"), lows=(112, 56, 28))},
+    ),
+}
+
+
+def _vit(base: dict, grid: Grid, size: str) -> dict:
+    return {**base, "model": SIZES[size][0], "patch_size": grid.patch_size, "depth": grid.depth}
+
+
+def teacher_key(size: str) -> str:
+    return f"teacher_{size}"
+
+
+def base_key(size: str, low: int) -> str:
+    return f"base_{size}_{low}px"
+
+
+def kd_key(teacher: str, student: str, low: int, approach: str) -> str:
+    pair = student if teacher == student else f"{teacher}-{student}"
+    return f"kd_{pair}_{low}px_{approach}"
+
+
+def _pairs(grid: Grid) -> list[tuple[str, str]]:
+    return [(s, s) for s in grid.sizes] + list(grid.pairs)
+
+
+@register_study("lowres-kd", PROFILES)
+def lowres_kd(profile: Profile) -> Study:
+    grid: Grid = profile.grid["grid"]
+    base = dict(profile.fixed)
+    n, b = profile.samples, profile.bounds
+    teacher_sizes = list(dict.fromkeys(t for t, _ in _pairs(grid)))
+
+    def teachers(state: StudyState) -> list:
+        return [
+            SearchCell(
+                teacher_key(size), "vit_mtl",
+                {**_vit(base, grid, size), "method": "vit_mtl", "low_res": 0},
+                profile.teacher_samples, b,
+            )
+            for size in teacher_sizes
+        ]  # fmt: skip
+
+    def students(state: StudyState) -> list:
+        cells = [
+            SearchCell(
+                base_key(size, low), "vit_mtl",
+                {**_vit(base, grid, size), "method": "vit_mtl", "low_res": low}, n, b,
+            )
+            for size in grid.sizes
+            for low in grid.lows
+        ]  # fmt: skip
+        for t, s in _pairs(grid):
+            for low in grid.lows:
+                for approach in grid.approaches:
+                    fixed = {
+                        **_vit(base, grid, s),
+                        "method": "kd_vit",
+                        "low_res": low,
+                        "kd_approach": approach,
+                        "teacher_path": state.teacher(teacher_key(t)),
+                    }
+                    cells.append(SearchCell(kd_key(t, s, low, approach), "kd_vit", fixed, n, b))
+        return cells
+
+    def final(state: StudyState) -> list[FixedCell]:
+        keys = [c.key for c in teachers(state)] + [c.key for c in students(state)]
+        return final_cells(state, keys, profile.seeds)
+
+    hr = f"HR {base['img_size']} px"
+    table1 = [
+        (SIZES[size][1], task, col, cell, metric)
+        for size in grid.sizes
+        for task, metric in TASKS
+        for col, cell in [(hr, teacher_key(size))]
+        + [(f"{low} px", base_key(size, low)) for low in grid.lows]
+    ]
+    table2 = [
+        (pair_name(t, s), approach, task, f"{low} px", kd_key(t, s, low, approach), metric)
+        for t, s in _pairs(grid)
+        for approach in grid.approaches
+        for task, metric in TASKS
+        for low in grid.lows
+    ]
+    kd_cells = [kd_key(t, s, low, a) for t, s in _pairs(grid) for low in grid.lows
+                for a in grid.approaches]  # fmt: skip
+    return Study(
+        name="lowres-kd",
+        task="multilabel",
+        default_dataset="phantom-findings",
+        default_import=("phantom", "findings", {}),
+        stages=[
+            Stage("teacher", "teacher", teachers),
+            Stage("search", "search", students),
+            Stage("final", "final", final, early_stopping=False),
+        ],
+        tables=[
+            PivotSpec(
+                title="Table 1: AUROC of ViTs without KD at high and low resolution (test)",
+                stem="lowres_table1",
+                row_names=("ViT", "task"),
+                entries=[((v, t), col, cell, m) for v, t, col, cell, m in table1],
+            ),
+            PivotSpec(
+                title="Table 2: AUROC of low-resolution students by KD approach (test)",
+                stem="lowres_table2",
+                row_names=("teacher -> student", "approach", "task"),
+                entries=[((p, a, t), col, cell, m) for p, a, t, col, cell, m in table2],
+                configs={cell: KD_KEYS for cell in kd_cells},
+            ),
+        ],
+        profile=profile,
+        metric="val_auroc_mean",
+    )
+
+
+def pair_name(teacher: str, student: str) -> str:
+    return f"{SIZES[teacher][1]} -> {SIZES[student][1]}"
