@@ -1,21 +1,23 @@
-"""What Ray Tune + the driver cost on top of training: a tiny demo study, timed end to end.
+"""What Ray Tune + the driver cost on top of training: a small demo study, timed end to end.
 
-Run: ``.venv/bin/python bench/tune_overhead.py [--num-samples 1] [--concurrency 2]``. In one
-run it imports a tiny SYNTHETIC phantom store (120 images, 32 px) into a temporary
-``CXRKD_HOME``, starts a private local Ray with ``--concurrency`` CPUs, runs ``pneumonia-kd``
-with tiny trials (16 px, 2 epochs of 2 steps of 8 images; with ``--num-samples 1``: 1 teacher
-+ 4 search + 10 final trials) and compares
+Run: ``.venv/bin/python bench/tune_overhead.py`` (tiny trials: 16 px, 2 epochs of 2 steps of
+8 images) or, with trials the size of the demo profile's, ``... --n 900 --img-size 32
+--epochs 4 --steps 20 --batch-size 32``. In one run it imports a SYNTHETIC phantom store
+(``--n`` images, 32 px) into a temporary ``CXRKD_HOME``, starts a private local Ray with
+``--concurrency`` CPUs (default 2), runs ``pneumonia-kd`` with ``--num-samples`` (default 1:
+1 teacher + 4 search + 10 final trials) and compares
 
-* ``wall``: the driver's wall time (``run_study``, Ray start excluded and reported apart), with
+* ``wall``: the driver's wall time (``run_study``; Ray's start is reported apart), with
 * ``train``: the sum over every reported epoch of the trial's own ``epoch_s`` (train + val
   (+ test) inside the trial), divided by the concurrency: the wall time an ideal scheduler
   with no per-trial cost would need.
 
 ``overhead = wall / train - 1``. The breakdown times each stage (Tuner set-up + fit), the
-teacher-output task and the report, and, per trial (from Tune's callbacks), the time from
-Tune starting the trial to its first result beyond that epoch's own ``epoch_s`` (actor start
-or reuse, data from the object store, model build) and the worker pids, which show whether
-``reuse_actors=True`` runs trials of different cells in the same actor.
+teacher-cache task and the report; splits each stage's wall into training, cost inside
+trials (Tune starting a trial -> it completes, beyond its epochs: data from the object store,
+model build, checkpoint save + persist per epoch) and cost outside trials (Tuner set-up,
+actor start, slots idle when a stage has fewer trials left than slots); and lists the worker
+pids, which show whether ``reuse_actors=True`` runs trials of different cells in one actor.
 """
 
 from __future__ import annotations
@@ -113,8 +115,8 @@ def instrument(timeline: Timeline) -> None:
             stage_mod.RecordsCallback = original
 
     search.runner.run_stage = run_stage_timed
-    search.setup.precompute_teacher_outputs = timeline.timed(
-        "teacher outputs task", search.setup.precompute_teacher_outputs
+    search.setup.warm_teacher_caches = timeline.timed(
+        "teacher cache task", search.setup.warm_teacher_caches
     )
     results.report.write_report = timeline.timed("report", results.report.write_report)
 
@@ -134,6 +136,7 @@ def trial_costs(timeline: Timeline) -> pd.DataFrame:
                 "cell": t.get("cell"),
                 "pid": t.get("pid"),
                 "started": t["starts"][0],
+                "span_s": t.get("end", results[-1][0]) - t["starts"][0],
                 # Tune starting the trial -> its first result, less the first epoch itself:
                 # data from the object store, model build, first checkpoint save + persist.
                 "start_cost_s": first_at - t["starts"][0] - first_epoch_s,
@@ -179,6 +182,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2, help="epochs per trial")
     parser.add_argument("--steps", type=int, default=2, help="training steps per epoch")
     parser.add_argument("--img-size", type=int, default=16, help="model input side (px)")
+    parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--n", type=int, default=120, help="images in the phantom store")
     parser.add_argument("--keep", help="keep the run folder here (default: a temp folder)")
     args = parser.parse_args()
@@ -220,6 +224,7 @@ def main() -> None:
                 "epochs": str(args.epochs),
                 "steps_per_epoch": str(args.steps),
                 "img_size": str(args.img_size),
+                "batch_size": str(args.batch_size),
             },
         )
     )
@@ -243,14 +248,18 @@ def main() -> None:
         print(f"  {name:<24} {seconds:7.1f}")
     rest = wall - sum(phases.values())
     print(f"  {'driver set-up, other':<24} {rest:7.1f}  (checks, data to object store, ...)")
-    print("\nper stage: wall vs sum(epoch_s)/concurrency")
+    costs = trial_costs(timeline)
+    print("\nper stage (s): wall = train + in trials + outside trials")
+    print("  (in trials: Tune starting a trial -> it completes, beyond its epochs' epoch_s;")
+    print("   outside: Tuner set-up, actor start, slots idle with no trial left to start)")
     for stage, rows in epochs.groupby("stage", sort=False):
         ideal = rows["epoch_s"].sum() / conc
         stage_wall = phases.get(f"stage {stage}", float("nan"))
+        busy = costs.loc[costs["stage"] == stage, "span_s"].sum() / conc
         n = trials[trials["stage"] == stage].shape[0]
-        print(f"  {stage:<8} {n:3d} trials  wall {stage_wall:6.1f} s  train {ideal:6.1f} s  "
-              f"overhead {stage_wall / ideal - 1:6.0%}")  # fmt: skip
-    costs = trial_costs(timeline)
+        print(f"  {stage:<8} {n:3d} trials  wall {stage_wall:6.1f} = train {ideal:6.1f} "
+              f"+ in {busy - ideal:5.1f} + outside {stage_wall - busy:5.1f}  "
+              f"overhead {stage_wall / ideal - 1:5.0%}")  # fmt: skip
     if len(costs):
         print_trial_costs(costs, timeline)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from results.dashboard import write_study_dashboard
 from results.frames import load_records, write_frames
 from results.pivot import PivotEntry, chosen_configs, pivot_display, pivot_values
 from results.tables import comparison_table, format_table, render_markdown, write_tables
@@ -39,7 +40,17 @@ def build_table(spec: TableSpec | PivotSpec, trials: pd.DataFrame):
     return numeric, pivot_display(numeric, row_names=spec.row_names), extra
 
 
-def write_report(run_uri: str, study, manifest, *, out: str | None = None, echo: bool = True):
+def write_report(
+    run_uri: str,
+    study,
+    manifest,
+    *,
+    out: str | None = None,
+    echo: bool = True,
+    dashboard_dir: str | None = None,
+):
+    """Tables into ``out`` (default ``<run>/tables``); ``dashboard.html`` and ``optuna.db``
+    into ``dashboard_dir`` (default: the run folder)."""
     trials, epochs = load_records(run_uri)
     write_frames(run_uri, trials, epochs)
     out = out or storage.join(run_uri, "tables")
@@ -61,4 +72,7 @@ def write_report(run_uri: str, study, manifest, *, out: str | None = None, echo:
         if echo:
             print(render_markdown(display, title=title, caption=caption))
         tables.append(numeric)
+    write_study_dashboard(
+        run_uri, study, trials, epochs, out_dir=dashboard_dir or run_uri, caption=caption
+    )
     return tables

@@ -10,6 +10,7 @@ from trainables.errors import CxrkdError
 
 def build_parser() -> argparse.ArgumentParser:
     from search.cli_data import add_data_commands
+    from search.cli_report import add_report_commands
     from search.cli_search import add_search_commands
 
     parser = argparse.ArgumentParser(
@@ -20,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_data_commands(sub)
     add_search_commands(sub)
+    add_report_commands(sub)
     return parser
 
 

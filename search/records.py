@@ -98,6 +98,8 @@ class RecordsCallback(Callback):
         row = {**self._ids(trial), "status": status, "error": self.errors.get(trial.trial_id)}
         row.update({f"config/{k}": v for k, v in trial.config.items() if k != CELL_KEY})
         row.update({k: v for k, v in last.items() if k not in SKIP_RESULT_KEYS})
+        # The report reads the final models' test scores from here (results/test_scores.py).
+        row["checkpoint_uri"] = checkpoint_uri(trial.checkpoint)
         return row
 
     def flush(self) -> None:
@@ -106,6 +108,15 @@ class RecordsCallback(Callback):
             by_cell.setdefault(trial.config[CELL_KEY], []).append(self.trial_row(trial))
         for cell, rows in by_cell.items():
             write_records(self.run_uri, "trials", self.stage, cell, pd.DataFrame(rows))
+
+
+def checkpoint_uri(checkpoint) -> str | None:
+    """A Tune checkpoint as a URI that ``trainables.storage`` opens (``s3://...`` or a path)."""
+    if checkpoint is None:
+        return None
+    if isinstance(checkpoint.filesystem, pafs.LocalFileSystem):
+        return checkpoint.path
+    return f"{checkpoint.filesystem.type_name}://{checkpoint.path}"
 
 
 def records_uri(run_uri: str, kind: str, stage: str, cell: str) -> str:

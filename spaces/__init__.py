@@ -11,7 +11,13 @@ from collections.abc import Callable
 
 from trainables.registry import Registry
 
-_MODULES = ("spaces.cnn_baseline", "spaces.transfer", "spaces.kd_logit")
+_MODULES = (
+    "spaces.cnn_baseline",
+    "spaces.transfer",
+    "spaces.kd_logit",
+    "spaces.vit_mtl",
+    "spaces.kd_vit",
+)
 
 SPACES: Registry[Callable] = Registry("space", _MODULES)
 

@@ -2,7 +2,9 @@
 
 A checkpoint folder holds ``state.pt`` (trainable weights, optimiser, scheduler, epoch, RNG
 states, best metric), ``model.pt`` (the deployed model alone: what a teacher or an export
-needs) and ``config.json`` (the resolved trial config, STYLE.md 3).
+needs) and ``config.json`` (the resolved trial config, STYLE.md 3). The last checkpoint of a
+trial that evaluated the test split also holds :data:`TEST_SCORES_FILE` (per-image test
+scores for the report's ROC curves: too long for a Tune metric).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import torch
 
 from trainables.config import TrialConfig
 from trainables.task import Task
+
+TEST_SCORES_FILE = "test_scores.npz"
 
 
 def rng_state() -> dict:
@@ -50,9 +54,19 @@ def trainable_state(task: Task) -> dict:
 
 
 def save(
-    folder: Path, *, task: Task, optimizer, scheduler, epoch: int, cfg: TrialConfig, extra: dict
+    folder: Path,
+    *,
+    task: Task,
+    optimizer,
+    scheduler,
+    epoch: int,
+    cfg: TrialConfig,
+    extra: dict,
+    test_scores: dict[str, np.ndarray] | None = None,
 ) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
+    if test_scores is not None:
+        np.savez(folder / TEST_SCORES_FILE, **test_scores)
     torch.save(
         {
             "task": trainable_state(task),

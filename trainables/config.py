@@ -77,6 +77,10 @@ def _check(ok: bool, key: str, value: Any, want: str) -> None:
 
 def _coerce(key: str, value: Any, kind: Any) -> Any:
     """Accept what Tune/Optuna/`--set` produce (numpy scalars, strings) for typed fields."""
+    if kind in (int | None, float | None):  # optional numbers: "none"/"null" mean None
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            return None
+        kind = int if kind == int | None else float
     try:
         if kind is bool:
             if isinstance(value, str):

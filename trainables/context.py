@@ -4,6 +4,7 @@ device, and access to teachers on the run storage."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -11,7 +12,7 @@ import torch
 from torch import nn
 
 from trainables import teachers
-from trainables.data.augment import Pipeline
+from trainables.data.augment import IMAGENET_GRAY_MEAN, IMAGENET_GRAY_STD, Pipeline
 from trainables.data.pipeline import BatchLoader, DatasetInfo, SplitData
 from trainables.data.store import DatasetStore
 
@@ -70,21 +71,81 @@ class TrialContext:
     def teacher_outputs(
         self, teacher_uri: str, *, split: str, pipeline: Pipeline, batch_size: int = 128
     ) -> np.ndarray:
-        """The frozen teacher's float32 outputs on un-augmented ``split`` images, computed once
-        per (teacher, split, input size) and shared through the registry by every trial."""
-        key = f"{split}-{pipeline.input_size}px"
+        """The frozen teacher's float32 outputs ``model(x)`` on un-augmented ``split`` images
+        (one row per image, in split order); see :meth:`teacher_arrays`."""
+        arrays = self.teacher_arrays(
+            teacher_uri, split=split, pipeline=pipeline, outputs=MODEL_OUTPUT, batch_size=batch_size
+        )
+        return arrays["logits"]
+
+    def teacher_arrays(
+        self,
+        teacher_uri: str,
+        *,
+        split: str,
+        pipeline: Pipeline,
+        outputs: TeacherOutputs,
+        batch_size: int = 128,
+    ) -> dict[str, np.ndarray]:
+        """Named per-image arrays of the frozen teacher on un-augmented ``split`` images.
+
+        Computed once per (teacher, split, input size, normalisation, ``outputs.tag``) and
+        shared through the registry by every trial; row i belongs to image i of the split.
+        The arrays keep the dtype ``outputs.extract`` gives them (e.g. float16 features).
+        """
+        key = outputs_key(split, pipeline, outputs.tag)
+        n = len(self.data.split(split))
         cached = teachers.load_outputs(teacher_uri, key)
         if cached is not None:
+            rows = {name: a.shape[0] for name, a in cached.items() if a.shape[0] != n}
+            if rows:
+                raise teachers.TeacherError(
+                    f"cached teacher outputs {teachers.outputs_uri(teacher_uri, key)} have "
+                    f"{rows} rows, but split {split!r} has {n} images; they were made for "
+                    "other images: delete that file and they are recomputed"
+                )
             return cached
         model = self.load_teacher(teacher_uri)
         data = self.data.split(split)
         loader = BatchLoader(
             data.images, data.labels, batch_size=batch_size, shuffle=False, device=self.device
         )
-        chunks = []
+        chunks: dict[str, list[np.ndarray]] = {}
         with torch.inference_mode():
             for x, _ in loader:
-                chunks.append(model(pipeline(x, train=False)["hr"]).float().cpu().numpy())
-        outputs = np.concatenate(chunks).astype(np.float32)
-        teachers.save_outputs(teacher_uri, key, outputs)
-        return outputs
+                for name, value in outputs.extract(model, pipeline(x, train=False)["hr"]).items():
+                    chunks.setdefault(name, []).append(value.cpu().numpy())
+        arrays = {name: np.concatenate(parts) for name, parts in chunks.items()}
+        teachers.save_outputs(teacher_uri, key, arrays)
+        return arrays
+
+
+@dataclass(frozen=True)
+class TeacherOutputs:
+    """Which outputs of a frozen teacher to cache.
+
+    ``extract(model, x)`` maps a batch of un-augmented, normalised high-resolution views to
+    named tensors with the batch on the first axis, in the dtype to store. ``tag`` names
+    everything besides the split and the view that changes those values (which outputs, any
+    pooling, the stored dtype): it is part of the cache key, so two specs that compute
+    different values must have different tags.
+    """
+
+    tag: str
+    extract: Callable[[nn.Module, torch.Tensor], dict[str, torch.Tensor]]
+
+
+def _model_output(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    return {"logits": model(x).float()}
+
+
+# The teacher's plain output (a binary teacher's logits); the empty tag keeps the key short.
+MODEL_OUTPUT = TeacherOutputs("", _model_output)
+
+
+def outputs_key(split: str, pipeline: Pipeline, tag: str) -> str:
+    """The registry key of cached outputs, e.g. ``train-64px`` or ``train-64px-mtl-mean``."""
+    key = f"{split}-{pipeline.input_size}px"
+    if (pipeline.mean, pipeline.std) != (IMAGENET_GRAY_MEAN, IMAGENET_GRAY_STD):
+        key += f"-norm{pipeline.mean:g}_{pipeline.std:g}"
+    return f"{key}-{tag}" if tag else key

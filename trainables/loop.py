@@ -8,6 +8,7 @@ weights, optimiser and scheduler state, RNG state and batch order.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import tempfile
@@ -136,8 +137,10 @@ def _train(cfg: TrialConfig, task: Task, data: DataBundle, ctx: TrialContext, re
         if math.isfinite(metrics["val_auc"]):
             best = max(best, metrics["val_auc"])
         metrics["best_val_auc"] = best
+        scores = None
         if t.evaluate_test and epoch + 1 == t.epochs:
-            metrics.update(final_metrics(task, pipeline, data, device, threshold, batch))
+            final, scores = final_metrics(task, pipeline, data, device, threshold, batch)
+            metrics.update(final)
         metrics["epoch_s"] = time.perf_counter() - t0
         folder = checkpoint.save(
             workdir / f"epoch-{epoch + 1:04d}",
@@ -147,8 +150,11 @@ def _train(cfg: TrialConfig, task: Task, data: DataBundle, ctx: TrialContext, re
             epoch=epoch,
             cfg=cfg,
             extra={"best_val_auc": best},
+            test_scores=scores,
         )
         reporter.report(metrics, folder)
+    with contextlib.suppress(OSError):  # empty once the reporter has taken every checkpoint
+        workdir.rmdir()
     return metrics
 
 
@@ -179,8 +185,22 @@ def _train_epoch(task, loader, pipeline, side, optimizer, scheduler, epoch, step
     return {k: float(v) for k, v in sums.items()}
 
 
-def final_metrics(task, pipeline, data, device, threshold, batch) -> dict:
-    """Test metrics at the validation threshold, plus the deployed model's cost."""
+def per_image_scores(info, outputs: dict[str, np.ndarray], labels: np.ndarray) -> dict:
+    """Per test image: the global label's logit and truth (plus the findings' when there are
+    any), which the report turns into ROC curves; logits, as ROC curves need only the order."""
+    finding_idx, global_idx = info.label_columns()
+    key = "logits" if info.task == "binary" else "mcct"
+    out = {"global_logit": outputs[key].reshape(-1), "global_label": labels[:, global_idx]}
+    if finding_idx:
+        out["finding_logits"] = outputs["mlct"]
+        out["finding_labels"] = labels[:, list(finding_idx)]
+        out["finding_names"] = np.asarray(info.finding_labels, dtype=str)
+    return out
+
+
+def final_metrics(task, pipeline, data, device, threshold, batch) -> tuple[dict, dict]:
+    """Test metrics at the validation threshold, the deployed model's cost, and the per-image
+    test scores (:func:`per_image_scores`)."""
     out, y = predict(task, pipeline, data.split("test"), device=device, batch_size=EVAL_BATCH)
     test = split_metrics(data.info, out, y, threshold=threshold)
     model = task.model.eval()
@@ -190,7 +210,7 @@ def final_metrics(task, pipeline, data, device, threshold, batch) -> dict:
     with autocast(device):
         latency = measure_latency_ms(model, one)
         throughput = measure_throughput(model, many)
-    return {
+    metrics = {
         **{f"test_{k}": v for k, v in test.items()},
         "params": total,
         "params_trainable": trainable,
@@ -198,3 +218,4 @@ def final_metrics(task, pipeline, data, device, threshold, batch) -> dict:
         "latency_ms": latency,
         "throughput": throughput,
     }
+    return metrics, per_image_scores(data.info, out, y)

@@ -3,7 +3,9 @@
 Lives on the run's storage (``<storage>/teachers/<fingerprint>/``), so a student trial on any
 node finds it there: ``record.json`` (written last: a teacher without it does not exist),
 ``model/`` (the deployed model's weights + resolved config) and ``outputs/`` (the frozen
-teacher's logits on the training split, computed once and shared by every student trial).
+teacher's outputs on the training split, computed once and shared by every student trial:
+one ``<key>.npz`` of named arrays per view and choice of outputs, see
+``TrialContext.teacher_arrays``).
 
 The fingerprint hashes what makes two teachers the same: model, dataset fingerprint, input
 size, seed and the training recipe (every other config value).
@@ -14,7 +16,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import shutil
 import tempfile
+import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -94,34 +98,52 @@ def read_record(teacher_uri: str, *, dataset_fingerprint: str) -> dict:
 
 
 def fetch_model_dir(teacher_uri: str) -> Path:
-    """A local copy of the teacher's model folder (downloaded once per node and process)."""
+    """A local copy of the teacher's model folder (downloaded once per node and teacher)."""
     if not storage.is_remote(teacher_uri):
         return Path(storage.join(teacher_uri, "model"))
-    cache = Path(tempfile.gettempdir()) / "cxrkd-teachers" / teacher_uri.rsplit("/", 1)[-1]
-    if not (cache / "config.json").is_file():
-        storage.download_dir(storage.join(teacher_uri, "model"), cache)
+    # Keyed by the whole URI: the same fingerprint on another storage is another teacher.
+    digest = hashlib.blake2b(teacher_uri.encode(), digest_size=8).hexdigest()
+    name = f"{teacher_uri.rsplit('/', 1)[-1]}-{digest}"
+    cache = Path(tempfile.gettempdir()) / "cxrkd-teachers" / name
+    if not cache.is_dir():
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        # Downloaded beside it, then renamed into place: trials on one node fetch at the same
+        # time, and none may load a half-downloaded copy.
+        tmp = Path(tempfile.mkdtemp(dir=cache.parent, prefix=".download-"))
+        storage.download_dir(storage.join(teacher_uri, "model"), tmp)
+        try:
+            tmp.rename(cache)
+        except OSError:  # another trial's copy is already in place
+            shutil.rmtree(tmp, ignore_errors=True)
     return cache
 
 
 def outputs_uri(teacher_uri: str, view_key: str) -> str:
-    return storage.join(teacher_uri, "outputs", f"{view_key}.npy")
+    return storage.join(teacher_uri, "outputs", f"{view_key}.npz")
 
 
-def load_outputs(teacher_uri: str, view_key: str) -> np.ndarray | None:
+def load_outputs(teacher_uri: str, view_key: str) -> dict[str, np.ndarray] | None:
+    """The named arrays stored under ``view_key``, or None when they were never computed."""
     uri = outputs_uri(teacher_uri, view_key)
     if not storage.exists(uri):
         return None
     fs, path = storage.filesystem(uri)
     with fs.open_input_stream(path) as f:
-        return np.load(io.BytesIO(f.read()))
+        raw = io.BytesIO(f.read())
+    with np.load(raw, allow_pickle=False) as npz:
+        return {name: npz[name] for name in npz.files}
 
 
-def save_outputs(teacher_uri: str, view_key: str, outputs: np.ndarray) -> None:
+def save_outputs(teacher_uri: str, view_key: str, outputs: dict[str, np.ndarray]) -> None:
+    """Store named arrays (any dtype: float16 features stay float16) as one ``.npz``; written
+    to a temporary name and moved, so a reader never sees half a file."""
+    if not outputs:
+        raise ValueError(f"no arrays to store under {view_key!r}")
     buf = io.BytesIO()
-    np.save(buf, outputs)
+    np.savez(buf, **outputs)
     fs, path = storage.filesystem(outputs_uri(teacher_uri, view_key))
     fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    tmp = f"{path}.tmp"
+    tmp = f"{path}.{uuid.uuid4().hex}.tmp"  # unique: two writers never share a temporary
     with fs.open_output_stream(tmp) as f:
         f.write(buf.getvalue())
     fs.move(tmp, path)

@@ -8,6 +8,7 @@ restored trial continues from ``tune.get_checkpoint()``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -42,9 +43,19 @@ class TuneReporter:
         # Which Ray node ran the epoch: hostname/node_ip cannot tell nodes of one machine
         # apart, and a restored trial may move to another node.
         metrics = {**metrics, "node_id": ray.get_runtime_context().get_node_id()}
-        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(checkpoint_dir)))
-        # Tune has persisted it to the run storage; the local copy is no longer needed.
-        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+        try:
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(checkpoint_dir)))
+        finally:
+            # Tune has persisted it to the run storage before it returns, or raises SystemExit
+            # when it stops the trial (ASHA, the last epoch, the end of a stage): without the
+            # `finally` every stopped trial left its last checkpoint in /tmp. The loop's empty
+            # work folder goes too (the next epoch's save creates it again).
+            shutil.rmtree(checkpoint_dir, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                checkpoint_dir.parent.rmdir()
+            if self._restored is not None:  # loaded before the first epoch ran
+                shutil.rmtree(self._restored, ignore_errors=True)
+                self._restored = None
 
 
 def tune_trainable(config: dict, data: DataBundle) -> None:
@@ -64,13 +75,18 @@ def tune_trainable(config: dict, data: DataBundle) -> None:
 
 
 class LocalReporter:
-    """Keeps reports in memory and checkpoints on local disk: tests, benchmarks, GPU checks."""
+    """Keeps reports in memory and checkpoints on local disk: tests, benchmarks, GPU checks.
+
+    Checkpoints are moved into ``keep``; without it, into a temporary folder that is deleted
+    with the reporter (left in the loop's folders, every run's checkpoints stayed in /tmp).
+    """
 
     def __init__(self, restore: Path | None = None, keep: Path | None = None) -> None:
         self.rows: list[dict] = []
         self.checkpoints: list[Path] = []
         self._restore = restore
-        self._keep = keep
+        self._tmp = tempfile.TemporaryDirectory(prefix="cxrkd-local-") if keep is None else None
+        self._keep = Path(self._tmp.name) if self._tmp is not None else keep
 
     def restore_dir(self) -> Path | None:
         return self._restore

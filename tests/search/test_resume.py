@@ -211,7 +211,8 @@ def test_killed_then_interrupted_run_resumes_without_loss_or_repeats(
     assert (run / "tables" / "pneumonia_kd.md").is_file()
 
     text = status_text(capsys, run)
-    assert "stages done: teacher, search, final" in text and f"teacher: {teacher}" in text
+    assert "stages done: teacher, search, final" in text
+    assert f"teacher resnet50_teacher: {teacher}" in text
     for (stage, cell), rows in trials.groupby(["stage", "cell"]):
         counts = rows["status"].value_counts().to_dict()
         summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))

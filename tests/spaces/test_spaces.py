@@ -8,7 +8,7 @@ import pytest
 
 from search.cells import CellSpace
 from spaces import get_space, load_spaces
-from spaces.studies import FixedCell, SearchCell, StudyState, get_study
+from spaces.studies import STUDIES, FixedCell, SearchCell, StudyState, get_study
 from trainables.config import field_names, parse_config
 from trainables.errors import CxrkdError
 from trainables.methods import load_methods
@@ -17,6 +17,7 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 SPACES = sorted(load_spaces())
 PROFILES = ["demo", "paper"]
+STUDY_PROFILES = [(name, p) for name, (_, profiles) in STUDIES.all().items() for p in profiles]
 SAMPLES = 6  # random draws per space: enough to visit every categorical choice often
 
 
@@ -67,52 +68,74 @@ def test_unknown_space_names_the_close_match():
         get_space("kd_logits")
 
 
-def stage_cells(study, stage) -> list:
-    """The cells of a stage, built from a state such as the earlier stages leave."""
-    state = StudyState(teachers={"resnet50_teacher": "/runs/r1/teachers/0123456789abcdef0123"})
-    rows = [key for key, _ in study.tables[0].rows]
-    if stage.role == "final":
-        # What the search stage chose: the demo/paper fixed values plus a searched config.
-        for cell in [c for s in study.stages if s.role != "final" for c in s.cells(state)]:
-            state.best[cell.key] = CellSpace(cell)(sampled_trials(1)[0])
-        assert set(rows) <= set(state.best), "every table row needs a searched cell"
-    return stage.cells(state)
+def teacher_uri(key: str) -> str:
+    return f"/runs/r1/teachers/{key}"
 
 
-@pytest.mark.parametrize("profile", PROFILES)
-def test_pneumonia_kd_study_builds_and_every_cell_config_parses(profile):
-    study = get_study("pneumonia-kd", profile)
-    assert study.profile.name == profile and profile in study.profile.banner
-    assert [s.role for s in study.stages] == ["teacher", "search", "final"]
+def finished_state(study) -> StudyState:
+    """The state the teacher and search stages leave: a registered teacher per teacher cell,
+    and a chosen configuration (the cell's fixed values + a sampled one) per search cell."""
+    state = StudyState()
     for stage in study.stages:
-        cells = stage_cells(study, stage)
+        if stage.role == "final":
+            continue
+        for cell in stage.cells(state):
+            if stage.role == "teacher":
+                state.teachers[cell.key] = teacher_uri(cell.key)
+            if isinstance(cell, SearchCell):
+                state.best[cell.key] = CellSpace(cell)(sampled_trials(1)[0])
+    return state
+
+
+@pytest.mark.parametrize(("name", "profile"), STUDY_PROFILES)
+def test_every_study_builds_and_every_cell_config_parses(name, profile):
+    study = get_study(name, profile)
+    assert study.profile.name == profile and profile in study.profile.banner
+    assert [s.role for s in study.stages][-1] == "final"
+    state = finished_state(study)
+    assert state.teachers or not any(s.role == "teacher" for s in study.stages)
+    for stage in study.stages:
+        cells = stage.cells(state)
         assert cells, f"stage {stage.name!r} has no cells"
         keys = [cell.key for cell in cells]
         assert len(keys) == len(set(keys)), keys  # a cell key names one Optuna study
-        if stage.role == "final":
-            assert keys == [key for key, _ in study.tables[0].rows]
         for cell in cells:
             if isinstance(cell, SearchCell):
                 assert cell.space == cell.fixed["method"]  # the space of the cell's method
                 assert cell.num_samples >= 1
+                configs = []
                 for trial in sampled_trials(3):
                     flat = CellSpace(cell)(trial)
-                    cfg = parse_config(flat)
                     # Fixed values win over (and are never suggested by) the space.
                     assert {k: flat[k] for k in cell.fixed} == cell.fixed
                     assert not set(cell.fixed) & set(trial.params)
-                    assert cfg.train.img_size == study.profile.fixed["img_size"]
+                    configs.append(flat)
             else:
-                assert isinstance(cell, FixedCell)
-                seeds = [parse_config(c).train.seed for c in cell.configs]
+                assert isinstance(cell, FixedCell) and stage.role == "final"
+                configs = list(cell.configs)
+                seeds = [parse_config(c).train.seed for c in configs]
                 assert seeds == list(range(study.profile.seeds))
-                assert all(parse_config(c).train.evaluate_test for c in cell.configs)
+                assert all(parse_config(c).train.evaluate_test for c in configs)
+            for flat in configs:
+                cfg = parse_config(flat)
+                assert cfg.train.img_size == study.profile.fixed["img_size"]
+                assert study.task in load_methods()[cfg.train.method].tasks
+                if hasattr(cfg.method, "teacher_path"):  # a student of a registered teacher
+                    assert cfg.method.teacher_path in state.teachers.values()
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_pneumonia_kd_final_stage_retrains_every_table_row(profile):
+    study = get_study("pneumonia-kd", profile)
+    assert [s.role for s in study.stages] == ["teacher", "search", "final"]
+    final = study.stages[-1].cells(finished_state(study))
+    assert [cell.key for cell in final] == [key for key, _ in study.tables[0].rows]
 
 
 @pytest.mark.parametrize("profile", PROFILES)
 def test_pneumonia_kd_table_names_real_cells_and_config_fields(profile):
     study = get_study("pneumonia-kd", profile)
-    state = StudyState(teachers={"resnet50_teacher": "/runs/r1/teachers/x"})
+    state = finished_state(study)
     cells = {c.key: c for s in study.stages[:2] for c in s.cells(state)}
     for row, _ in study.tables[0].rows:
         method = cells[row].fixed["method"]

@@ -68,3 +68,43 @@ def train_teacher(storage: str | Path, data: DataBundle, **overrides) -> str:
     run_trial(flat, data, reporter=reporter)
     key = TeacherKey.from_config(parse_config(flat).to_flat(), data.info.fingerprint)
     return TeacherRegistry(str(storage)).register(key, reporter.checkpoints[-1], {})
+
+
+# A two-headed ViT small enough for a test: 32 px in 8-px patches, 2 blocks.
+TINY_VIT = {"model": "vit_tiny_patch16_224", "img_size": 32, "patch_size": 8, "depth": 2}
+
+# One small, valid configuration per registered method (on top of TINY), for the tests that
+# are parametrized over the method registry. A new method needs an entry: example_config
+# says so, so the registry tests fail until it has one.
+EXAMPLES = {
+    "cnn_baseline": {"model": "cnn_baseline"},
+    "transfer": {"model": "test_resnet"},
+    "kd_logit": {"model": "test_resnet"},
+    "vit_mtl": {**TINY_VIT, "low_res": 8},
+    "kd_vit": {**TINY_VIT, "low_res": 8, "kd_approach": "mlcak", "gamma": 0.5},
+}
+# The teacher that the KD methods of each dataset task distil from (trained by train_teacher).
+TEACHERS = {
+    "binary": {"method": "transfer", "model": "test_resnet", "lr": 3e-3},
+    "multilabel": {**TINY_VIT, "method": "vit_mtl", "lr": 3e-3},
+}
+
+
+def example_bundle(task: str) -> DataBundle:
+    """The tiny dataset of a task: binary 16 px (CNNs), multi-label 32 px (the tiny ViT)."""
+    return binary_bundle(n=48, size=16) if task == "binary" else multilabel_bundle(n=32, size=32)
+
+
+def example_config(method: str, teacher_uri: str | None = None) -> dict:
+    """A tiny trial config of ``method`` (``teacher_uri`` for the methods that need one)."""
+    from trainables.methods import load_methods
+
+    if method not in EXAMPLES:
+        raise KeyError(
+            f"no example config for method {method!r}: add one to EXAMPLES in "
+            "tests/trainables/helpers.py (the registry-wide tests train every method)"
+        )
+    flat = {**TINY, "method": method, **EXAMPLES[method]}
+    if load_methods()[method].needs_teacher:
+        flat["teacher_path"] = teacher_uri
+    return flat

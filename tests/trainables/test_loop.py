@@ -3,59 +3,75 @@ checkpoints, exact continuation from a checkpoint, failures, the final evaluatio
 
 from __future__ import annotations
 
+import gc
 import json
+import tempfile
 
 import pytest
 import torch
-from helpers import TINY, binary_bundle, multilabel_bundle, train_teacher
+from helpers import TEACHERS, TINY, example_bundle, example_config, train_teacher
 
 from trainables import checkpoint
 from trainables.config import ConfigError, parse_config
-from trainables.context import DataBundle
+from trainables.context import DataBundle, TrialContext
 from trainables.data.store import DatasetError
 from trainables.loop import TrialError, run_trial, seed_everything
-from trainables.methods import load_methods
+from trainables.methods import get_method, load_methods
 from trainables.methods.classify import ClassifierTask
 from trainables.models import create_model
 from trainables.trainable import LocalReporter
 
 METHODS = sorted(load_methods())
-# Smallest model each method can train; any other method gets timm's tiny `test_resnet`.
-MODEL_OF = {"cnn_baseline": "cnn_baseline"}
-# What every epoch's report holds, whatever the method (the dashboards and ASHA read these).
+TASKS = ("binary", "multilabel")
+# What every epoch's report holds, whatever the method (the dashboards and ASHA read these),
+# and what each dataset task adds.
 REPORT_KEYS = {
-    "epoch", "lr", "train_loss", "train_s", "images_per_s", "epoch_s", "best_val_auc",
-    "val_auc", "val_loss", "val_threshold", "val_acc_at_val_thr", "val_f1_at_val_thr",
+    "epoch", "lr", "train_loss", "train_s", "images_per_s", "epoch_s", "best_val_auc", "val_auc",
 }  # fmt: skip
+TASK_KEYS = {
+    "binary": {"val_loss", "val_threshold", "val_acc_at_val_thr", "val_f1_at_val_thr"},
+    "multilabel": {"val_auroc_mlct", "val_auroc_mcct"},
+}
 FINAL_KEYS = {"params", "params_trainable", "flops", "latency_ms", "throughput"}
 TIMINGS = {"train_s", "images_per_s", "epoch_s"}
 
 
 @pytest.fixture(scope="module")
-def data() -> DataBundle:
-    return binary_bundle(n=48, size=16)
+def bundles() -> dict[str, DataBundle]:
+    return {task: example_bundle(task) for task in TASKS}
 
 
 @pytest.fixture(scope="module")
-def teacher_uri(tmp_path_factory, data) -> str:
-    return train_teacher(tmp_path_factory.mktemp("run"), data)
+def data(bundles) -> DataBundle:
+    return bundles["binary"]  # 48 training images at 16 px
 
 
-def method_config(method: str, teacher_uri: str, **overrides) -> dict:
-    flat = {**TINY, "method": method, "model": MODEL_OF.get(method, "test_resnet")}
-    if load_methods()[method].needs_teacher:
-        flat["teacher_path"] = teacher_uri
-    return {**flat, **overrides}
+@pytest.fixture(scope="module")
+def teachers(tmp_path_factory, bundles):
+    """``teachers(task)``: a registered teacher for that task's dataset, trained on first use."""
+    uris: dict[str, str] = {}
+
+    def get(task: str) -> str:
+        if task not in uris:
+            storage = tmp_path_factory.mktemp(f"run-{task}")
+            uris[task] = train_teacher(storage, bundles[task], **TEACHERS[task])
+        return uris[task]
+
+    return get
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_every_method_trains_an_epoch_and_checkpoints_it(method, data, teacher_uri, tmp_path):
-    flat = method_config(method, teacher_uri)
+def test_every_method_trains_an_epoch_and_checkpoints_it(method, bundles, teachers, tmp_path):
+    task = load_methods()[method].tasks[0]
+    data = bundles[task]
+    needs = load_methods()[method].needs_teacher
+    flat = example_config(method, teachers(task) if needs else None)
     reporter = LocalReporter(keep=tmp_path)
     last = run_trial(flat, data, reporter=reporter)
 
     assert len(reporter.rows) == 1 and reporter.rows[0] == last
-    assert set(last) >= REPORT_KEYS, sorted(REPORT_KEYS - set(last))
+    expected = REPORT_KEYS | TASK_KEYS[task]
+    assert set(last) >= expected, sorted(expected - set(last))
     assert last["epoch"] == 1
     assert last["train_loss"] > 0 and last["images_per_s"] > 0
     assert 0.0 <= last["val_auc"] <= 1.0
@@ -69,7 +85,8 @@ def test_every_method_trains_an_epoch_and_checkpoints_it(method, data, teacher_u
     state = torch.load(folder / "state.pt", weights_only=False)
     assert state["epoch"] == 0 and state["extra"]["best_val_auc"] == last["best_val_auc"]
     # model.pt is the deployed model alone: it loads into a freshly built one.
-    model = create_model(flat["model"], num_outputs=1, pretrained=False)
+    ctx = TrialContext(device=torch.device("cpu"), data=data)
+    model = get_method(method).build(parse_config(flat), data.info, ctx).model
     model.load_state_dict(torch.load(folder / "model.pt", weights_only=True))
     # No teacher weights in the trial's state: teachers live once, in the registry.
     assert not any(k.startswith("teacher.") for k in state["task"])
@@ -209,15 +226,17 @@ def test_nan_loss_names_the_epoch_it_appeared_in(data, monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "method", [m for m in METHODS if "multilabel" not in load_methods()[m].tasks]
+    ("method", "task"),
+    [(m, t) for m in METHODS for t in TASKS if t not in load_methods()[m].tasks],
 )
-def test_binary_method_refuses_a_multilabel_dataset(method, teacher_uri):
-    flat = method_config(method, teacher_uri)
+def test_method_refuses_a_dataset_of_another_task(method, task, bundles):
+    # Refused before anything is built: the teacher path is never opened.
+    flat = example_config(method, "/nowhere/teachers/x")
     with pytest.raises(ConfigError) as err:
-        run_trial(flat, multilabel_bundle(), reporter=LocalReporter())
+        run_trial(flat, bundles[task], reporter=LocalReporter())
     message = str(err.value)
-    assert f"method {method!r} trains binary datasets" in message
-    assert "'tiny-multilabel' is multilabel" in message and "pick a dataset" in message
+    assert f"method {method!r} trains {'/'.join(load_methods()[method].tasks)} datasets" in message
+    assert f"{bundles[task].info.name!r} is {task}" in message and "pick a dataset" in message
 
 
 # --- final evaluation, frozen transfer ----------------------------------------------------
@@ -259,3 +278,14 @@ def test_frozen_transfer_trains_only_the_head(data, tmp_path):
             assert not torch.equal(trained[key], value), f"head {key} did not train"
         else:  # backbone weights and (frozen) BatchNorm statistics
             assert torch.equal(trained[key], value), f"backbone {key} changed"
+
+
+def test_a_run_leaves_no_checkpoints_in_the_temp_folder(data, tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where mkdtemp & co. write
+    reporter = LocalReporter()
+    run_trial({**TINY, "method": "cnn_baseline", "model": "cnn_baseline"}, data, reporter=reporter)
+    (folder,) = reporter.checkpoints
+    assert (folder / "state.pt").is_file()  # readable while the reporter is alive
+    del reporter, folder
+    gc.collect()
+    assert list(tmp_path.iterdir()) == []  # the loop's folder and the reporter's are gone

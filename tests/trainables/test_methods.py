@@ -8,7 +8,13 @@ import dataclasses
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import TINY, binary_bundle, train_teacher
+from helpers import (
+    EXAMPLES,
+    TEACHERS,
+    example_bundle,
+    example_config,
+    train_teacher,
+)
 
 from trainables.config import ConfigError, parse_config
 from trainables.context import DataBundle, TrialContext
@@ -19,38 +25,81 @@ from trainables.methods import get_method, load_methods, register_method
 from trainables.task import Task
 
 METHODS = sorted(load_methods())
-MODEL_OF = {"cnn_baseline": "cnn_baseline"}  # anything else: timm's tiny test_resnet
 CPU = torch.device("cpu")
 BATCH = 6
 
 
-@pytest.fixture(scope="module")
-def data() -> DataBundle:
-    return binary_bundle(n=24, size=16)
+def task_of(method: str) -> str:
+    """The dataset task the registry-wide tests train ``method`` on."""
+    return load_methods()[method].tasks[0]
 
 
 @pytest.fixture(scope="module")
-def teacher_uri(tmp_path_factory, data) -> str:
-    return train_teacher(tmp_path_factory.mktemp("run"), data)
+def bundles() -> dict[str, DataBundle]:
+    return {task: example_bundle(task) for task in ("binary", "multilabel")}
+
+
+@pytest.fixture(scope="module")
+def data(bundles) -> DataBundle:
+    return bundles["binary"]
+
+
+@pytest.fixture(scope="module")
+def teachers(tmp_path_factory, bundles):
+    """``teachers(task)``: a registered teacher for that task's dataset, trained on first use."""
+    uris: dict[str, str] = {}
+
+    def get(task: str) -> str:
+        if task not in uris:
+            storage = tmp_path_factory.mktemp(f"run-{task}")
+            uris[task] = train_teacher(storage, bundles[task], **TEACHERS[task])
+        return uris[task]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def teacher_uri(teachers) -> str:
+    return teachers("binary")
+
+
+def build_task(flat: dict, data: DataBundle) -> Task:
+    torch.manual_seed(0)
+    method = get_method(flat["method"])
+    return method.build(parse_config(flat), data.info, TrialContext(device=CPU, data=data))
+
+
+def example_task(method: str, bundles, teachers) -> tuple[Task, DataBundle]:
+    data = bundles[task_of(method)]
+    needs = load_methods()[method].needs_teacher
+    flat = example_config(method, teachers(task_of(method)) if needs else None)
+    return build_task(flat, data), data
 
 
 def build(method: str, data: DataBundle, teacher_uri: str | None = None, **overrides) -> Task:
-    flat = {**TINY, "method": method, "model": MODEL_OF.get(method, "test_resnet")}
-    if load_methods()[method].needs_teacher:
-        flat["teacher_path"] = teacher_uri
-    cfg = parse_config({**flat, **overrides})
-    torch.manual_seed(0)
-    return get_method(method).build(cfg, data.info, TrialContext(device=CPU, data=data))
+    """A binary method's task from its example config plus ``overrides``."""
+    return build_task({**example_config(method, teacher_uri), **overrides}, data)
 
 
-def first_batch(task: Task, data: DataBundle, size: int = 16):
+def first_batch(task: Task, data: DataBundle):
     """Views, labels and side arrays of the first BATCH training images, as the loop makes them."""
     train = data.split("train")
     loader = BatchLoader(train.images, train.labels, batch_size=BATCH, shuffle=False, device=CPU)
     idx = loader.epoch_order(0)[:BATCH]
     x, y = loader.batch(idx)
     extras = {k: torch.from_numpy(v[idx]) for k, v in task.side_arrays("train").items()}
-    return Pipeline(input_size=size, low=task.low_res)(x, train=True), y, extras
+    # The example configs train at the bundles' stored side.
+    return Pipeline(input_size=data.info.resolution, low=task.low_res)(x, train=True), y, extras
+
+
+def check_output(output, data: DataBundle) -> None:
+    """The Task contract's ``output``: one logit per image (binary), or both heads."""
+    if data.info.task == "binary":
+        assert output.shape == (BATCH,)
+    else:
+        assert set(output) == {"mlct", "mcct"}
+        assert output["mlct"].shape == (BATCH, len(data.info.finding_labels))
+        assert output["mcct"].shape == (BATCH,)
 
 
 # --- registry -----------------------------------------------------------------------------
@@ -58,6 +107,12 @@ def first_batch(task: Task, data: DataBundle, size: int = 16):
 
 def test_registry_holds_the_studies_methods():
     assert {"cnn_baseline", "transfer", "kd_logit"} <= set(METHODS)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_has_an_example_for_the_registry_wide_tests(method):
+    assert method in EXAMPLES, f"add an example config for {method!r} to helpers.EXAMPLES"
+    parse_config(example_config(method, "/storage/teachers/x"))
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -86,13 +141,14 @@ def test_unknown_method_names_close_matches_and_known_methods():
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_task_returns_loss_output_and_detached_components(method, data, teacher_uri):
-    task = build(method, data, teacher_uri).train()
+def test_task_returns_loss_output_and_detached_components(method, bundles, teachers):
+    task, data = example_task(method, bundles, teachers)
+    task.train()
     views, y, extras = first_batch(task, data)
     out = task(views, y, **extras)
 
     assert out["loss"].ndim == 0 and out["loss"].requires_grad and torch.isfinite(out["loss"])
-    assert out["output"].shape == (BATCH,)  # one logit per image on a binary dataset
+    check_output(out["output"], data)
     components = {k: v for k, v in out.items() if k not in ("loss", "output")}
     assert components, "a task names its loss terms (ce, kd, ...)"
     for name, value in components.items():
@@ -108,16 +164,18 @@ def test_task_returns_loss_output_and_detached_components(method, data, teacher_
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_predict_is_the_deployed_models_output(method, data, teacher_uri):
-    task = build(method, data, teacher_uri).eval()
+def test_predict_is_the_deployed_models_output(method, bundles, teachers):
+    task, data = example_task(method, bundles, teachers)
+    task.eval()
     views, y, extras = first_batch(task, data)
     with torch.no_grad():
         torch.testing.assert_close(task.predict(views), task(views, y, **extras)["output"])
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_frozen_parts_stay_in_eval_mode_and_out_of_the_optimiser(method, data, teacher_uri):
-    task = build(method, data, teacher_uri).train()
+def test_frozen_parts_stay_in_eval_mode_and_out_of_the_optimiser(method, bundles, teachers):
+    task, data = example_task(method, bundles, teachers)
+    task.train()
     assert task.model.training
     trainable = {id(p) for p in task.trainable_parameters()}
     for module in task.frozen_modules():

@@ -220,3 +220,12 @@ def test_cached_teacher_outputs_give_the_online_teacher_loss(teacher_uri, data, 
     )
     shifted = first_step(teacher_uri, data)
     assert shifted["train_loss"] != pytest.approx(online["train_loss"], rel=0.05)
+
+
+def test_cached_outputs_of_another_split_size_are_refused(teacher_uri, data, tmp_path):
+    uri = fresh_registry_copy(teacher_uri, tmp_path)
+    view = Pipeline(input_size=16)
+    TrialContext(device=CPU, data=data).teacher_outputs(uri, split="train", pipeline=view)
+    fewer = binary_bundle(n=24, size=16)  # same fingerprint, other images: a stale cache
+    with pytest.raises(TeacherError, match=r"have \{'logits': 48\} rows, but split 'train' has 24"):
+        TrialContext(device=CPU, data=fewer).teacher_outputs(uri, split="train", pipeline=view)

@@ -16,6 +16,8 @@ _MODULES = (
     "trainables.methods.cnn_baseline",
     "trainables.methods.transfer",
     "trainables.methods.kd_logit",
+    "trainables.methods.vit_mtl",
+    "trainables.methods.kd_vit",
 )
 
 

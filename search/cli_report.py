@@ -1,0 +1,62 @@
+"""``cxrkd report RUN [--out DIR]``: a run's tables, ``dashboard.html`` and ``optuna.db``.
+
+Also written at the end of every study; on demand it works on a run that is still going or
+was interrupted (it reads whatever records exist), on local and ``s3://`` storage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from types import SimpleNamespace
+
+from trainables.errors import CxrkdError
+
+
+def add_report_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "report",
+        help="write a run's tables, dashboard.html and optuna.db (also mid-run)",
+        description="Collect a run's records into trials.parquet/epochs.parquet (in the run), "
+        "then write its comparison tables (tables/), dashboard.html (one offline file) and "
+        "optuna.db (open with `optuna-dashboard sqlite:///.../optuna.db`).",
+    )
+    p.add_argument("run", help="run folder, URI (s3://...), or name under the default storage")
+    p.add_argument("--out", help="write tables, dashboard and optuna.db here (default: the run)")
+    p.set_defaults(func=cmd_report)
+
+
+def manifest_of(dataset: str):
+    """The run's dataset manifest, or a stand-in naming it when this machine lacks the store
+    (a report made away from the data: the caption then cannot say whether it is synthetic)."""
+    from trainables.data.store import DatasetStore
+
+    try:
+        return DatasetStore.open(dataset).manifest
+    except CxrkdError as exc:
+        print(f"cxrkd: note: {exc}; the tables' caption names the dataset only", file=sys.stderr)
+        return SimpleNamespace(name=dataset, kind="not on this machine", synthetic=False)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from results.dashboard import DASHBOARD
+    from results.optuna_export import OPTUNA_DB
+    from results.report import write_report
+    from search import setup
+    from search.run_state import RunOptions, read_run, run_uri_of
+    from trainables import storage
+
+    started = time.perf_counter()
+    run_uri = run_uri_of(args.run)
+    options = RunOptions(**read_run(run_uri)["options"])
+    study = setup.study_with_options(options)
+    out = storage.normalize(args.out) if args.out else run_uri
+    tables = storage.join(out, "tables")
+    write_report(run_uri, study, manifest_of(options.dataset), out=tables, dashboard_dir=out)
+    db = storage.join(out, OPTUNA_DB)
+    print(f"tables     {tables}")
+    print(f"dashboard  {storage.join(out, DASHBOARD)}")
+    print(f"optuna     {db}  (open: optuna-dashboard sqlite:///{db})")
+    print(f"written in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+    return 0

@@ -1,0 +1,301 @@
+"""``kd_vit``: the four KD approaches of the MLCAK paper (seeds/002, Table 2).
+
+A frozen high-resolution ``vit_mtl`` teacher sees the "hr" view; the student sees the
+low-resolution view of the same (augmented) image, "lr". ``loss = cls + kd`` (paper eq. 3):
+``cls = BCE(MLCT) + BCE(MCCT)`` and ``kd = KD_APPROACHES[kd_approach]`` (trainables.losses):
+
+- ``vanilla``: ``alpha * T^2 KL(MLCT) + beta * T^2 KL(MCCT)`` (Hinton, per logit);
+- ``last_block`` / ``one_to_one`` / ``mlcak``: ``alpha * MSE(MLCT logits) + beta *
+  MSE(MCCT logits) + gamma * feat``, ``feat`` the MSE between the last blocks' tokens, the mean
+  of the per-block MSEs (block i to block i), or the MSE of the block means (eq. 1).
+
+Only what the approach uses may be set: ``temperature`` for vanilla, ``gamma`` for the others;
+the other stays None (``validate`` refuses a set-but-unused value, ``build`` a missing one).
+
+Feature layout: student tokens go through a :class:`trainables.vit.FeatureAdapter` (pools the
+larger patch grid to the smaller, projects the student width to the teacher's; trained with
+the student, never deployed). ``feature_grid=G > 0`` further average-pools both sides' patch
+tokens to at most G x G (class token kept): an approximation of the paper's full-token MSE
+(it only sees G x G-sized detail), exact when the grid is already <= G; ``0`` (default) keeps
+every token. It defines the loss, so it applies alike with the teacher cached or online.
+Block means commute with the pooling and the adapter, so mlcak reduces the blocks first.
+
+Teacher cache (``teacher_cache=auto`` and augmentation off): the teacher's logits and feature
+target (block mean for mlcak, last block for last_block) on every training image are computed
+once per teacher, stored in the registry and gathered with each batch (no teacher forward).
+Memory: logits in float32, tokens in float16: ``2 * (1 + g^2) * W`` bytes per image. ViT-Base at
+224 px (197 tokens x 768): 303 KB per image, 4.5 GB for VinDr's 15,000 training images;
+``feature_grid=7``: 77 KB, 1.15 GB. ``auto`` runs the teacher online when the cache would pass
+:data:`CACHE_BUDGET_BYTES` (``on`` caches regardless). ``one_to_one`` always runs the teacher
+online: caching its N blocks needs N x that (12 x 4.5 GB for ViT-Base on VinDr).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from trainables import teachers
+from trainables.config import ConfigError, TrialConfig
+from trainables.context import TeacherOutputs
+from trainables.data.augment import Pipeline
+from trainables.losses import KD_APPROACHES
+from trainables.methods import register_method
+from trainables.methods.vit_mtl import MultiTaskTask, ViTMTLConfig, build_vit, check_low_res, heads
+from trainables.vit import FeatureAdapter, MultiTaskViT
+
+# Which teacher tokens each approach compares: None (logits only), the last block, every
+# block, or the mean over blocks.
+FEATURES = {"vanilla": None, "last_block": "last", "one_to_one": "all", "mlcak": "mean"}
+# Host memory one trial may spend on cached teacher targets before `auto` runs it online.
+CACHE_BUDGET_BYTES = 2 * 2**30
+
+
+@dataclass(frozen=True)
+class KDViTConfig(ViTMTLConfig):  # + low_res (the student's, > 0), patch_size, depth, dropout
+    kd_approach: str = "mlcak"  # vanilla | last_block | one_to_one | mlcak
+    alpha: float = 1.0  # weight of the MLCT logit term
+    beta: float = 1.0  # weight of the MCCT logit term
+    gamma: float | None = None  # weight of the feature term; feature approaches only
+    temperature: float | None = None  # softmax temperature; vanilla only
+    feature_grid: int = 0  # pool patch tokens to at most G x G in the feature term; 0: all
+    teacher_path: str | None = None  # registry URI of a vit_mtl teacher; the study fills it in
+    teacher_cache: str = "auto"  # auto | on | off
+
+    def validate(self) -> None:
+        super().validate()
+        if self.kd_approach not in KD_APPROACHES:
+            raise ConfigError(
+                f"bad value kd_approach={self.kd_approach!r}: expected one of {list(KD_APPROACHES)}"
+            )
+        for name in ("alpha", "beta", "gamma"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise ConfigError(
+                    f"bad value {name}={value!r}: expected a weight >= 0 (0 drops the term)"
+                )
+        if self.temperature is not None and not self.temperature > 0:
+            raise ConfigError(f"bad value temperature={self.temperature!r}: expected > 0")
+        unused = "gamma" if self.kd_approach == "vanilla" else "temperature"
+        if getattr(self, unused) is not None:
+            raise ConfigError(
+                f"{unused}={getattr(self, unused)!r} is not used by kd_approach="
+                f"{self.kd_approach!r}; leave it unset (None)"
+            )
+        if self.feature_grid < 0:
+            raise ConfigError(f"bad value feature_grid={self.feature_grid}: expected >= 0")
+        if self.teacher_cache not in ("auto", "on", "off"):
+            raise ConfigError(
+                f"bad value teacher_cache={self.teacher_cache!r}: expected auto, on or off"
+            )
+
+    def needed(self) -> str:
+        """The parameter the approach needs that the search space sets: temperature or gamma."""
+        return "temperature" if self.kd_approach == "vanilla" else "gamma"
+
+
+def pool_grid(tokens: Tensor, *, prefix: int, side: int) -> Tensor:
+    """``(B, P + G^2, W) -> (B, P + s^2, W)``, ``s = min(G, side)``: the patch tokens
+    average-pooled on their G x G grid, the P prefix tokens kept; ``side=0``: unchanged."""
+    grid = math.isqrt(tokens.shape[1] - prefix)
+    if side == 0 or grid <= side:
+        return tokens
+    b, _, w = tokens.shape
+    patches = tokens[:, prefix:].transpose(1, 2).reshape(b, w, grid, grid)
+    patches = F.adaptive_avg_pool2d(patches, side).flatten(2).transpose(1, 2)
+    return torch.cat([tokens[:, :prefix], patches], dim=1)
+
+
+def block_mean(blocks: Sequence[Tensor]) -> Tensor:
+    """The mean over blocks in float32 (paper eq. 1), without stacking N copies."""
+    total = blocks[0].float()
+    for h in blocks[1:]:
+        total = total + h.float()
+    return total / len(blocks)
+
+
+def teacher_targets(
+    teacher: MultiTaskViT, hr: Tensor, *, features: str | None, pool: Callable[[Tensor], Tensor]
+) -> dict:
+    """What the student is compared with: ``t_mlct``, ``t_mcct`` and ``t_feat`` (the pooled
+    block mean or last block) or ``t_blocks`` (every pooled block). Used online and to build
+    the cache, so both give the same targets."""
+    out = teacher(hr, return_blocks=features is not None)
+    targets = {"t_mlct": out["mlct"].float(), "t_mcct": out["mcct"].float()}
+    if features == "all":
+        targets["t_blocks"] = [pool(h) for h in out["blocks"]]
+    elif features is not None:
+        blocks = out["blocks"]
+        targets["t_feat"] = pool(block_mean(blocks) if features == "mean" else blocks[-1].float())
+    return targets
+
+
+class ViTKDTask(MultiTaskTask):
+    def __init__(self, student: MultiTaskViT, teacher: MultiTaskViT, info, cfg: KDViTConfig):
+        super().__init__(student, info, low_res=cfg.low_res)
+        self.teacher = teacher
+        self.approach, self.features = cfg.kd_approach, FEATURES[cfg.kd_approach]
+        self.weights = {"alpha": cfg.alpha, "beta": cfg.beta, "gamma": cfg.gamma}
+        self.weights["temperature"] = cfg.temperature
+        self.feature_grid, self.prefix = cfg.feature_grid, student.num_prefix_tokens
+        # Trained with the student, saved in the trial state, never in the deployed model.
+        self.adapter = FeatureAdapter.between(student, teacher) if self.features else None
+        self.cached: dict[str, np.ndarray] = {}
+
+    def frozen_modules(self) -> list[nn.Module]:
+        return [self.teacher]
+
+    def side_arrays(self, split: str) -> dict[str, np.ndarray]:
+        return self.cached if split == "train" else {}
+
+    def pool_teacher(self, tokens: Tensor) -> Tensor:
+        pooled = self.adapter.pool_teacher(tokens)
+        return pool_grid(pooled, prefix=self.prefix, side=self.feature_grid)
+
+    def adapt_student(self, tokens: Tensor) -> Tensor:
+        adapted = self.adapter.adapt_student(tokens)
+        return pool_grid(adapted, prefix=self.prefix, side=self.feature_grid)
+
+    def targets(self, hr: Tensor) -> dict:
+        with torch.no_grad():
+            return teacher_targets(self.teacher, hr, features=self.features, pool=self.pool_teacher)
+
+    def cache_spec(self) -> TeacherOutputs:
+        """The cached targets: float32 logits, float16 tokens; the tag names the pooling."""
+        tag = "mtl-logits"
+        if self.features:
+            tag = f"mtl-{self.features}-grid{self.adapter.grid}-pool{self.feature_grid}-f16"
+
+        def extract(model: nn.Module, hr: Tensor) -> dict[str, Tensor]:
+            out = teacher_targets(model, hr, features=self.features, pool=self.pool_teacher)
+            return {k: v.half() if k == "t_feat" else v for k, v in out.items()}
+
+        return TeacherOutputs(tag, extract)
+
+    def forward(self, views: dict, y: torch.Tensor, **cached: Tensor) -> dict:
+        s = self.model(views[self.view], return_blocks=self.features is not None)
+        if cached and set(cached) != set(self.cached):
+            raise ValueError(f"got cached targets {sorted(cached)}, expected {sorted(self.cached)}")
+        t = cached or self.targets(views["hr"])
+        hs_student = hs_teacher = None
+        if self.features == "all":
+            hs_student = [self.adapt_student(h) for h in s["blocks"]]
+            hs_teacher = t["t_blocks"]
+        elif self.features is not None:
+            blocks = s["blocks"]
+            hs_student = [
+                self.adapt_student(block_mean(blocks) if self.features == "mean" else blocks[-1])
+            ]
+            hs_teacher = [t["t_feat"]]
+        kd = KD_APPROACHES[self.approach](
+            s["mlct"],
+            s["mcct"],
+            t["t_mlct"],
+            t["t_mcct"],
+            **self.weights,
+            hs_student=hs_student,
+            hs_teacher=hs_teacher,
+        )
+        cls = self.classification(s, y)
+        components = {k: v.detach() for k, v in kd.items() if k != "loss"}
+        return {
+            "loss": cls["loss"] + kd["loss"],
+            "output": heads(s),
+            "cls": cls["loss"].detach(),
+            "bce_mlct": cls["bce_mlct"].detach(),
+            "bce_mcct": cls["bce_mcct"].detach(),
+            "kd": kd["loss"].detach(),
+            **components,
+        }
+
+
+def check_teacher(cfg: TrialConfig, teacher: nn.Module, student: MultiTaskViT) -> None:
+    """The teacher must be a high-resolution vit_mtl at the student's input size."""
+    uri, img_size = cfg.method.teacher_path, cfg.train.img_size
+    flat = json.loads((teachers.fetch_model_dir(uri) / "config.json").read_text())
+    if flat.get("method") != "vit_mtl" or not isinstance(teacher, MultiTaskViT):
+        raise ConfigError(
+            f"teacher {uri} was trained with method {flat.get('method')!r}; kd_vit distils a "
+            "two-headed vit_mtl teacher: register one (the lowres-kd study's teacher stage does)"
+        )
+    if flat.get("low_res", 0) or flat["img_size"] != img_size:
+        raise ConfigError(
+            f"teacher {uri} was trained on {flat['img_size']} px with low_res="
+            f"{flat.get('low_res', 0)}, but it sees this trial's high-resolution view at "
+            f"img_size={img_size}; use a teacher trained with low_res=0 at img_size={img_size}"
+        )
+    if cfg.method.kd_approach == "one_to_one" and teacher.depth != student.depth:
+        raise ConfigError(
+            f"one_to_one pairs block i with block i, but the teacher has {teacher.depth} blocks "
+            f"and the student {student.depth}; use models of equal depth, or kd_approach "
+            "'mlcak' / 'last_block'"
+        )
+
+
+def cache_mode(cfg: TrialConfig, task: ViTKDTask, n_train: int) -> bool:
+    """Whether the teacher's targets are cached (True) or computed online (False)."""
+    m = cfg.method
+    if m.teacher_cache == "on" and cfg.train.augment:
+        raise ConfigError(
+            "teacher_cache=on needs augment=false (cached targets are for un-augmented images); "
+            "use teacher_cache=auto to run the teacher online when augmenting"
+        )
+    if m.teacher_cache == "on" and task.features == "all":
+        raise ConfigError(
+            "teacher_cache=on cannot cache one_to_one's targets: every block's tokens of every "
+            "image (N x the mlcak cache); use teacher_cache=auto or off (teacher online)"
+        )
+    if m.teacher_cache == "off" or cfg.train.augment or task.features == "all":
+        return False
+    if task.features and m.teacher_cache == "auto":
+        teacher = task.teacher
+        side = min(task.adapter.grid, m.feature_grid or task.adapter.grid)
+        nbytes = n_train * 2 * (teacher.num_prefix_tokens + side**2) * teacher.width
+        if nbytes > CACHE_BUDGET_BYTES:
+            warnings.warn(
+                f"teacher targets for {n_train} images would take {nbytes / 2**30:.1f} GiB "
+                f"(> {CACHE_BUDGET_BYTES / 2**30:.0f} GiB): the teacher runs online; set "
+                "feature_grid (e.g. 7) to pool them, or teacher_cache=on",
+                stacklevel=2,
+            )
+            return False
+    return True
+
+
+@register_method("kd_vit", config=KDViTConfig, tasks=("multilabel",), needs_teacher=True)
+def build(cfg: TrialConfig, info, ctx) -> ViTKDTask:
+    m, t = cfg.method, cfg.train
+    if m.teacher_path is None:
+        raise ConfigError("kd_vit needs teacher_path (a registered vit_mtl teacher); run a study")
+    if getattr(m, m.needed()) is None:
+        raise ConfigError(
+            f"kd_approach={m.kd_approach!r} needs {m.needed()} (it has no default); set it"
+        )
+    if m.low_res == 0:
+        raise ConfigError(
+            f"kd_vit distils into a low-resolution student: set low_res to its resolution in px, "
+            f"below img_size={t.img_size} (e.g. {max(1, t.img_size // 4)}); use vit_mtl without KD"
+        )
+    check_low_res(m.low_res, t.img_size)
+    # The student first: its initial weights depend on the seed alone, not on the teacher.
+    student = build_vit(cfg, info, method="kd_vit")
+    teacher = ctx.load_teacher(m.teacher_path)
+    check_teacher(cfg, teacher, student)
+    try:
+        task = ViTKDTask(student, teacher, info, m)
+    except ValueError as exc:  # the adapter's token layouts differ
+        raise ConfigError(f"teacher and student cannot be compared: {exc}") from None
+    if cache_mode(cfg, task, len(ctx.data.split("train"))):
+        view = Pipeline(input_size=t.img_size)
+        task.cached = ctx.teacher_arrays(
+            m.teacher_path, split="train", pipeline=view, outputs=task.cache_spec()
+        )
+    return task
