@@ -119,6 +119,10 @@ def _drive(study: Study, options: RunOptions, store, run_uri: str) -> str:
                 setup.warm_teacher_caches(ctx, study, state, options.overrides)
             done.append(stage.name)
             write_state(run_uri, state, done)
+            # The stage can no longer be resumed, so its training state is dead weight (a
+            # ResNet-50 checkpoint is ~130 MB); final-stage models stay, for deployment.
+            dead = ("state.pt",) if stage.role == "final" else ("state.pt", "model.pt")
+            storage.delete_files_named(storage.join(run_uri, stage.name), dead)
         write_report(run_uri, study, store.manifest)
     finally:
         if started:

@@ -163,6 +163,13 @@ def trial_resources(options: RunOptions) -> dict:
     gpus = options.gpus_per_trial
     if gpus is None:
         gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+        if not gpus and options.address:
+            print(
+                "note: the cluster has no GPU right now, so trials run on CPUs; on an "
+                "autoscaling cluster whose GPU workers start on demand pass --gpus-per-trial 1 "
+                "and --max-concurrent N",
+                flush=True,
+            )
     return {"cpu": options.cpus_per_trial, "gpu": gpus}
 
 

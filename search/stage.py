@@ -6,6 +6,7 @@ import math
 import sys
 import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 from ray import tune
 from ray.tune.search import ConcurrencyLimiter
@@ -137,6 +138,9 @@ def register_teacher(ctx: StageContext, cell: str, result, state: StudyState) ->
     if uri is None:
         with tempfile.TemporaryDirectory() as tmp:
             folder = result.checkpoint.to_directory(tmp)
+            # The registry keeps the model and its config; optimiser state would triple what
+            # every node downloads.
+            (Path(folder) / "state.pt").unlink(missing_ok=True)
             metrics = {k: v for k, v in result.metrics.items() if k.startswith("val_")}
             uri = registry.register(key, folder, metrics)
     state.teachers[cell] = uri

@@ -80,7 +80,7 @@ def test_aws_node_types_as_ray_sees_them():
 
 
 TYPOS = {
-    "max_worker in a node type": (("available_node_types", "gpu.a10g"), "max_workers", "max_worker"),
+    "max_worker": (("available_node_types", "gpu.a10g"), "max_workers", "max_worker"),
     "setup_comands": ((), "setup_commands", "setup_comands"),
     "docker pull_before_rnu": (("docker",), "pull_before_run", "pull_before_rnu"),
     "idle_timeout_minute": ((), "idle_timeout_minutes", "idle_timeout_minute"),

@@ -6,6 +6,7 @@ their absolute URIs (Tune changes the working directory into the trial folder).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import tempfile
@@ -27,6 +28,11 @@ def is_remote(uri: str) -> bool:
 def normalize(uri: str) -> str:
     """Absolute local paths; remote URIs unchanged (without a trailing slash)."""
     if is_remote(uri):
+        if "?" in uri:  # run folders are joined onto the URI: they would land in its query
+            raise StorageError(
+                f"storage URI {uri!r} has a query string; pass s3://bucket/prefix and give a "
+                "non-AWS endpoint (MinIO, a test server) in AWS_ENDPOINT_URL on every node"
+            )
         return uri.rstrip("/")
     return str(Path(uri.removeprefix("file://")).expanduser().resolve())
 
@@ -35,10 +41,20 @@ def join(uri: str, *parts: str) -> str:
     return "/".join([uri.rstrip("/"), *parts])
 
 
+@functools.lru_cache(maxsize=16)
+def _remote_filesystem(root: str, endpoint: str | None) -> pafs.FileSystem:
+    """One filesystem per ``scheme://bucket`` (and endpoint): creating an S3 filesystem looks
+    the bucket's region up, which is too slow to repeat for every small record file."""
+    return pafs.FileSystem.from_uri(root)[0]
+
+
 def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     try:
         if is_remote(uri):
-            return pafs.FileSystem.from_uri(uri)
+            scheme, rest = uri.split("://", 1)
+            root = f"{scheme}://{rest.split('/', 1)[0]}"
+            endpoint = os.environ.get("AWS_ENDPOINT_URL")
+            return _remote_filesystem(root, endpoint), rest.rstrip("/")
         return pafs.LocalFileSystem(), normalize(uri)
     except Exception as exc:
         raise StorageError(f"cannot open storage {uri!r}: {exc}") from exc
@@ -61,12 +77,13 @@ def write_text(uri: str, text: str) -> None:
     fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
     if isinstance(fs, pafs.LocalFileSystem):
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
-        with os.fdopen(fd, "w") as f:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are read by other users
         os.replace(tmp, path)
         return
     with fs.open_output_stream(path) as f:
-        f.write(text.encode())
+        f.write(text.encode("utf-8"))
 
 
 def read_json(uri: str) -> dict:
@@ -120,3 +137,13 @@ def read_parquet(uri: str):
 
     fs, path = filesystem(uri)
     return pd.read_parquet(path, filesystem=fs)
+
+
+def delete_files_named(uri: str, names: tuple[str, ...]) -> int:
+    """Delete every file called one of ``names`` below ``uri``; returns how many."""
+    fs, root = filesystem(uri)
+    infos = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
+    doomed = [i.path for i in infos if i.type == pafs.FileType.File and i.base_name in names]
+    for path in doomed:
+        fs.delete_file(path)
+    return len(doomed)

@@ -145,5 +145,5 @@ def save_outputs(teacher_uri: str, view_key: str, outputs: dict[str, np.ndarray]
     fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
     tmp = f"{path}.{uuid.uuid4().hex}.tmp"  # unique: two writers never share a temporary
     with fs.open_output_stream(tmp) as f:
-        f.write(buf.getvalue())
+        f.write(buf.getbuffer())  # no second copy of a large cache
     fs.move(tmp, path)

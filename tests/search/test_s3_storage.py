@@ -40,7 +40,7 @@ class S3:
     def root(self) -> str:
         return f"s3://{self.bucket}"
 
-    def keys(self, prefix: str = "") -> list[str]:
+    def objects(self, prefix: str = "") -> list[str]:
         pages = self.client.get_paginator("list_objects_v2").paginate(
             Bucket=self.bucket, Prefix=prefix
         )
@@ -89,12 +89,18 @@ def s3(monkeypatch, tmp_path) -> Iterator[S3]:
 def test_check_writable_accepts_a_bucket_and_leaves_no_probe(s3: S3):
     uri = storage.check_writable(f"{s3.root}/runs/")
     assert uri == f"{s3.root}/runs"
-    assert not [k for k in s3.keys() if "probe" in k]
+    assert not [k for k in s3.objects() if "probe" in k]
 
 
 def test_check_writable_names_a_missing_bucket_and_the_fix(s3: S3):
     with pytest.raises(StorageError, match=r"s3://no-such-bucket-cxrkd/runs.*--storage"):
         storage.check_writable("s3://no-such-bucket-cxrkd/runs")
+
+
+def test_an_endpoint_in_the_uri_is_refused_with_the_variable_to_use():
+    # Run folders are appended to the URI: they would end up inside its query string.
+    with pytest.raises(StorageError, match="AWS_ENDPOINT_URL"):
+        storage.check_writable("s3://bucket/runs?endpoint_override=127.0.0.1:9000&scheme=http")
 
 
 def test_json_and_parquet_round_trip_without_temporary_objects(s3: S3):
@@ -106,7 +112,7 @@ def test_json_and_parquet_round_trip_without_temporary_objects(s3: S3):
     storage.write_parquet(storage.join(run, "records", "epochs-a--b.parquet"), frame.iloc[:1])
     back = storage.read_parquet(storage.join(run, "records", "epochs-a--b.parquet"))
     pd.testing.assert_frame_equal(back, frame.iloc[:1])  # the second write replaced the first
-    files = [k for k in s3.keys("runs/r1/") if not k.endswith("/")]  # "/" = directory markers
+    files = [k for k in s3.objects("runs/r1/") if not k.endswith("/")]  # "/" = directory markers
     assert files == ["runs/r1/records/epochs-a--b.parquet", "runs/r1/run.json"]
     assert storage.exists(storage.join(run, "run.json"))
     assert not storage.exists(storage.join(run, "state.json"))
@@ -129,7 +135,7 @@ def test_teacher_registry_on_s3(s3: S3, tmp_path, monkeypatch):
     uri = registry.register(key, _model_dir(tmp_path / "m", b"weights-1"), {"val_auc": 0.9})
     assert uri == f"{s3.root}/runs/teachers/{key.fingerprint}"
     assert registry.lookup(key) == uri
-    assert f"runs/teachers/{key.fingerprint}/model/state.pt" in s3.keys()
+    assert f"runs/teachers/{key.fingerprint}/model/state.pt" in s3.objects()
     record = teachers.read_record(uri, dataset_fingerprint="fp-data")
     assert record["fingerprint"] == key.fingerprint and record["metrics"] == {"val_auc": 0.9}
     with pytest.raises(TeacherError, match="fp-other"):
@@ -158,7 +164,7 @@ def test_teacher_outputs_round_trip_on_s3(s3: S3):
     assert sorted(back) == ["feat", "logits"] and back["feat"].dtype == np.float16
     np.testing.assert_array_equal(back["logits"], logits)
     np.testing.assert_array_equal(back["feat"], feats)
-    files = [k for k in s3.keys("runs/teachers/abc/") if not k.endswith("/")]
+    files = [k for k in s3.objects("runs/teachers/abc/") if not k.endswith("/")]
     assert files == [storage.join("runs/teachers/abc/outputs", "train-224.npz")]
 
 
@@ -208,7 +214,7 @@ def test_a_study_runs_end_to_end_on_s3_storage(s3_ray: S3, tiny_store, tiny, tmp
         )
     )
     assert run_uri == f"{s3.root}/runs/s3run"
-    keys = s3.keys("runs/")
+    keys = s3.objects("runs/")
     run = "runs/s3run/"
     for name in ("run.json", "state.json", "trials.parquet", "epochs.parquet"):
         assert run + name in keys
@@ -220,7 +226,7 @@ def test_a_study_runs_end_to_end_on_s3_storage(s3_ray: S3, tiny_store, tiny, tmp
     teacher = [k for k in keys if k.startswith("runs/teachers/") and k.endswith("/record.json")]
     assert len(teacher) == 1
     teacher_uri = f"{s3.root}/{teacher[0].removesuffix('/record.json')}"
-    assert state["teacher_uri"] == teacher_uri
+    assert list(state["teachers"].values()) == [teacher_uri]
     # A Ray worker downloaded the teacher from S3 and wrote its outputs back there.
     assert list((tmp_path / "node-tmp" / "cxrkd-teachers").glob("*/config.json"))
     assert any(k.startswith(f"{teacher[0].removesuffix('record.json')}outputs/") for k in keys)

@@ -12,17 +12,21 @@ import math
 import shutil
 
 import numpy as np
+import optuna
 import pytest
 import torch
 import torch.nn.functional as F
 from helpers import TEACHERS, TINY, TINY_VIT, binary_bundle, multilabel_bundle, train_teacher
 
+from search.cells import CellSpace
+from spaces.studies import SearchCell
 from trainables import teachers
 from trainables.config import ConfigError, parse_config
 from trainables.context import DataBundle, TrialContext
 from trainables.data.augment import Pipeline
 from trainables.data.pipeline import BatchLoader
 from trainables.loop import run_trial, seed_everything
+from trainables.losses import KD_APPROACHES
 from trainables.methods import get_method, kd_vit, load_methods
 from trainables.task import Task
 from trainables.teachers import TeacherError, TeacherKey, TeacherRegistry
@@ -336,6 +340,25 @@ def test_auto_runs_the_teacher_online_when_the_cache_is_over_budget(data, teache
     with pytest.warns(UserWarning, match=r"GiB .*the teacher runs online; set feature_grid"):
         assert build(flat, data).side_arrays("train") == {}
     assert build({**flat, "teacher_cache": "on"}, data).side_arrays("train")  # asked for
+
+
+# --- the search space ---------------------------------------------------------------------
+
+
+def test_every_loss_approach_is_a_kd_vit_approach():
+    assert set(kd_vit.FEATURES) == set(KD_APPROACHES)
+
+
+@pytest.mark.parametrize("approach", APPROACHES)
+def test_space_searches_only_what_the_pinned_approach_uses(approach):
+    cell = SearchCell("c", "kd_vit", {**STUDENT, "kd_approach": approach}, 1)
+    trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
+    flat = CellSpace(cell)(trial)
+    uses = "temperature" if approach == "vanilla" else "gamma"
+    assert set(trial.params) == {"lr", "weight_decay", "alpha", "beta", uses}
+    cfg = parse_config({**flat, "teacher_path": "/runs/r1/teachers/x"})  # the trial accepts it
+    assert cfg.method.kd_approach == approach
+    assert getattr(cfg.method, {"gamma": "temperature", "temperature": "gamma"}[uses]) is None
 
 
 # --- bad input ----------------------------------------------------------------------------

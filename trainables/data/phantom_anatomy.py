@@ -72,7 +72,7 @@ def lung_distance(s, y, box: tuple[float, float, float, float]):
     ds = (s - sc) * (1.0 / a)
     dy = (y - yc) * (1.0 / b)
     dy2 = dy * dy
-    level = 1.0 - np.abs(ds) * ds * ds - np.where(dy < 0, dy2, dy2 * dy2)
+    level = lung_level(s, y, box)
     gs = 3.0 * ds * ds * (1.0 / a)
     gy = np.where(dy < 0, 2.0, 4.0 * dy2) * np.abs(dy) * (1.0 / b)
     return level / np.sqrt(gs * gs + gy * gy + 1e-6)
