@@ -69,7 +69,7 @@ class TrialContext:
         return model
 
     def teacher_outputs(
-        self, teacher_uri: str, *, split: str, pipeline: Pipeline, batch_size: int = 128
+        self, teacher_uri: str, *, split: str, pipeline: Pipeline, batch_size: int | None = None
     ) -> np.ndarray:
         """The frozen teacher's float32 outputs ``model(x)`` on un-augmented ``split`` images
         (one row per image, in split order); see :meth:`teacher_arrays`."""
@@ -85,7 +85,7 @@ class TrialContext:
         split: str,
         pipeline: Pipeline,
         outputs: TeacherOutputs,
-        batch_size: int = 128,
+        batch_size: int | None = None,
     ) -> dict[str, np.ndarray]:
         """Named per-image arrays of the frozen teacher on un-augmented ``split`` images.
 
@@ -93,6 +93,12 @@ class TrialContext:
         shared through the registry by every trial; row i belongs to image i of the split.
         The arrays keep the dtype ``outputs.extract`` gives them (e.g. float16 features).
         """
+        # The cache is only valid for the dataset the teacher was trained on (same check as
+        # load_teacher, which the cached path would otherwise skip).
+        teachers.read_record(teacher_uri, dataset_fingerprint=self.data.info.fingerprint)
+        # Larger batches only pay off on a GPU (ResNet-50 on 2 CPU threads: 6.6 ms per image
+        # at 128 vs 4.8 at 32).
+        batch_size = batch_size or (128 if self.device.type == "cuda" else 32)
         key = outputs_key(split, pipeline, outputs.tag)
         n = len(self.data.split(split))
         cached = teachers.load_outputs(teacher_uri, key)

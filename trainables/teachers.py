@@ -32,6 +32,11 @@ class TeacherError(CxrkdError):
     """A teacher that is missing, unreadable or made for another dataset."""
 
 
+# Keys outside the recipe: named fields of the key, or infrastructure that does not change the
+# trained weights (where pretrained weights are read from, whether the test split was scored).
+NOT_RECIPE = ("model", "img_size", "seed", "weights_dir", "evaluate_test")
+
+
 @dataclass(frozen=True)
 class TeacherKey:
     model: str
@@ -42,7 +47,7 @@ class TeacherKey:
 
     @classmethod
     def from_config(cls, flat: dict, dataset_fingerprint: str) -> TeacherKey:
-        recipe = {k: v for k, v in sorted(flat.items()) if k not in ("model", "img_size", "seed")}
+        recipe = {k: v for k, v in sorted(flat.items()) if k not in NOT_RECIPE}
         return cls(
             model=str(flat["model"]),
             dataset_fingerprint=dataset_fingerprint,

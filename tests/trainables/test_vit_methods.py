@@ -18,8 +18,7 @@ import torch
 import torch.nn.functional as F
 from helpers import TEACHERS, TINY, TINY_VIT, binary_bundle, multilabel_bundle, train_teacher
 
-from search.cells import CellSpace
-from spaces.studies import SearchCell
+from spaces import get_space
 from trainables import teachers
 from trainables.config import ConfigError, parse_config
 from trainables.context import DataBundle, TrialContext
@@ -350,13 +349,14 @@ def test_every_loss_approach_is_a_kd_vit_approach():
 
 
 @pytest.mark.parametrize("approach", APPROACHES)
-def test_space_searches_only_what_the_pinned_approach_uses(approach):
-    cell = SearchCell("c", "kd_vit", {**STUDENT, "kd_approach": approach}, 1)
-    trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
-    flat = CellSpace(cell)(trial)
+def test_space_searches_only_what_the_approach_uses(approach):
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    study.enqueue_trial({"kd_approach": approach})  # as a study cell pins it
+    trial = study.ask()
+    flat = get_space("kd_vit")(trial)
     uses = "temperature" if approach == "vanilla" else "gamma"
-    assert set(trial.params) == {"lr", "weight_decay", "alpha", "beta", uses}
-    cfg = parse_config({**flat, "teacher_path": "/runs/r1/teachers/x"})  # the trial accepts it
+    assert set(trial.params) == {"lr", "weight_decay", "kd_approach", "alpha", "beta", uses}
+    cfg = parse_config({**STUDENT, **flat})  # the trial accepts it, the other stays unset
     assert cfg.method.kd_approach == approach
     assert getattr(cfg.method, {"gamma": "temperature", "temperature": "gamma"}[uses]) is None
 

@@ -94,13 +94,14 @@ def build(cfg: TrialConfig, info, ctx) -> LogitKDTask:
             "teacher_cache=on needs augment=false (cached outputs are for un-augmented images); "
             "use teacher_cache=auto to run the teacher online when augmenting"
         )
-    teacher = ctx.load_teacher(m.teacher_path)
+    # The student first: it draws the same initial weights as a `transfer` student of that seed.
     student = create_model(
         cfg.train.model,
         num_outputs=1,
         pretrained=cfg.train.pretrained,
         weights_dir=cfg.train.weights_dir,
     )
+    teacher = ctx.load_teacher(m.teacher_path)
     task = LogitKDTask(student, teacher, m, info.label_columns()[1])
     if m.teacher_cache == "on" or (m.teacher_cache == "auto" and not cfg.train.augment):
         view = Pipeline(input_size=cfg.train.img_size)
