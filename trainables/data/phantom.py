@@ -180,7 +180,7 @@ def render_phantom(row: dict, size: int) -> tuple[np.ndarray, int, int]:
 
 P_PNEUMONIA = 0.761  # true image share; after 4% symmetric flips ~0.74 are labelled positive
 P_FINDING = dict(  # per patient (chronic) or per view (acute); ~45-50% of views are abnormal
-    cardiomegaly=0.14, nodule=0.13, mass=0.06, consolidation=0.11, pneumothorax=0.09
+    cardiomegaly=0.14, nodule=0.16, mass=0.06, consolidation=0.11, pneumothorax=0.09
 )
 LOBES = list(pa.LOBE_SIDE)
 
@@ -223,10 +223,10 @@ def sample_patient(preset: str, rng: np.random.Generator) -> dict:
         anat["ctr"] = _u(rng, 0.53, 0.66)
     person["nodules"] = []
     if rng.random() < P_FINDING["nodule"]:
-        for _ in range(int(rng.choice((1, 2, 3), p=(0.4, 0.35, 0.25)))):
+        for _ in range(int(rng.choice((1, 2, 3, 4), p=(0.3, 0.3, 0.25, 0.15)))):
             # radius 2-3 px at 224 px (a 4-6 mm nodule on a 35 cm film), under 0.4 px at 28
             x, y = _lung_point(anat, rng, 0.06)
-            person["nodules"].append([x, y, _u(rng, 0.017, 0.026), _u(rng, 0.22, 0.32)])
+            person["nodules"].append([x, y, _u(rng, 0.017, 0.026), _u(rng, 0.28, 0.40)])
     person["masses"] = []
     if rng.random() < P_FINDING["mass"]:
         x, y = _lung_point(anat, rng, 0.12)

@@ -318,7 +318,7 @@ def _lung_fields(film: Film, anat: dict, find: dict, mottle: np.ndarray):
                 )
                 keep *= 1.0 - gap * where
                 line = np.clip(1.0 - np.abs(dist) / (2.0 * ew), 0.0, 1.0)  # ~1 px wide
-                extra[win] += where * (0.20 * line - 0.01 * gap)
+                extra[win] += where * (0.25 * line - 0.01 * gap)
         air[win] += lung
         marked[win] += keep
     return air, marked, extra
@@ -399,9 +399,11 @@ def render_params(p: dict, size: int) -> np.ndarray:
     lat = anat["lat"]
     win = film.window(-lat - 0.06, lat + 0.06, anat["apex"] - 0.06, anat["base"] + 0.14)
     markings = vessels(x[win], y[win], ax[win], anat, rng)
-    # Markings vanish in pleural air and under fluid; the mottle (overlying soft tissue and
-    # parenchyma at a coarse scale) follows the aerated lung only.
-    dens[win] += marked[win] * (1.0 - mediastinal[win]) * (0.10 * markings)
+    # Markings (vessels and a fine, ~3 px parenchymal grain) vanish in pleural air and under
+    # fluid; the coarse mottle (overlying soft tissue) follows the aerated lung only. The grain
+    # averages away below ~56 px, so missing markings are a high-resolution sign only.
+    grain = smooth_noise(rng, 72, size)[win]
+    dens[win] += marked[win] * (1.0 - mediastinal[win]) * (0.10 * markings + 0.03 * grain)
     dens[win] += np.minimum(air[win], 1.0) * (0.02 * mottle[win])
     _add_local(dens, film, find, anat)
     # bones show best against aerated lung; over the abdomen and heart they are faint
