@@ -3,7 +3,7 @@
 Config flows one way (STYLE.md 3): the search space proposes a flat dict whose keys equal the
 field names below; :func:`parse_config` splits it into the shared :class:`TrainConfig` and the
 method's own config dataclass, rejects unknown keys and bad values, and the result is passed
-on as explicit arguments. Nothing downstream calls ``config.get(key, default)``.
+on as explicit arguments. Nothing downstream looks a value up with a silent default.
 """
 
 from __future__ import annotations

@@ -275,13 +275,13 @@ def weights_download(
     for name in unique:
         model = timm.create_model(name, pretrained=not _random_init)
         path = _save_state_dict(model, out / name)
-        cfg = getattr(model, "pretrained_cfg", {}) or {}
+        timm_cfg = getattr(model, "pretrained_cfg", {}) or {}  # timm metadata, optional keys
         index[name] = {
             "file": path.name,
             "sha256": _sha256(path),
             "bytes": path.stat().st_size,
             "timm_version": timm.__version__,
-            "hf_hub_id": cfg.get("hf_hub_id"),
+            "hf_hub_id": timm_cfg.get("hf_hub_id"),
             "random_init": _random_init,
         }
         written.append(path)
