@@ -9,6 +9,7 @@ finished trial and at the end of a stage.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -37,8 +38,19 @@ SKIP_RESULT_KEYS = {
 }
 
 
+def _error_text(trial) -> str | None:
+    """The trial's error trace. Tune writes it to the trial's local folder first and copies it
+    to the run's storage later, so when ``on_trial_error`` fires the storage copy (all that
+    ``trial.get_error()`` reads) may not exist yet."""
+    local = trial.error_file
+    if local and os.path.isfile(local):
+        with open(local, encoding="utf-8", errors="replace") as f:
+            return f.read()
+    return trial.get_error()
+
+
 def _error_line(trial) -> str | None:
-    text = trial.get_error()
+    text = _error_text(trial)
     if not text:
         return None
     lines = [ln.strip() for ln in str(text).splitlines() if ln.strip()]
@@ -84,6 +96,8 @@ class RecordsCallback(Callback):
     def on_experiment_end(self, trials, **info) -> None:
         for trial in trials:
             self.trials[trial.trial_id] = trial
+            if trial.status == "ERROR" and not self.errors.get(trial.trial_id):
+                self.errors[trial.trial_id] = _error_line(trial)
         self.flush()
         prune_records(self.run_uri, self.stage, {trial.trial_id for trial in trials})
 
