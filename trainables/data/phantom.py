@@ -223,10 +223,10 @@ def sample_patient(preset: str, rng: np.random.Generator) -> dict:
         anat["ctr"] = _u(rng, 0.53, 0.66)
     person["nodules"] = []
     if rng.random() < P_FINDING["nodule"]:
-        for _ in range(int(rng.choice((1, 2, 3, 4), p=(0.3, 0.3, 0.25, 0.15)))):
-            # radius 2-3 px at 224 px (a 4-6 mm nodule on a 35 cm film), under 0.4 px at 28
+        for _ in range(int(rng.choice((1, 2, 3), p=(0.45, 0.35, 0.2)))):
+            # radius 2.2-3.1 px at 224 px (a 7-10 mm nodule on a 35 cm film), < 0.4 px at 28
             x, y = _lung_point(anat, rng, 0.06)
-            person["nodules"].append([x, y, _u(rng, 0.017, 0.026), _u(rng, 0.28, 0.40)])
+            person["nodules"].append([x, y, _u(rng, 0.020, 0.028), _u(rng, 0.38, 0.50)])
     person["masses"] = []
     if rng.random() < P_FINDING["mass"]:
         x, y = _lung_point(anat, rng, 0.12)
@@ -300,7 +300,7 @@ def _findings_view(person: dict, anat: dict, rng) -> tuple[dict, dict, dict]:
         sides = [[-1], [1], [-1, 1]][int(rng.choice(3, p=(0.45, 0.35, 0.2)))]
         find["effusion"] = [[side, _u(rng, 0.15, 0.45)] for side in sides]
     if has["pneumothorax"]:
-        find["ptx"] = [[int(rng.choice((-1, 1))), _u(rng, 0.04, 0.12)]]
+        find["ptx"] = [[int(rng.choice((-1, 1))), _u(rng, 0.05, 0.15)]]
     labels = {name: int(has[name]) for name in FINDINGS}
     labels["abnormal"] = int(any(has.values()))
     return find, labels, {}

@@ -317,7 +317,7 @@ def _lung_fields(film: Film, anat: dict, find: dict, mottle: np.ndarray):
                     lung * sig((box[2] + 0.25 - y) / 0.06) * sig((s - box[0] + 0.2 * box[1]) / 0.04)
                 )
                 keep *= 1.0 - gap * where
-                line = np.clip(1.0 - np.abs(dist) / (2.0 * ew), 0.0, 1.0)  # ~1 px wide
+                line = np.clip(1.0 - np.abs(dist) / (3.0 * ew), 0.0, 1.0)  # 1.5 px wide
                 extra[win] += where * (0.25 * line - 0.01 * gap)
         air[win] += lung
         marked[win] += keep
@@ -403,7 +403,7 @@ def render_params(p: dict, size: int) -> np.ndarray:
     # fluid; the coarse mottle (overlying soft tissue) follows the aerated lung only. The grain
     # averages away below ~56 px, so missing markings are a high-resolution sign only.
     grain = smooth_noise(rng, 72, size)[win]
-    dens[win] += marked[win] * (1.0 - mediastinal[win]) * (0.10 * markings + 0.03 * grain)
+    dens[win] += marked[win] * (1.0 - mediastinal[win]) * (0.10 * markings + 0.02 * grain)
     dens[win] += np.minimum(air[win], 1.0) * (0.02 * mottle[win])
     _add_local(dens, film, find, anat)
     # bones show best against aerated lung; over the abdomen and heart they are faint
