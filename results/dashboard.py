@@ -3,7 +3,8 @@
 plotly.js is embedded once (from the installed plotly package), each figure as a div with its
 own ``Plotly.newPlot`` call. Sections (:mod:`results.sections`): overview (trials by status,
 the best configuration per cell, the final models' test metrics), the search per cell
-(Optuna's history, parallel coordinates and importances), the Pareto fronts, AUROC against
+(Optuna's history, parallel coordinates and importances), an open search's validation
+objectives with its Pareto front, the Pareto fronts of the final models, AUROC against
 resolution, learning curves, and the final models' confusion matrices and ROC curves. The page
 checks itself when it opens: the footer says how many figures were drawn and lists any that
 came out empty and any script error (``#cxrkd-status``, which the browser test reads).
@@ -28,6 +29,7 @@ from results.optuna_export import (
     study_distributions,
 )
 from results.test_scores import load_test_scores
+from spaces.studies import ParetoSpec
 from trainables import storage
 
 DASHBOARD = "dashboard.html"
@@ -121,9 +123,11 @@ def build_dashboard(
     stages: Sequence[tuple[str, str]] = (),
     distributions: Mapping[CellKey, Distributions] | None = None,
     scores: Mapping[tuple[str, str], Mapping] | None = None,
+    fronts: Sequence[ParetoSpec] = (),
 ) -> str:
     """The page's HTML. ``stages`` are ``(name, role)`` in study order; ``distributions``
-    name the search cells (else inferred); ``scores`` are the final models' test scores."""
+    name the search cells (else inferred); ``scores`` are the final models' test scores;
+    ``fronts`` the open search cells whose validation objectives are drawn."""
     names = [name for name, _ in stages]
     teacher_stages = [name for name, role in stages if role == "teacher"] or ["teacher"]
     direction = "maximize" if mode == "max" else "minimize"
@@ -134,6 +138,7 @@ def build_dashboard(
     sections = [
         S.overview(trials, metric=metric, mode=mode, stages=names, distributions=distributions),
         S.search(studies, metric=metric),
+        *(S.open_front(trials, spec) for spec in fronts),
         S.pareto(trials, teacher_stages=teacher_stages),
         S.resolution(trials),
         S.learning(trials, epochs, metric=metric, stages=names),
@@ -183,5 +188,6 @@ def write_study_dashboard(
         stages=[(stage.name, stage.role) for stage in study.stages],
         distributions=distributions,
         scores=load_test_scores(run_uri, trials),
+        fronts=[spec for spec in study.tables if isinstance(spec, ParetoSpec)],
     )
     return {"dashboard": page, "optuna": db}

@@ -165,16 +165,27 @@ def cell_roles(trials: pd.DataFrame, *, teacher_stages: Sequence[str] = ("teache
     return pd.Series(roles, name="role", dtype=object)
 
 
-def pareto_mask(values: Sequence[float], costs: Sequence[float]) -> np.ndarray:
-    """True where no other point is at least as good in both (higher value, lower cost) and
-    strictly better in one. NaN points are never on the front."""
-    v, c = np.asarray(values, dtype=float), np.asarray(costs, dtype=float)
-    ok = np.isfinite(v) & np.isfinite(c)
-    mask = np.zeros(len(v), dtype=bool)
+def nondominated(points: Sequence[Sequence[float]], modes: Sequence[str]) -> np.ndarray:
+    """The Pareto front of ``points`` (one row per point, one column per objective; ``modes``
+    ``"max"``/``"min"`` per column): True where no other point is at least as good in every
+    objective and strictly better in one. Equal points do not dominate each other (all stay);
+    a point with a non-finite value is never on the front."""
+    bad = [m for m in modes if m not in ("max", "min")]
+    if bad or not modes:
+        raise ValueError(f"modes must be 'max' or 'min' per objective, got {list(modes)!r}")
+    q = np.asarray(points, dtype=float).reshape(-1, len(modes))
+    q = q * np.array([1.0 if m == "max" else -1.0 for m in modes])  # all maximised
+    ok = np.isfinite(q).all(axis=1)
+    mask = np.zeros(len(q), dtype=bool)
     for i in np.flatnonzero(ok):
-        dominated = ok & (v >= v[i]) & (c <= c[i]) & ((v > v[i]) | (c < c[i]))
+        dominated = ok & (q >= q[i]).all(axis=1) & (q > q[i]).any(axis=1)
         mask[i] = not dominated.any()
     return mask
+
+
+def pareto_mask(values: Sequence[float], costs: Sequence[float]) -> np.ndarray:
+    """:func:`nondominated` of (higher value, lower cost) pairs."""
+    return nondominated(np.column_stack([values, costs]), ("max", "min"))
 
 
 def pareto_points(

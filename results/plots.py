@@ -100,6 +100,34 @@ def pareto_figure(points: pd.DataFrame, *, cost: str, metric_label: str) -> go.F
     return fig
 
 
+def front_figure(points: pd.DataFrame, *, x: str, y: str, title: str) -> go.Figure:
+    """Every search trial (a colour per model), the Pareto front enlarged and joined."""
+    colors = _colors(points["model"])
+    fig = go.Figure()
+    for (model, on_front), group in points.groupby(["model", "front"], sort=False):
+        fig.add_trace(
+            go.Scatter(
+                x=group[x],
+                y=group[y],
+                mode="markers",
+                name=f"{model} (front)" if on_front else model,
+                legendgroup=model,
+                marker={
+                    "color": colors[model],
+                    "size": 14 if on_front else 8,
+                    "symbol": "diamond" if on_front else "circle",
+                    "line": {"width": 2 if on_front else 0, "color": "#222"},
+                },
+                hovertext=group["trial_id"] + ": " + group["config"],
+            )
+        )
+    front = points[points["front"]].sort_values(x)
+    step = go.Scatter(x=front[x], y=front[y], mode="lines", name="Pareto front")
+    fig.add_trace(step.update(line={"shape": "hv", "dash": "dot", "color": "#555"}))
+    label = COST_LABELS.get(x, x)
+    return fig.update_layout(title=title, xaxis_title=label, yaxis_title=y)
+
+
 def resolution_figure(curves: pd.DataFrame) -> go.Figure:
     """AUROC against input resolution: a line per KD approach, a panel per (ViT, task)."""
     fig = px.line(

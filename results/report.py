@@ -10,9 +10,10 @@ import pandas as pd
 
 from results.dashboard import write_study_dashboard
 from results.frames import load_records, write_frames
+from results.front import front_display, front_table
 from results.pivot import PivotEntry, chosen_configs, pivot_display, pivot_values
 from results.tables import comparison_table, format_table, render_markdown, write_tables
-from spaces.studies import PivotSpec, TableSpec
+from spaces.studies import ParetoSpec, PivotSpec, TableSpec
 from trainables import storage
 from trainables.data.store import SYNTHETIC_BANNER
 
@@ -25,8 +26,11 @@ def caption_of(study, manifest) -> str:
     return "; ".join(p for p in parts if p)
 
 
-def build_table(spec: TableSpec | PivotSpec, trials: pd.DataFrame):
+def build_table(spec: TableSpec | PivotSpec | ParetoSpec, trials: pd.DataFrame):
     """``(numeric frame, display frame, extra display frames)`` of one table spec."""
+    if isinstance(spec, ParetoSpec):
+        numeric = front_table(trials, spec)
+        return numeric, front_display(numeric, spec), []
     if isinstance(spec, TableSpec):
         numeric = comparison_table(
             trials, rows=spec.rows, metrics=spec.metrics, hyperparams=spec.hyperparams

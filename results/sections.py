@@ -12,10 +12,11 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from results import figures as F
-from results import plots
+from results import front, plots
 from results.optuna_export import CellKey, Distributions, plot_notes
 from results.tables import TableError, comparison_table, format_table
 from results.test_scores import roc_curves
+from spaces.studies import ParetoSpec
 
 # Test metrics of the final models, in display order; the absent ones are left out.
 TEST_METRICS = [
@@ -134,6 +135,32 @@ def pareto(trials, *, teacher_stages) -> Section:
             sec.figure(plots.pareto_figure(points, cost=cost, metric_label="AUROC"), 480)
         else:
             sec.note(f"The final models did not record {cost}.")
+    return sec
+
+
+def open_front(trials, spec: ParetoSpec) -> Section:
+    """An open search: every trial's validation objectives, its Pareto front highlighted."""
+    sec = Section(f"front-{spec.cell}", f"Open search {spec.cell}: validation objectives")
+    (quality, _), costs = spec.objectives[0], spec.objectives[1:]
+    if not costs:
+        sec.note(
+            f"Single objective ({quality}): the search section shows its history; the table "
+            "lists the chosen configuration."
+        )
+        return sec
+    points = front.search_points(trials, spec)
+    if points.empty:
+        sec.note(f"No trial of {spec.stage} / {spec.cell} has reported every objective yet.")
+        return sec
+    on = int(points["front"].sum())
+    for cost, _ in costs:
+        title = f"{quality} against {cost}: {len(points)} trials, {on} on the front"
+        sec.figure(plots.front_figure(points, x=cost, y=quality, title=title), 480)
+    if "latency_ms" in dict(costs):
+        sec.note(
+            "latency_ms is measured by each trial on its own device while other trials run "
+            "beside it: on a shared CPU it is noisy."
+        )
     return sec
 
 

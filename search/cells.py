@@ -4,11 +4,13 @@
 trials round-robin over the cells that still have budget, so cells run side by side and no
 worker idles while any cell has work. :class:`CellScheduler` keeps one ASHA per cell, so a
 trial is only ever stopped against trials of its own cell. Each suggested config carries its
-cell key under ``"cell"`` (stripped before the trial parses its config).
+cell key under ``"cell"`` (stripped before the trial parses its config). A cell with several
+objectives gets a multi-objective Optuna study and no ASHA (it cannot rank several metrics).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
@@ -17,6 +19,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from spaces import get_space
 from spaces.studies import Cell, SearchCell
+from trainables.errors import CxrkdError
 from trainables.trainable import CELL_KEY
 
 
@@ -52,16 +55,54 @@ class FixingTrial:
 
 
 class CellSpace:
-    """Picklable define-by-run space for OptunaSearch: the cell's space + its fixed values."""
+    """Picklable define-by-run space for OptunaSearch: the cell's choices, then its space,
+    on top of its fixed values."""
 
     def __init__(self, cell: SearchCell) -> None:
-        self.space_name, self.fixed = cell.space, dict(cell.fixed)
-        self.bounds = dict(cell.bounds)
+        self.key, self.space_name, self.fixed = cell.key, cell.space, dict(cell.fixed)
+        self.bounds, self.choices = dict(cell.bounds), dict(cell.choices)
 
     def __call__(self, trial) -> dict:
-        view = FixingTrial(trial, self.fixed, self.bounds)
+        pinned = dict(self.fixed)
+        for name, options in self.choices.items():
+            # Through the view: a value pinned by `--set` is taken, not suggested.
+            value = FixingTrial(trial, self.fixed).suggest_categorical(name, list(options))
+            pinned.update({name: value, **linked_values(self.key, name, value, options)})
+        view = FixingTrial(trial, pinned, self.bounds)
         suggested = get_space(self.space_name)(view) or {}
-        return {**suggested, **self.fixed}
+        return {**suggested, **pinned}
+
+
+def linked_values(key: str, name: str, value, options: dict) -> dict:
+    """What choosing ``name=value`` pins with it; a value outside the choices is an error."""
+    if value not in options:
+        raise CxrkdError(
+            f"{name}={value!r} is not one of cell {key!r}'s choices {list(options)}; pick one "
+            f"of them (or leave {name} unset to search it)"
+        )
+    return options[value]
+
+
+def expand_choices(cell: SearchCell) -> list[SearchCell]:
+    """One cell per combination of the cell's choices, each pinned in ``fixed`` (what the
+    driver checks or warms up once per combination); the cell itself when it has none."""
+    cells = [cell]
+    for name, options in cell.choices.items():
+        if name in cell.fixed:  # pinned by --set: that one value, with what it brings
+            value = cell.fixed[name]
+            options = {value: linked_values(cell.key, name, value, options)}
+        cells = [
+            dataclasses.replace(c, fixed={**c.fixed, name: value, **linked}, choices={})
+            for c in cells
+            for value, linked in options.items()
+        ]
+    return cells
+
+
+def cell_objectives(cell: Cell, *, metric: str, mode: str) -> tuple[tuple[str, str], ...]:
+    """The ``(metric, mode)`` pairs a cell is searched on: its own, else the study's."""
+    own = cell.objectives if isinstance(cell, SearchCell) else ()
+    return own or ((metric, mode),)
 
 
 class CellSearcher(Searcher):
@@ -71,14 +112,20 @@ class CellSearcher(Searcher):
 
         self.cells = list(cells)
         self.optuna: dict[str, OptunaSearch] = {}
+        self.primary: dict[str, str] = {}  # cell -> the metric its searcher reads per epoch
         for i, cell in enumerate(self.cells):
             if isinstance(cell, SearchCell):
+                objectives = cell_objectives(cell, metric=metric, mode=mode)
+                names, modes = [m for m, _ in objectives], [d for _, d in objectives]
+                multi = len(objectives) > 1
+                # TPE handles several objectives too (MOTPE); seeded like the single ones.
                 self.optuna[cell.key] = OptunaSearch(
                     space=CellSpace(cell),
-                    metric=metric,
-                    mode=mode,
+                    metric=names if multi else names[0],
+                    mode=modes if multi else modes[0],
                     sampler=optuna.samplers.TPESampler(seed=seed + i),
                 )
+                self.primary[cell.key] = names[0]
         self.issued = {cell.key: 0 for cell in self.cells}
         self.trial_cell: dict[str, str] = {}
 
@@ -99,8 +146,9 @@ class CellSearcher(Searcher):
         return {**config, CELL_KEY: cell.key}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        searcher = self.optuna.get(self.trial_cell.get(trial_id))
-        if searcher is not None and self.metric in result:
+        cell = self.trial_cell.get(trial_id)
+        searcher = self.optuna.get(cell)
+        if searcher is not None and self.primary[cell] in result:
             searcher.on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result=None, error: bool = False) -> None:
@@ -134,18 +182,19 @@ class CellScheduler(FIFOScheduler):
         super().__init__()
         self._metric, self._mode = metric, mode
         self.asha: dict[str, AsyncHyperBandScheduler] = {}
-        if early_stopping:
-            self.asha = {
-                cell.key: AsyncHyperBandScheduler(
-                    time_attr="training_iteration",
-                    metric=metric,
-                    mode=mode,
-                    max_t=max_t,
-                    grace_period=min(grace_period, max_t),
-                    reduction_factor=reduction_factor,
-                )
-                for cell in cells
-            }
+        for cell in cells if early_stopping else []:
+            objectives = cell_objectives(cell, metric=metric, mode=mode)
+            if len(objectives) > 1:
+                continue  # ASHA ranks one metric: a multi-objective cell runs every trial out
+            cell_metric, cell_mode = objectives[0]
+            self.asha[cell.key] = AsyncHyperBandScheduler(
+                time_attr="training_iteration",
+                metric=cell_metric,
+                mode=cell_mode,
+                max_t=max_t,
+                grace_period=min(grace_period, max_t),
+                reduction_factor=reduction_factor,
+            )
 
     def set_search_properties(self, metric, mode, **spec) -> bool:
         return True

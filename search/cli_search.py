@@ -34,6 +34,14 @@ def add_search_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the Optuna samplers")
     p.add_argument("--weights-dir", help="local pretrained weights (see `cxrkd weights`)")
     p.add_argument(
+        "--objective",
+        action="append",
+        metavar="METRIC",
+        help="what an open search (lowres-kd-open) optimises, repeated for several: a "
+        "validation AUROC first (val_auroc_mcct, val_auroc_mean, val_auroc_mlct), then costs "
+        "(params, latency_ms, flops); two or more: multi-objective with a Pareto front",
+    )
+    p.add_argument(
         "--set",
         action="append",
         default=[],
@@ -77,6 +85,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         overrides=overrides,
         seed=args.seed,
         weights_dir=args.weights_dir,
+        objectives=args.objective,
     )
     run_study(options)
     return 0

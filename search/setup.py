@@ -10,9 +10,17 @@ import dataclasses
 import logging
 import os
 
-from search.cells import CellSpace
+from search.cells import CellSpace, expand_choices
 from search.run_state import RunOptions
-from spaces.studies import STUDIES, FixedCell, SearchCell, Study, StudyState, get_study
+from spaces.studies import (
+    STUDIES,
+    FixedCell,
+    SearchCell,
+    Study,
+    StudyState,
+    get_study,
+    parse_objectives,
+)
 from trainables.config import TrainConfig, coerce_field, field_names, parse_config
 from trainables.data.store import DatasetStore, datasets_dir
 from trainables.errors import CxrkdError
@@ -32,6 +40,16 @@ def study_with_options(options: RunOptions) -> Study:
     fixed = {k: v for k, v in overrides.items() if k in field_names(TrainConfig)}
     if fixed:  # the schedulers and the progress line read epochs etc. from the profile
         profile = dataclasses.replace(profile, fixed={**profile.fixed, **fixed})
+    if options.objectives:
+        if not profile.objectives:
+            studies = STUDIES.all().items()
+            open_studies = [n for n, (_, ps) in studies if any(p.objectives for p in ps.values())]
+            raise CxrkdError(
+                f"study {study.name!r} has no open search to take --objective; it applies to "
+                f"{open_studies}"
+            )
+        parse_objectives(options.objectives)  # the bad name, before the study is rebuilt
+        profile = dataclasses.replace(profile, objectives=tuple(options.objectives))
     # Rebuilt by the study's factory, not `replace(study, profile=...)`: the stages' cell
     # functions close over the profile they were made with (budgets, fixed values).
     factory, _ = STUDIES.get(study.name)
@@ -120,14 +138,15 @@ def check_cells(study: Study, store: DatasetStore, overrides: dict | None = None
     for stage in study.stages:
         if stage.role == "final":
             continue
-        for cell in apply_overrides(stage.cells(state), overrides or {}):
-            if isinstance(cell, FixedCell):
+        for searched in apply_overrides(stage.cells(state), overrides or {}):
+            if isinstance(searched, FixedCell):
                 continue
-            trial = optuna.create_study().ask()
-            cfg = parse_config(CellSpace(cell)(trial))
-            if cfg.train.pretrained:
-                models.add(cfg.train.model)
-                weights_dir = cfg.train.weights_dir
+            for cell in expand_choices(searched):  # every size of an open search, etc.
+                trial = optuna.create_study().ask()
+                cfg = parse_config(CellSpace(cell)(trial))
+                if cfg.train.pretrained:
+                    models.add(cfg.train.model)
+                    weights_dir = cfg.train.weights_dir
     if models:
         from trainables.weights import check_weights_available
 
@@ -199,10 +218,13 @@ def warm_teacher_caches(ctx, study: Study, state: StudyState, overrides: dict) -
     for stage in study.stages:
         if stage.role != "search":
             continue
-        for cell in apply_overrides(stage.cells(state), overrides):
-            if isinstance(cell, SearchCell) and get_method(cell.fixed["method"]).needs_teacher:
-                flat = CellSpace(cell)(optuna.create_study().ask())
-                configs.setdefault(json.dumps(cell.fixed, sort_keys=True, default=str), flat)
+        for searched in apply_overrides(stage.cells(state), overrides):
+            if not isinstance(searched, SearchCell):
+                continue
+            for cell in expand_choices(searched):  # an open search: every (size, approach...)
+                if get_method(cell.fixed["method"]).needs_teacher:
+                    flat = CellSpace(cell)(optuna.create_study().ask())
+                    configs.setdefault(json.dumps(cell.fixed, sort_keys=True, default=str), flat)
     if configs:
         res = ctx.resources
         task = ray.remote(num_cpus=res["cpu"], num_gpus=res["gpu"])(_build_tasks)

@@ -11,9 +11,10 @@ from pathlib import Path
 from ray import tune
 from ray.tune.search import ConcurrencyLimiter
 
-from search.cells import CellScheduler, CellSearcher
+from results.figures import nondominated
+from search.cells import CellScheduler, CellSearcher, cell_objectives
 from search.records import ProgressCallback, RecordsCallback
-from spaces.studies import Cell, FixedCell, Stage, Study, StudyState
+from spaces.studies import Cell, FixedCell, Stage, Study, StudyState, front_key
 from trainables import storage
 from trainables.config import parse_config
 from trainables.errors import CxrkdError
@@ -108,19 +109,46 @@ def _fit(tuner, *, budget: int, stage: str, run_uri: str):
     return results
 
 
-def choose(results, *, metric: str) -> dict[str, object]:
-    """Each cell's chosen Result: the best final ``metric`` among trials that ran every epoch
-    (early-stopped trials are not comparable), else the best among any that reported it."""
+def choose(results, *, metric: str, cells: list[Cell] = ()) -> dict[str, object]:
+    """Each cell's chosen Result: the best final value of its metric (its first objective, else
+    the study's ``metric``) among trials that ran every epoch (early-stopped trials are not
+    comparable), else the best among any that reported it. A multi-objective cell also hands
+    on its Pareto front, best first, under :func:`front_key` keys."""
+    objectives = {c.key: cell_objectives(c, metric=metric, mode="max") for c in cells}
     by_cell: dict[str, list] = {}
     for result in results:
-        ok = result.error is None and result.metrics and metric in result.metrics
-        if ok and math.isfinite(result.metrics[metric]):
-            by_cell.setdefault(result.config[CELL_KEY], []).append(result)
+        cell = result.config[CELL_KEY]
+        names = [m for m, _ in objectives.get(cell, ((metric, "max"),))]
+        ok = result.error is None and result.metrics and all(m in result.metrics for m in names)
+        if ok and all(_finite(result.metrics[m]) for m in names):
+            by_cell.setdefault(cell, []).append(result)
     chosen = {}
     for cell, rs in by_cell.items():
         full = [r for r in rs if r.metrics["epoch"] == int(r.config["epochs"])] or rs
-        chosen[cell] = max(full, key=lambda r: r.metrics[metric])
+        pairs = objectives.get(cell, ((metric, "max"),))
+        ranked = sorted(full, key=lambda r: _rank_key(r, pairs))
+        chosen[cell] = ranked[0]
+        if len(pairs) > 1:
+            values = [[r.metrics[m] for m, _ in pairs] for r in ranked]
+            front = [r for r, on in zip(ranked, nondominated(values, [d for _, d in pairs]),
+                                        strict=True) if on]  # fmt: skip
+            for rank, result in enumerate(front, start=1):
+                chosen[front_key(cell, rank)] = result
     return chosen
+
+
+def _finite(value) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def _rank_key(result, pairs) -> tuple:
+    """Best first: by each objective in turn, then by trial id (a stable order)."""
+    signs = [-1.0 if mode == "max" else 1.0 for _, mode in pairs]
+    return (*(s * float(result.metrics[m]) for s, (m, _) in zip(signs, pairs, strict=True)),
+            str(result.metrics.get("trial_id", "")))  # fmt: skip
 
 
 def config_of(result) -> dict:

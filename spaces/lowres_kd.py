@@ -113,6 +113,21 @@ def _pairs(grid: Grid) -> list[tuple[str, str]]:
     return [(s, s) for s in grid.sizes] + list(grid.pairs)
 
 
+def teacher_cells(profile: Profile, sizes: list[str]) -> list[SearchCell]:
+    """One high-resolution ``vit_mtl`` teacher cell per size. Shared with ``lowres-kd-open``:
+    the same profile gives the same teacher configurations, so runs of both studies on one
+    storage find each other's teachers in the registry."""
+    grid: Grid = profile.grid["grid"]
+    return [
+        SearchCell(
+            teacher_key(size), "vit_mtl",
+            {**_vit(dict(profile.fixed), grid, size), "method": "vit_mtl", "low_res": 0},
+            profile.teacher_samples, profile.bounds,
+        )
+        for size in sizes
+    ]  # fmt: skip
+
+
 @register_study("lowres-kd", PROFILES)
 def lowres_kd(profile: Profile) -> Study:
     grid: Grid = profile.grid["grid"]
@@ -121,14 +136,7 @@ def lowres_kd(profile: Profile) -> Study:
     teacher_sizes = list(dict.fromkeys(t for t, _ in _pairs(grid)))
 
     def teachers(state: StudyState) -> list:
-        return [
-            SearchCell(
-                teacher_key(size), "vit_mtl",
-                {**_vit(base, grid, size), "method": "vit_mtl", "low_res": 0},
-                profile.teacher_samples, b,
-            )
-            for size in teacher_sizes
-        ]  # fmt: skip
+        return teacher_cells(profile, teacher_sizes)
 
     def students(state: StudyState) -> list:
         cells = [
@@ -173,16 +181,12 @@ def lowres_kd(profile: Profile) -> Study:
     ]
     kd_cells = [kd_key(t, s, low, a) for t, s in _pairs(grid) for low in grid.lows
                 for a in grid.approaches]  # fmt: skip
-    return Study(
-        name="lowres-kd",
-        task="multilabel",
-        default_dataset="phantom-findings",
-        default_import=("phantom", "findings", {}),
-        stages=[
-            Stage("teacher", "teacher", teachers),
-            Stage("search", "search", students),
-            Stage("final", "final", final, early_stopping=False),
-        ],
+    return lowres_study(
+        "lowres-kd",
+        profile,
+        teachers=teachers,
+        search=students,
+        final=final,
         tables=[
             PivotSpec(
                 title="Table 1: AUROC of ViTs without KD at high and low resolution (test)",
@@ -198,6 +202,23 @@ def lowres_kd(profile: Profile) -> Study:
                 configs={cell: KD_KEYS for cell in kd_cells},
             ),
         ],
+    )
+
+
+def lowres_study(name: str, profile: Profile, *, teachers, search, final, tables) -> Study:
+    """Teachers -> search -> final on multi-label data (the findings phantom by default);
+    configurations are chosen by ``val_auroc_mean``, which weighs both tasks equally."""
+    return Study(
+        name=name,
+        task="multilabel",
+        default_dataset="phantom-findings",
+        default_import=("phantom", "findings", {}),
+        stages=[
+            Stage("teacher", "teacher", teachers),
+            Stage("search", "search", search),
+            Stage("final", "final", final, early_stopping=False),
+        ],
+        tables=tables,
         profile=profile,
         metric="val_auroc_mean",
     )

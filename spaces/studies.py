@@ -9,7 +9,7 @@ side by side. Cells of later stages are built from what earlier stages chose
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass, field
 
 from trainables.errors import CxrkdError
@@ -18,13 +18,23 @@ from trainables.registry import Registry
 
 @dataclass(frozen=True)
 class SearchCell:
-    """Optuna (TPE) proposes ``num_samples`` configs from ``space`` on top of ``fixed``."""
+    """Optuna (TPE) proposes ``num_samples`` configs from ``space`` on top of ``fixed``.
+
+    ``choices`` are searched axes the method's space does not know: ``{name: {value: linked}}``
+    suggests ``name`` among the values (a config field, e.g. ``model``) and pins the chosen
+    value's ``linked`` config values with it (e.g. the ``teacher_path`` of that size).
+    ``objectives`` (``(metric, mode)`` pairs) replace the study's metric for this cell: one is
+    searched with ASHA as usual; several make a multi-objective Optuna study without early
+    stopping, and the stage chooses the cell's Pareto front (:func:`front_key`).
+    """
 
     key: str
     space: str
     fixed: dict
     num_samples: int
     bounds: dict = field(default_factory=dict)  # name -> (low, high) replacing the space's
+    choices: dict[str, dict] = field(default_factory=dict)
+    objectives: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -62,10 +72,63 @@ class StudyState:
         """The teacher of a single-teacher study (pneumonia-kd)."""
         return next(iter(self.teachers.values()), None)
 
+    def front(self, cell: str) -> list[str]:
+        """The Pareto-front keys chosen for a multi-objective ``cell``, best first; empty for a
+        single-objective cell (its one choice is under its own key)."""
+        return front_keys(cell, self.best)
+
     def chosen(self, key: str) -> dict:
         if key not in self.best:
             raise CxrkdError(f"no configuration was chosen for cell {key!r}: its stage found none")
         return self.best[key]
+
+
+# What an open search may optimise, with its direction: validation AUROCs (the quality, first)
+# and the student's cost, which every trial reports with its last epoch.
+OBJECTIVES = {
+    "val_auroc_mcct": "max",
+    "val_auroc_mean": "max",
+    "val_auroc_mlct": "max",
+    "params": "min",
+    "latency_ms": "min",
+    "flops": "min",
+}
+
+
+def parse_objectives(names: Sequence[str]) -> tuple[tuple[str, str], ...]:
+    """``["val_auroc_mcct", "params"]`` -> ``(("val_auroc_mcct", "max"), ("params", "min"))``.
+
+    The first objective ranks trials where one configuration must be picked (ASHA, the best
+    of a front), so it must be a quality metric, not a cost."""
+    if not names:
+        raise CxrkdError(f"no objective given; pick from {list(OBJECTIVES)}")
+    unknown = [n for n in names if n not in OBJECTIVES]
+    if unknown:
+        raise CxrkdError(f"unknown objective(s) {unknown}; known objectives: {list(OBJECTIVES)}")
+    if len(set(names)) < len(names):
+        raise CxrkdError(f"objective named twice in {list(names)}")
+    if OBJECTIVES[names[0]] != "max":
+        quality = [n for n, mode in OBJECTIVES.items() if mode == "max"]
+        raise CxrkdError(
+            f"the first objective must be a validation AUROC ({quality}), got {names[0]!r}: "
+            f"a cost alone picks the smallest model, e.g. --objective val_auroc_mcct "
+            f"--objective {names[0]}"
+        )
+    return tuple((n, OBJECTIVES[n]) for n in names)
+
+
+def front_key(cell: str, rank: int) -> str:
+    """Final-stage key of the ``rank``-th (1-based, best first metric first) Pareto-front
+    configuration of a multi-objective cell."""
+    return f"{cell}-pareto{rank}"
+
+
+def front_keys(cell: str, present: Container[str]) -> list[str]:
+    """``cell``'s front keys found in ``present``, best first."""
+    keys: list[str] = []
+    while front_key(cell, len(keys) + 1) in present:
+        keys.append(front_key(cell, len(keys) + 1))
+    return keys
 
 
 @dataclass(frozen=True)
@@ -89,6 +152,9 @@ class Profile:
     reduction_factor: int = 2
     bounds: dict = field(default_factory=dict)  # search ranges sized to the budget
     grid: dict = field(default_factory=dict)  # study-specific axes (e.g. lowres-kd's Grid)
+    # OBJECTIVES names of a study's open search (first: the quality); () for studies without
+    # one, which refuse `--objective`.
+    objectives: tuple[str, ...] = ()
     device_hint: str = ""  # where the profile is meant to run, for the tables' caption
 
     @property
@@ -113,6 +179,19 @@ class PivotSpec:
 
 
 @dataclass(frozen=True)
+class ParetoSpec:
+    """The final models of one open search cell (its Pareto front, or its single choice): the
+    chosen configuration, the search trial's validation objectives, cost and test AUROCs."""
+
+    title: str
+    stem: str
+    stage: str  # the search stage of the cell
+    cell: str
+    objectives: tuple[tuple[str, str], ...]
+    configs: list[str]  # config keys to list
+
+
+@dataclass(frozen=True)
 class TableSpec:
     rows: list[tuple[str, str]]  # (final cell key, display name), in order
     metrics: list[tuple[str, str]]  # (trials column, display name)
@@ -128,7 +207,7 @@ class Study:
     default_dataset: str  # built-in dataset used when --dataset is not given
     default_import: tuple[str, str, dict]  # (kind, src, options) to create it if missing
     stages: list[Stage]
-    tables: list[TableSpec | PivotSpec]
+    tables: list[TableSpec | PivotSpec | ParetoSpec]
     profile: Profile
     metric: str = "val_auc"
     mode: str = "max"
@@ -137,7 +216,7 @@ class Study:
 StudyFactory = Callable[[Profile], Study]
 # name -> (factory, profiles); studies register themselves in their modules
 STUDIES: Registry[tuple[StudyFactory, dict[str, Profile]]] = Registry(
-    "study", ("spaces.pneumonia_kd", "spaces.lowres_kd"), plural="studies"
+    "study", ("spaces.pneumonia_kd", "spaces.lowres_kd", "spaces.lowres_open"), plural="studies"
 )
 
 

@@ -138,9 +138,13 @@ def _train(cfg: TrialConfig, task: Task, data: DataBundle, ctx: TrialContext, re
             best = max(best, metrics["val_auc"])
         metrics["best_val_auc"] = best
         scores = None
-        if t.evaluate_test and epoch + 1 == t.epochs:
-            final, scores = final_metrics(task, pipeline, data, device, threshold, batch)
-            metrics.update(final)
+        if epoch + 1 == t.epochs:
+            # Every trial ends with its model's cost, so an open search can weigh it (the
+            # searcher reads the last result); only the final stage touches the test split.
+            metrics.update(cost_metrics(task, pipeline, device, batch))
+            if t.evaluate_test:
+                test, scores = test_metrics(task, pipeline, data, device, threshold)
+                metrics.update(test)
         metrics["epoch_s"] = time.perf_counter() - t0
         folder = checkpoint.save(
             workdir / f"epoch-{epoch + 1:04d}",
@@ -198,11 +202,16 @@ def per_image_scores(info, outputs: dict[str, np.ndarray], labels: np.ndarray) -
     return out
 
 
-def final_metrics(task, pipeline, data, device, threshold, batch) -> tuple[dict, dict]:
-    """Test metrics at the validation threshold, the deployed model's cost, and the per-image
-    test scores (:func:`per_image_scores`)."""
+def test_metrics(task, pipeline, data, device, threshold) -> tuple[dict, dict]:
+    """Test metrics at the validation threshold and the per-image test scores
+    (:func:`per_image_scores`)."""
     out, y = predict(task, pipeline, data.split("test"), device=device, batch_size=EVAL_BATCH)
     test = split_metrics(data.info, out, y, threshold=threshold)
+    return {f"test_{k}": v for k, v in test.items()}, per_image_scores(data.info, out, y)
+
+
+def cost_metrics(task, pipeline, device, batch) -> dict:
+    """The deployed model's cost: parameters, FLOPs, latency (one image), throughput."""
     model = task.model.eval()
     one = torch.zeros(1, 1, pipeline.input_size, pipeline.input_size, device=device)
     total, trainable = count_parameters(model)
@@ -210,12 +219,10 @@ def final_metrics(task, pipeline, data, device, threshold, batch) -> tuple[dict,
     with autocast(device):
         latency = measure_latency_ms(model, one)
         throughput = measure_throughput(model, many)
-    metrics = {
-        **{f"test_{k}": v for k, v in test.items()},
+    return {
         "params": total,
         "params_trainable": trainable,
         "flops": count_flops(model, one),
         "latency_ms": latency,
         "throughput": throughput,
     }
-    return metrics, per_image_scores(data.info, out, y)

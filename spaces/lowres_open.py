@@ -1,0 +1,124 @@
+"""Study ``lowres-kd-open``: the MLCAK question as one Optuna study over everything (issue #4).
+
+Where ``lowres-kd`` fixes a grid (one cell per size, resolution and KD approach), this study
+searches student size, low resolution and KD approach together with the KD weights,
+temperature, lr and weight decay, in one cell: ``model`` is a choice whose value brings the
+``teacher_path`` of that size's registered teacher (teacher = student size, as in the paper).
+Stages: the same high-resolution ``vit_mtl`` teachers as ``lowres-kd`` (one per size, the
+same cells, so both studies share them on one storage) -> the open search -> its chosen
+configurations re-trained on seeds and tested.
+
+Objectives (``Profile.objectives``, ``cxrkd search run lowres-kd-open --objective ...``): one
+validation AUROC alone is searched with ASHA and re-trains its best configuration; a quality
+and a cost (default: ``val_auroc_mcct`` and ``params``) make a multi-objective (MOTPE) search
+without early stopping, whose Pareto front of validation results is re-trained and tested.
+The student always runs at the model input size (the low-resolution view is upsampled back,
+paper Fig. 1), so its cost depends on its size only and the front holds at most one
+configuration per size. ``params`` is exact; ``latency_ms`` is measured on the trial's own
+device while other trials run beside it (noisy on a shared CPU), so it is the option, not
+the default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from spaces import lowres_kd
+from spaces.lowres_kd import KD_KEYS, SIZES, Grid, lowres_study, teacher_cells, teacher_key
+from spaces.studies import (
+    ParetoSpec,
+    Profile,
+    SearchCell,
+    Study,
+    StudyState,
+    final_cells,
+    parse_objectives,
+    register_study,
+)
+from trainables.errors import CxrkdError
+
+OPEN = "open"  # the open search cell's key
+CONFIG_KEYS = ["model", "low_res", "kd_approach", *KD_KEYS]
+DEFAULT_OBJECTIVES = ("val_auroc_mcct", "params")
+
+_GRID_DEMO, _GRID_PAPER = lowres_kd.PROFILES["demo"], lowres_kd.PROFILES["paper"]
+PROFILES = {
+    # Two sizes, so the search has a size to choose: ViT-Tiny and ViT-Small cut to 2 blocks
+    # of 8 px patches at 32 px (16 tokens), students at 16 and 8 px; 12 trials of 3 short
+    # epochs. A few minutes on 2 CPU cores.
+    "demo": dataclasses.replace(
+        _GRID_DEMO,
+        fixed={**_GRID_DEMO.fixed, "img_size": 32, "epochs": 3, "steps_per_epoch": 8},
+        samples=12,
+        teacher_samples=1,
+        grace_period=1,
+        grid={"grid": Grid(sizes=("tiny", "small"), lows=(16, 8), patch_size=8, depth=2)},
+        objectives=DEFAULT_OBJECTIVES,
+    ),
+    # The paper's sizes, resolutions and recipe (lowres-kd's paper profile, so the teachers
+    # are the grid's); 64 trials over the whole space instead of 16 in each grid cell.
+    "paper": dataclasses.replace(_GRID_PAPER, samples=64, objectives=DEFAULT_OBJECTIVES),
+}
+
+
+def open_cell(profile: Profile, state: StudyState) -> SearchCell:
+    """The open search: size (with its teacher), resolution and KD approach as choices, the
+    ``kd_vit`` space for the rest."""
+    grid: Grid = profile.grid["grid"]
+    fixed = {
+        **profile.fixed,
+        "method": "kd_vit",
+        "patch_size": grid.patch_size,
+        "depth": grid.depth,
+    }
+    choices = {
+        "model": {SIZES[s][0]: {"teacher_path": state.teacher(teacher_key(s))} for s in grid.sizes},
+        "low_res": {low: {} for low in grid.lows},
+        "kd_approach": {a: {} for a in grid.approaches},
+    }
+    objectives = parse_objectives(profile.objectives)
+    return SearchCell(OPEN, "kd_vit", fixed, profile.samples, profile.bounds, choices, objectives)
+
+
+def _title(objectives: tuple[tuple[str, str], ...]) -> str:
+    if len(objectives) == 1:
+        return f"Open search: the configuration best in {objectives[0][0]} (test)"
+    names = " vs ".join(name for name, _ in objectives)
+    return f"Open search: Pareto front of {names} on validation, re-trained and tested"
+
+
+@register_study("lowres-kd-open", PROFILES)
+def lowres_kd_open(profile: Profile) -> Study:
+    grid: Grid = profile.grid["grid"]
+    if grid.pairs:
+        raise CxrkdError("lowres-kd-open pairs each student with a teacher of its own size")
+    objectives = parse_objectives(profile.objectives)
+
+    def teachers(state: StudyState) -> list:
+        return teacher_cells(profile, list(grid.sizes))
+
+    def search(state: StudyState) -> list:
+        return [open_cell(profile, state)]
+
+    def final(state: StudyState) -> list:
+        return final_cells(state, state.front(OPEN) or [OPEN], profile.seeds)
+
+    # The teachers are chosen by val_auroc_mean, as in lowres-kd; the open cell by its own
+    # objectives.
+    return lowres_study(
+        "lowres-kd-open",
+        profile,
+        teachers=teachers,
+        search=search,
+        final=final,
+        tables=[
+            ParetoSpec(
+                title=_title(objectives),
+                stem="lowres_open_front",
+                stage="search",
+                cell=OPEN,
+                objectives=objectives,
+                configs=CONFIG_KEYS,
+            )
+        ],
+    )
