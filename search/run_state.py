@@ -27,6 +27,7 @@ class RunOptions:
     overrides: dict = field(default_factory=dict)
     seed: int = 0
     weights_dir: str | None = None
+    objectives: list[str] | None = None  # an open search's metrics (spaces.studies.OBJECTIVES)
 
     def __post_init__(self) -> None:
         if self.num_samples is not None and self.num_samples < 1:
@@ -67,7 +68,22 @@ def read_run(run_uri: str) -> dict:
             f"no run at {run_uri} (no run.json); pass the run's folder or its name under "
             f"{default_storage()} (see `cxrkd search run --name`)"
         )
-    return storage.read_json(uri)
+    # Every reader builds RunOptions(**options): a damaged file or one written by another
+    # cxrkd version must say so, not end in a TypeError from the constructor.
+    try:
+        raw = storage.read_json(uri)
+        unknown = sorted(set(raw["options"]) - {f.name for f in dataclasses.fields(RunOptions)})
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CxrkdError(
+            f"{uri} is damaged ({type(exc).__name__}: {exc}); restore it from a backup or "
+            "start a new run"
+        ) from None
+    if unknown:
+        raise CxrkdError(
+            f"{uri} has options this cxrkd does not know: {unknown}; the run was started by "
+            "another cxrkd version: resume it with that version"
+        )
+    return raw
 
 
 def read_state(run_uri: str) -> tuple[StudyState, list[str]]:

@@ -26,6 +26,7 @@ from search.stage import StageContext, choose, config_of, register_teacher, run_
 from spaces.studies import Study, get_study
 from trainables import storage
 from trainables.errors import CxrkdError
+from trainables.trainable import CELL_KEY
 
 
 def log(msg: str) -> None:
@@ -103,13 +104,10 @@ def _drive(study: Study, options: RunOptions, store, run_uri: str) -> str:
             cells = setup.apply_overrides(stage.cells(state), options.overrides)
             log(f"[{stage.name}] {len(cells)} cell(s): {', '.join(c.key for c in cells)}")
             results = run_stage(ctx, stage, cells)
-            chosen = choose(results, metric=study.metric)
+            chosen = choose(results, metric=study.metric, cells=cells)
             missing = [c.key for c in cells if c.key not in chosen]
             if missing and stage.role != "final":
-                raise CxrkdError(
-                    f"stage {stage.name!r}: no trial of {missing} finished with a finite "
-                    f"{study.metric}; see `cxrkd search status {run_uri}` for the errors"
-                )
+                raise CxrkdError(_nothing_chosen(stage, missing, results, study.metric, run_uri))
             for key, result in chosen.items():
                 state.best[key] = config_of(result)
             if stage.role == "teacher":
@@ -128,6 +126,28 @@ def _drive(study: Study, options: RunOptions, store, run_uri: str) -> str:
         if started:
             ray.shutdown()
     return run_uri
+
+
+def _nothing_chosen(stage, missing: list[str], results, metric: str, run_uri: str) -> str:
+    """The error that stops a study when a stage chose nothing for some cells: the later
+    stages need those choices (students need their teacher), so none of them starts."""
+    reasons: list[str] = []
+    for result in results:
+        if result.error is None or result.config[CELL_KEY] not in missing:
+            continue
+        lines = [ln.strip() for ln in str(result.error).splitlines() if ln.strip()] or [""]
+        line = next((ln for ln in reversed(lines) if "Error" in ln), lines[-1])[:300]
+        if line and line not in reasons:
+            reasons.append(line)
+    what = "teacher cell(s)" if stage.role == "teacher" else "cell(s)"
+    then = "no student trial was started" if stage.role == "teacher" else "no later stage started"
+    because = f" (errors: {'; '.join(reasons[:3])})" if reasons else ""
+    return (
+        f"stage {stage.name!r}: no trial of {what} {missing} finished with a finite {metric}, "
+        f"so {then}{because}. See `cxrkd search status {run_uri}` for every trial; fix the "
+        "cause and start a new run (`cxrkd search resume` keeps what finished but does not "
+        "retry errored trials, so it would stop here again)"
+    )
 
 
 def study_of_run(run_uri: str) -> Study:

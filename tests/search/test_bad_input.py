@@ -8,6 +8,7 @@ goes on.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -91,6 +92,11 @@ def test_bad_numbers_of_trials(capsys, run_args):
     _fails(capsys, [*run_args, "--max-concurrent", "0"], r"--max-concurrent must be at least 1")
 
 
+def test_bad_trial_resources(capsys, run_args):
+    _fails(capsys, [*run_args, "--cpus-per-trial", "0"], r"--cpus-per-trial must be > 0, got 0\.0")
+    _fails(capsys, [*run_args, "--gpus-per-trial", "-1"], r"--gpus-per-trial must be >= 0, got -1")
+
+
 def test_unknown_dataset_lists_the_known_ones(capsys, run_args):
     args = [*run_args]
     args[args.index("--dataset") + 1] = "nope"
@@ -128,6 +134,51 @@ def test_resume_and_status_of_a_run_that_does_not_exist(capsys, tmp_path, comman
     _fails(capsys, ["search", command, str(missing)], rf"no run at {missing} \(no run.json\)")
     # A bare name is looked up under the default storage ($CXRKD_HOME/runs).
     _fails(capsys, ["search", command, "nope"], r"no run at .*/runs/nope", r"--name")
+
+
+@pytest.fixture
+def made_run(tiny_store, tmp_path) -> Path:
+    """A run folder as ``search run`` writes it before its first trial."""
+    run = tmp_path / "runs" / "R"
+    run.mkdir(parents=True)
+    options = {"study": "pneumonia-kd", "profile": "demo", "dataset": tiny_store.name,
+               "name": "R", "storage": str(tmp_path / "runs")}  # fmt: skip
+    raw = {"options": options, "dataset_fingerprint": tiny_store.fingerprint}
+    (run / "run.json").write_text(json.dumps(raw))
+    return run
+
+
+SPOILED_RUNS = {  # how run.json was spoiled -> (new text from the good record, message)
+    "not JSON": (lambda raw: "{not json", r"run.json is damaged \(JSONDecodeError"),
+    "no options": (
+        lambda raw: json.dumps({"dataset_fingerprint": raw["dataset_fingerprint"]}),
+        r"run.json is damaged \(KeyError: 'options'\); restore it from a backup",
+    ),
+    "another version": (
+        lambda raw: json.dumps({**raw, "options": {**raw["options"], "warp_speed": 9}}),
+        r"options this cxrkd does not know: \['warp_speed'\].*resume it with that version",
+    ),
+}
+
+
+@pytest.mark.parametrize("command", [["search", "resume"], ["search", "status"], ["report"]])
+@pytest.mark.parametrize("spoiled", SPOILED_RUNS)
+def test_a_damaged_run_record_is_named_and_left_as_it_was(capsys, made_run, command, spoiled):
+    spoil, pattern = SPOILED_RUNS[spoiled]
+    text = spoil(json.loads((made_run / "run.json").read_text()))
+    (made_run / "run.json").write_text(text)
+    _fails(capsys, [*command, str(made_run)], pattern)
+    assert (made_run / "run.json").read_text() == text
+    assert [p.name for p in made_run.iterdir()] == ["run.json"]
+
+
+def test_resume_after_the_dataset_changed(capsys, made_run):
+    raw = json.loads((made_run / "run.json").read_text())
+    (made_run / "run.json").write_text(json.dumps({**raw, "dataset_fingerprint": "f0"}))
+    _fails(capsys, ["search", "resume", str(made_run)],
+           r"dataset 'tiny-pneumonia' changed since the run started \(fingerprint \w+, was f0\)",
+           r"re-import the original data or start a new run")  # fmt: skip
+    assert [p.name for p in made_run.iterdir()] == ["run.json"]
 
 
 # ---- a trial whose loss turns NaN ------------------------------------------------------

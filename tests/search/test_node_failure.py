@@ -1,0 +1,141 @@
+"""A worker node lost mid-trial: the trial goes on from its last checkpoint on another node.
+
+Three Ray nodes on this machine: a head with no CPU (the driver attaches to it, no trial can
+run there) and two 1-CPU workers, so two trials run side by side, one per worker. Once the
+first trial has checkpointed its first epoch, its node is killed (every process of it, no
+graceful shutdown: a lost machine) and a fresh worker joins. Tune retries the trial from
+that checkpoint on a surviving node, the study completes, and the run's records hold every
+epoch of every trial exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from trial_spy import Spy, install
+
+from search.run_state import RunOptions
+from search.runner import run_study
+from spaces.studies import STUDIES, FixedCell, Profile, Stage, Study
+
+STUDY = "node-loss-probe"
+OBJECT_STORE = 100 * 1024 * 1024  # per node; the tiny dataset is ~100 KB
+EPOCHS = 3
+PROFILE = Profile(
+    name="demo",
+    fixed={"img_size": 16, "epochs": EPOCHS, "pretrained": False, "steps_per_epoch": 2,
+           "batch_size": 8, "augment": False},
+    samples=1, teacher_samples=1, seeds=1, grace_period=1,
+)  # fmt: skip
+# The GCS declares a node dead after this many missed health checks (defaults: 5 of 3 s).
+FAST_NODE_DEATH = {
+    "health_check_initial_delay_ms": 0,
+    "health_check_period_ms": 500,
+    "health_check_timeout_ms": 500,
+    "health_check_failure_threshold": 3,
+}
+
+
+def _node_loss_probe(profile: Profile) -> Study:
+    base = {**profile.fixed, "method": "cnn_baseline", "model": "cnn_baseline"}
+
+    def cells(state) -> list:
+        return [FixedCell("cnn", ({**base, "seed": 0}, {**base, "seed": 1}))]
+
+    return Study(
+        name=STUDY,
+        task="binary",
+        default_dataset="unused",
+        default_import=("phantom", "pneumonia", {}),
+        stages=[Stage("search", "search", cells, early_stopping=False)],
+        tables=[],
+        profile=profile,
+    )
+
+
+@pytest.fixture
+def node_tmp(monkeypatch, tmp_path) -> Path:
+    """The trials' temporary files in this test's folder (requested before Ray starts: its
+    processes inherit TMPDIR): a killed trial leaves its checkpoint folder behind, as a lost
+    machine would, and it must not pile up in the machine's /tmp."""
+    path = tmp_path / "node-tmp"
+    path.mkdir()
+    # Ray's own session (sockets, whose paths must stay short) stays where it was.
+    monkeypatch.setenv("RAY_TMPDIR", os.environ.get("RAY_TMPDIR", tempfile.gettempdir()))
+    monkeypatch.setenv("TMPDIR", str(path))
+    return path
+
+
+@pytest.fixture
+def worker_cluster(node_tmp, monkeypatch):
+    import ray
+    from ray.cluster_utils import Cluster
+
+    monkeypatch.setenv("CXRKD_TRIAL_THREADS", "1")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 0, "object_store_memory": OBJECT_STORE,
+                        "include_dashboard": False, "_system_config": FAST_NODE_DEATH},
+    )  # fmt: skip
+    try:
+        for _ in range(2):
+            cluster.add_node(num_cpus=1, object_store_memory=OBJECT_STORE)
+        cluster.wait_for_nodes()
+        yield cluster
+    finally:
+        ray.shutdown()  # the driver stays attached to a cluster it did not start
+        cluster.shutdown()
+
+
+@pytest.mark.slow
+def test_a_trial_on_a_lost_node_resumes_from_its_checkpoint_elsewhere(
+    worker_cluster, tiny_store, tmp_path, monkeypatch
+):
+    cluster = worker_cluster
+    killed: list[tuple[str, str, list[int]]] = []  # (trial, node, epochs reported by then)
+
+    def kill_node_of_first_checkpoint(stage: str, trial) -> None:
+        if killed:
+            return
+        node_id = str(trial.last_result["node_id"])
+        (node,) = [n for n in cluster.worker_nodes if n.node_id == node_id]
+        killed.append((trial.trial_id, node_id, spy.epochs_of(trial.trial_id)))
+        cluster.remove_node(node, allow_graceful=False)
+        cluster.add_node(num_cpus=1, object_store_memory=OBJECT_STORE)  # capacity stays
+
+    spy = install(monkeypatch, Spy(on_saved=kill_node_of_first_checkpoint))
+    monkeypatch.setitem(STUDIES.all(), STUDY, (_node_loss_probe, {"demo": PROFILE}))
+    run = Path(
+        run_study(RunOptions(study=STUDY, dataset=tiny_store.name, name="R",
+                             storage=str(tmp_path / "runs"), address=cluster.address,
+                             max_concurrent=2))
+    )  # fmt: skip
+
+    assert len(killed) == 1
+    trial_id, node_id, before = killed[0]
+    assert before == [1]  # killed mid-trial, after its first checkpoint
+    # Tune saw each epoch once: the retry began after the checkpoint, not at epoch 1.
+    assert spy.epochs_of(trial_id) == list(range(1, EPOCHS + 1))
+    nodes = [r[4] for r in spy.rows(trial_id)]
+    assert nodes[0] == node_id and node_id not in nodes[1:]
+
+    trials = pd.read_parquet(run / "trials.parquet")
+    assert len(trials) == 2 and trial_id in set(trials["trial_id"])
+    assert (trials["status"] == "completed").all(), trials[["trial_id", "status", "error"]]
+    assert (trials["epoch"] == EPOCHS).all()
+    epochs = pd.read_parquet(run / "epochs.parquet")
+    assert not epochs.duplicated(["trial_id", "epoch"]).any()
+    assert epochs.groupby("trial_id")["epoch"].apply(sorted).to_dict() == {
+        t: list(range(1, EPOCHS + 1)) for t in trials["trial_id"]
+    }
+    # The records kept the first report of epoch 1 (from the lost node): nothing re-ran it.
+    mine = epochs[epochs["trial_id"] == trial_id].set_index("epoch")["node_id"]
+    assert mine[1] == node_id and node_id not in set(mine[2:])
+    state = json.loads((run / "state.json").read_text())
+    assert state["done"] == ["search"]

@@ -1,0 +1,163 @@
+"""A teacher trial that fails is retried; students never start against a missing teacher.
+
+A two-stage test study (a cnn teacher, then a ``kd_logit`` student of it) on a private Ray:
+(a) the teacher's worker process is SIGKILLed after its first epoch (as an OOM-kill or a
+lost node would): Tune retries it from that epoch's checkpoint and the study completes with
+it; (b) every teacher trial diverges: the study stops with an error naming the teacher cell
+and the fix, before any student trial starts, and a resume stops the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from trial_spy import Spy, install
+
+from search.run_state import RunOptions
+from search.runner import resume_study, run_study
+from spaces.studies import STUDIES, FixedCell, Profile, Stage, Study
+from trainables.errors import CxrkdError
+
+STUDY = "teacher-probe"
+EPOCHS = 3
+PROFILE = Profile(
+    name="demo",
+    fixed={"img_size": 16, "epochs": EPOCHS, "pretrained": False, "steps_per_epoch": 2,
+           "batch_size": 8, "augment": False},
+    samples=1, teacher_samples=1, seeds=1, grace_period=1,
+)  # fmt: skip
+
+
+def _study_factory(teacher_lr: float):
+    def factory(profile: Profile) -> Study:
+        base = {**profile.fixed, "model": "cnn_baseline"}
+
+        def teachers(state) -> list:
+            return [FixedCell("cnn_teacher", ({**base, "method": "cnn_baseline",
+                                               "lr": teacher_lr},))]  # fmt: skip
+
+        def students(state) -> list:
+            kd = {**base, "method": "kd_logit", "teacher_path": state.teacher("cnn_teacher")}
+            return [FixedCell("cnn_kd", (kd,))]
+
+        return Study(
+            name=STUDY,
+            task="binary",
+            default_dataset="unused",
+            default_import=("phantom", "pneumonia", {}),
+            stages=[
+                Stage("teacher", "teacher", teachers, early_stopping=False),
+                Stage("search", "search", students, early_stopping=False),
+            ],
+            tables=[],
+            profile=profile,
+        )
+
+    return factory
+
+
+def _run(monkeypatch, store, tmp_path, *, teacher_lr: float) -> RunOptions:
+    monkeypatch.setitem(STUDIES.all(), STUDY, (_study_factory(teacher_lr), {"demo": PROFILE}))
+    return RunOptions(study=STUDY, dataset=store.name, name="R", storage=str(tmp_path / "runs"),
+                      max_concurrent=1)  # fmt: skip
+
+
+@pytest.fixture
+def node_tmp(monkeypatch, tmp_path) -> Path:
+    """The trials' temporary files in this test's folder (requested before Ray starts: its
+    processes inherit TMPDIR): a killed trial leaves its checkpoint folder behind, as a lost
+    machine would, and it must not pile up in the machine's /tmp."""
+    path = tmp_path / "node-tmp"
+    path.mkdir()
+    # Ray's own session (sockets, whose paths must stay short) stays where it was.
+    monkeypatch.setenv("RAY_TMPDIR", os.environ.get("RAY_TMPDIR", tempfile.gettempdir()))
+    monkeypatch.setenv("TMPDIR", str(path))
+    return path
+
+
+@pytest.mark.slow
+def test_a_teacher_whose_worker_dies_is_retried_from_its_checkpoint(
+    node_tmp, local_ray, tiny_store, tmp_path, monkeypatch
+):
+    killed: list[tuple[str, int]] = []
+
+    def kill_first_teacher_attempt(stage: str, trial) -> None:
+        if stage == "teacher" and not killed:
+            pid = int(trial.last_result["pid"])
+            killed.append((trial.trial_id, pid))
+            os.kill(pid, signal.SIGKILL)  # the trial's actor, a process of our private Ray
+
+    spy = install(monkeypatch, Spy(on_saved=kill_first_teacher_attempt))
+    run = Path(run_study(_run(monkeypatch, tiny_store, tmp_path, teacher_lr=1e-3)))
+
+    assert len(killed) == 1
+    trial_id, pid = killed[0]
+    # Epoch 1 was reported once, by the killed process; the retry went on from its
+    # checkpoint in a new process (a restart from scratch would report epoch 1 again).
+    assert spy.epochs_of(trial_id) == list(range(1, EPOCHS + 1))
+    assert [r[3] == pid for r in spy.rows(trial_id)] == [True] + [False] * (EPOCHS - 1)
+
+    trials = pd.read_parquet(run / "trials.parquet").set_index("stage")
+    teacher, student = trials.loc["teacher"], trials.loc["search"]
+    assert teacher["trial_id"] == trial_id and teacher["status"] == "completed"
+    assert teacher["epoch"] == EPOCHS
+    state = json.loads((run / "state.json").read_text())
+    assert state["done"] == ["teacher", "search"]
+    registered = state["teachers"]["cnn_teacher"]
+    assert Path(registered, "record.json").is_file()
+    # The student trained against the retried teacher, to the end.
+    assert student["status"] == "completed" and student["epoch"] == EPOCHS
+    assert student["config/teacher_path"] == registered
+    epochs = pd.read_parquet(run / "epochs.parquet")
+    assert epochs.groupby("trial_id")["epoch"].apply(list).to_dict() == {
+        trial_id: [1, 2, 3],
+        student["trial_id"]: [1, 2, 3],
+    }
+
+
+@pytest.mark.slow
+def test_when_every_teacher_trial_fails_no_student_starts_and_the_error_says_why(
+    node_tmp, local_ray, tiny_store, tmp_path, monkeypatch
+):
+    spy = install(monkeypatch, Spy())
+    options = _run(monkeypatch, tiny_store, tmp_path, teacher_lr=1e6)  # the loss turns NaN
+    with pytest.raises(CxrkdError) as failed:
+        run_study(options)
+    run = tmp_path / "runs" / "R"
+    message = str(failed.value)
+    for part in [
+        "stage 'teacher'",
+        "'cnn_teacher'",
+        "no student trial was started",
+        "training loss became nan",  # the trials' own reason
+        f"cxrkd search status {run}",
+        "start a new run",
+    ]:
+        assert part in message, (part, message)
+
+    def nothing_of_the_students() -> None:
+        assert {r[0] for r in spy.results} == {"teacher"}
+        assert not (run / "search").exists()  # no Tune experiment for the student stage
+        assert sorted(p.name for p in (run / "records").iterdir()) == [
+            "epochs-teacher--cnn_teacher.parquet",
+            "trials-teacher--cnn_teacher.parquet",
+        ]
+        assert not (run / "state.json").exists()  # no stage was marked done
+
+    nothing_of_the_students()
+    # What the teacher did is kept, with its reason (for `cxrkd search status`).
+    teacher = pd.read_parquet(run / "records" / "trials-teacher--cnn_teacher.parquet")
+    assert teacher["status"].tolist() == ["errored"]
+    assert "training loss became nan" in teacher["error"].iloc[0]
+    assert len(pd.read_parquet(run / "records" / "epochs-teacher--cnn_teacher.parquet")) >= 1
+
+    # A resume does not start students against a missing teacher either.
+    with pytest.raises(CxrkdError, match="no student trial was started"):
+        resume_study(str(run))
+    nothing_of_the_students()
