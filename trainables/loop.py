@@ -8,9 +8,9 @@ weights, optimiser and scheduler state, RNG state and batch order.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import random
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -113,52 +113,55 @@ def _train(cfg: TrialConfig, task: Task, data: DataBundle, ctx: TrialContext, re
         state = checkpoint.load(restore, task=task, optimizer=optimizer, scheduler=scheduler)
         start, best = state["epoch"] + 1, state["extra"]["best_val_auc"]
     workdir = Path(tempfile.mkdtemp(prefix="cxrkd-ckpt-"))
-    metrics: dict = {}
-    for epoch in range(start, t.epochs):
-        t0 = time.perf_counter()
-        sums = _train_epoch(task, loader, pipeline, side, optimizer, scheduler, epoch, steps, t)
-        train_s = time.perf_counter() - t0
-        if not math.isfinite(sums["loss"]):
-            raise TrialError(
-                f"training loss became {sums['loss']} in epoch {epoch + 1} (lr={t.lr}, "
-                f"batch_size={t.batch_size}); lower lr or set grad_clip"
+    try:
+        metrics: dict = {}
+        for epoch in range(start, t.epochs):
+            t0 = time.perf_counter()
+            sums = _train_epoch(task, loader, pipeline, side, optimizer, scheduler, epoch, steps, t)
+            train_s = time.perf_counter() - t0
+            if not math.isfinite(sums["loss"]):
+                raise TrialError(
+                    f"training loss became {sums['loss']} in epoch {epoch + 1} (lr={t.lr}, "
+                    f"batch_size={t.batch_size}); lower lr or set grad_clip"
+                )
+            val_out, val_y = predict(task, pipeline, val, device=device, batch_size=EVAL_BATCH)
+            threshold = val_threshold(data.info, val_out, val_y)
+            val_metrics = split_metrics(data.info, val_out, val_y, threshold=threshold)
+            metrics = {
+                "epoch": epoch + 1,
+                "lr": optimizer.param_groups[0]["lr"],
+                "images_per_s": steps * batch / train_s,
+                "train_s": train_s,
+                **{f"train_{k}": v / steps for k, v in sums.items()},
+                **{f"val_{k}": v for k, v in val_metrics.items()},
+            }
+            if math.isfinite(metrics["val_auc"]):
+                best = max(best, metrics["val_auc"])
+            metrics["best_val_auc"] = best
+            scores = None
+            if epoch + 1 == t.epochs:
+                # Every trial ends with its model's cost, so an open search can weigh it (the
+                # searcher reads the last result); only the final stage touches the test split.
+                metrics.update(cost_metrics(task, pipeline, device, batch))
+                if t.evaluate_test:
+                    test, scores = test_metrics(task, pipeline, data, device, threshold)
+                    metrics.update(test)
+            metrics["epoch_s"] = time.perf_counter() - t0
+            folder = checkpoint.save(
+                workdir / f"epoch-{epoch + 1:04d}",
+                task=task,
+                optimizer=optimizer,
+                scheduler=scheduler,
+                epoch=epoch,
+                cfg=cfg,
+                extra={"best_val_auc": best},
+                test_scores=scores,
             )
-        val_out, val_y = predict(task, pipeline, val, device=device, batch_size=EVAL_BATCH)
-        threshold = val_threshold(data.info, val_out, val_y)
-        val_metrics = split_metrics(data.info, val_out, val_y, threshold=threshold)
-        metrics = {
-            "epoch": epoch + 1,
-            "lr": optimizer.param_groups[0]["lr"],
-            "images_per_s": steps * batch / train_s,
-            "train_s": train_s,
-            **{f"train_{k}": v / steps for k, v in sums.items()},
-            **{f"val_{k}": v for k, v in val_metrics.items()},
-        }
-        if math.isfinite(metrics["val_auc"]):
-            best = max(best, metrics["val_auc"])
-        metrics["best_val_auc"] = best
-        scores = None
-        if epoch + 1 == t.epochs:
-            # Every trial ends with its model's cost, so an open search can weigh it (the
-            # searcher reads the last result); only the final stage touches the test split.
-            metrics.update(cost_metrics(task, pipeline, device, batch))
-            if t.evaluate_test:
-                test, scores = test_metrics(task, pipeline, data, device, threshold)
-                metrics.update(test)
-        metrics["epoch_s"] = time.perf_counter() - t0
-        folder = checkpoint.save(
-            workdir / f"epoch-{epoch + 1:04d}",
-            task=task,
-            optimizer=optimizer,
-            scheduler=scheduler,
-            epoch=epoch,
-            cfg=cfg,
-            extra={"best_val_auc": best},
-            test_scores=scores,
-        )
-        reporter.report(metrics, folder)
-    with contextlib.suppress(OSError):  # empty once the reporter has taken every checkpoint
-        workdir.rmdir()
+            reporter.report(metrics, folder)
+    finally:
+        # Empty once the reporter has taken every checkpoint; a trial that errors or is
+        # stopped mid-way would otherwise leave its last save in /tmp.
+        shutil.rmtree(workdir, ignore_errors=True)
     return metrics
 
 

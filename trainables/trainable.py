@@ -53,9 +53,14 @@ class TuneReporter:
             shutil.rmtree(checkpoint_dir, ignore_errors=True)
             with contextlib.suppress(OSError):
                 checkpoint_dir.parent.rmdir()
-            if self._restored is not None:  # loaded before the first epoch ran
-                shutil.rmtree(self._restored, ignore_errors=True)
-                self._restored = None
+            self.close()  # the restored copy was loaded before the first epoch ran
+
+    def close(self) -> None:
+        """Delete the local copy of the restored checkpoint (also when the trial errors
+        before its first report)."""
+        if self._restored is not None:
+            shutil.rmtree(self._restored, ignore_errors=True)
+            self._restored = None
 
 
 def tune_trainable(config: dict, data: DataBundle) -> None:
@@ -71,7 +76,11 @@ def tune_trainable(config: dict, data: DataBundle) -> None:
 
         torch.set_num_threads(int(threads))
     config = {k: v for k, v in config.items() if k != CELL_KEY}
-    run_trial(config, data, reporter=TuneReporter())
+    reporter = TuneReporter()
+    try:
+        run_trial(config, data, reporter=reporter)
+    finally:
+        reporter.close()
 
 
 class LocalReporter:

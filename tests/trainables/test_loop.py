@@ -200,13 +200,15 @@ def test_continuation_check_catches_a_partial_restore(
 # --- failures -----------------------------------------------------------------------------
 
 
-def test_diverging_lr_ends_the_trial_with_the_fix(data):
+def test_diverging_lr_ends_the_trial_with_the_fix(data, tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     flat = {**TINY, "method": "cnn_baseline", "model": "cnn_baseline", "optimizer": "sgd"}
     reporter = LocalReporter()
     expected = r"loss became nan in epoch 1 \(lr=1000000000000\.0, batch_size=8\); lower lr"
     with pytest.raises(TrialError, match=expected):
         run_trial({**flat, "lr": 1e12}, data, reporter=reporter)
     assert reporter.rows == []  # nothing non-finite reaches Tune
+    assert not list(tmp_path.glob("cxrkd-ckpt-*"))  # the errored trial left no work folder
 
 
 def test_nan_loss_names_the_epoch_it_appeared_in(data, monkeypatch):
