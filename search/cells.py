@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import pickle
 
+from ray.tune import Callback
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
@@ -187,12 +188,14 @@ class CellScheduler(FIFOScheduler):
             if len(objectives) > 1:
                 continue  # ASHA ranks one metric: a multi-objective cell runs every trial out
             cell_metric, cell_mode = objectives[0]
+            # Each cell's own length: a stage may mix cells trained for different epochs.
+            epochs = int(cell.fixed.get("epochs", max_t)) if isinstance(cell, SearchCell) else max_t
             self.asha[cell.key] = AsyncHyperBandScheduler(
                 time_attr="training_iteration",
                 metric=cell_metric,
                 mode=cell_mode,
-                max_t=max_t,
-                grace_period=min(grace_period, max_t),
+                max_t=epochs,
+                grace_period=min(grace_period, epochs),
                 reduction_factor=reduction_factor,
             )
 
@@ -226,3 +229,28 @@ class CellScheduler(FIFOScheduler):
         return "CellScheduler: " + ", ".join(
             f"{k}: stopped {a._num_stopped}" for k, a in self.asha.items()
         )
+
+
+class SchedulerState(Callback):
+    """Carries the :class:`CellScheduler`'s rungs across a driver restart.
+
+    Tune snapshots its searcher and its callbacks with the experiment, but not its scheduler:
+    a resumed experiment would start every cell's ASHA with empty rungs and let through trials
+    that the interrupted one would have stopped. Tune pickles the scheduler and the callbacks
+    in one ``tuner.pkl``, so after ``Tuner.restore`` this callback still holds the scheduler
+    the restored experiment uses, and refills it from the snapshot before any trial resumes.
+    """
+
+    def __init__(self, scheduler: CellScheduler) -> None:
+        self.scheduler = scheduler
+
+    def get_state(self) -> dict | None:
+        asha = self.scheduler.asha
+        if not asha:
+            return None
+        return {"asha": pickle.dumps({key: a.__dict__ for key, a in asha.items()})}
+
+    def set_state(self, state: dict) -> None:
+        for key, saved in pickle.loads(state["asha"]).items():
+            if key in self.scheduler.asha:
+                self.scheduler.asha[key].__dict__.update(saved)

@@ -12,9 +12,9 @@ from ray import tune
 from ray.tune.search import ConcurrencyLimiter
 
 from results.figures import nondominated
-from search.cells import CellScheduler, CellSearcher, cell_objectives
+from search.cells import CellScheduler, CellSearcher, SchedulerState, cell_objectives
 from search.records import ProgressCallback, RecordsCallback
-from spaces.studies import Cell, FixedCell, Stage, Study, StudyState, front_key
+from spaces.studies import Cell, FixedCell, SearchCell, Stage, Study, StudyState, front_key
 from trainables import storage
 from trainables.config import parse_config
 from trainables.errors import CxrkdError
@@ -47,10 +47,19 @@ def stage_budget(cells: list[Cell]) -> int:
     return sum(len(c.configs) if isinstance(c, FixedCell) else c.num_samples for c in cells)
 
 
+def stage_epochs(cells: list[Cell], *, default: int) -> int:
+    """The most epochs any trial of the stage runs (ASHA's ``max_t``): a study may train its
+    teachers longer than the profile's students."""
+    epochs = [int(c.fixed.get("epochs", default)) for c in cells if isinstance(c, SearchCell)]
+    epochs += [int(cfg.get("epochs", default)) for c in cells if isinstance(c, FixedCell)
+               for cfg in c.configs]  # fmt: skip
+    return max(epochs, default=default)
+
+
 def run_stage(ctx: StageContext, stage: Stage, cells: list[Cell]):
     """Fit (or continue) the stage's experiment; returns Tune's ResultGrid."""
     study, profile = ctx.study, ctx.study.profile
-    epochs = int(profile.fixed["epochs"])
+    epochs = stage_epochs(cells, default=int(profile.fixed["epochs"]))
     exp_uri = storage.join(ctx.run_uri, stage.name)
     trainable = tune.with_resources(ctx.trainable, ctx.resources)
     if tune.Tuner.can_restore(exp_uri):
@@ -81,6 +90,7 @@ def run_stage(ctx: StageContext, stage: Stage, cells: list[Cell]):
             storage_path=ctx.run_uri,
             verbose=0,
             callbacks=[
+                SchedulerState(scheduler),
                 RecordsCallback(run_uri=ctx.run_uri, study=study.name, stage=stage.name),
                 ProgressCallback(
                     stage=stage.name, total=stage_budget(cells), epochs=epochs, metric=study.metric

@@ -11,11 +11,11 @@ from __future__ import annotations
 from spaces.studies import (
     Profile,
     SearchCell,
-    Stage,
     Study,
     StudyState,
     TableSpec,
     final_cells,
+    kd_stages,
     register_study,
 )
 
@@ -108,11 +108,7 @@ def pneumonia_kd(profile: Profile) -> Study:
         task="binary",
         default_dataset="phantom-pneumonia",
         default_import=("phantom", "pneumonia", {}),
-        stages=[
-            Stage("teacher", "teacher", teacher),
-            Stage("search", "search", students),
-            Stage("final", "final", final, early_stopping=False),
-        ],
+        stages=kd_stages(teacher, students, final),
         tables=[
             TableSpec(
                 rows=ROWS,

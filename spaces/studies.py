@@ -139,6 +139,16 @@ class Stage:
     early_stopping: bool = True
 
 
+def kd_stages(teachers: Callable, search: Callable, final: Callable) -> list[Stage]:
+    """Teachers -> search -> final re-training on seeds: the stages of both papers' studies
+    (the final stage re-runs chosen configurations, so nothing is early-stopped there)."""
+    return [
+        Stage("teacher", "teacher", teachers),
+        Stage("search", "search", search),
+        Stage("final", "final", final, early_stopping=False),
+    ]
+
+
 @dataclass(frozen=True)
 class Profile:
     """Sizes of a study: the fixed trial settings and the search budget."""

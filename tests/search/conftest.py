@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,19 @@ def make_store(home: Path, *, name: str = STORE, preset: str = "pneumonia") -> M
 def home() -> Path:
     """This test's private CXRKD_HOME (tests/conftest.py sets it)."""
     return Path(os.environ["CXRKD_HOME"])
+
+
+@pytest.fixture
+def node_tmp(monkeypatch, tmp_path) -> Path:
+    """The trials' temporary files in this test's folder (requested before Ray starts: its
+    processes inherit TMPDIR): a killed trial leaves its checkpoint folder behind, as a lost
+    machine would, and it must not pile up in the machine's /tmp."""
+    path = tmp_path / "node-tmp"
+    path.mkdir()
+    # Ray's own session (sockets, whose paths must stay short) stays where it was.
+    monkeypatch.setenv("RAY_TMPDIR", os.environ.get("RAY_TMPDIR", tempfile.gettempdir()))
+    monkeypatch.setenv("TMPDIR", str(path))
+    return path
 
 
 @pytest.fixture

@@ -11,8 +11,6 @@ epoch of every trial exactly once.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -56,19 +54,6 @@ def _node_loss_probe(profile: Profile) -> Study:
         tables=[],
         profile=profile,
     )
-
-
-@pytest.fixture
-def node_tmp(monkeypatch, tmp_path) -> Path:
-    """The trials' temporary files in this test's folder (requested before Ray starts: its
-    processes inherit TMPDIR): a killed trial leaves its checkpoint folder behind, as a lost
-    machine would, and it must not pile up in the machine's /tmp."""
-    path = tmp_path / "node-tmp"
-    path.mkdir()
-    # Ray's own session (sockets, whose paths must stay short) stays where it was.
-    monkeypatch.setenv("RAY_TMPDIR", os.environ.get("RAY_TMPDIR", tempfile.gettempdir()))
-    monkeypatch.setenv("TMPDIR", str(path))
-    return path
 
 
 @pytest.fixture

@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 from pathlib import Path
 from types import SimpleNamespace
 
 import pandas as pd
 import pytest
+from ray import cloudpickle
 from ray.tune.schedulers import TrialScheduler
 from ray.tune.search import Searcher
 
-from search.cells import CellScheduler, CellSearcher
+from search.cells import CellScheduler, CellSearcher, SchedulerState
 from search.run_state import RunOptions
 from search.runner import run_study
+from search.stage import stage_epochs
 from spaces.studies import FixedCell, SearchCell
 from trainables.trainable import CELL_KEY
 
@@ -47,6 +50,20 @@ def _report(scheduler: CellScheduler, trial, value: float, it: int = 1) -> str:
     return scheduler.on_trial_result(None, trial, {"training_iteration": it, METRIC: value})
 
 
+def test_each_cell_is_early_stopped_within_its_own_number_of_epochs():
+    # A teacher cell trained longer than the students beside it (lowres-kd's demo).
+    cells = [SearchCell("teacher", "vit_mtl", {"epochs": 8}, 2), SearchCell("s", "kd_vit", {}, 2)]
+    assert stage_epochs(cells, default=4) == 8
+    assert stage_epochs([FixedCell("f", ({"epochs": 3}, {"epochs": 6}))], default=4) == 6
+    scheduler = CellScheduler(cells, metric=METRIC, mode="max", max_t=8, grace_period=1,
+                              reduction_factor=2, early_stopping=True)  # fmt: skip
+    assert scheduler.asha["teacher"]._max_t == 8
+    assert scheduler.asha["s"]._max_t == 8  # no epochs of its own: the stage's
+    scheduler = CellScheduler(cells, metric=METRIC, mode="max", max_t=4, grace_period=1,
+                              reduction_factor=2, early_stopping=True)  # fmt: skip
+    assert (scheduler.asha["teacher"]._max_t, scheduler.asha["s"]._max_t) == (8, 4)
+
+
 def test_cell_scheduler_stops_a_trial_only_against_its_own_cell():
     scheduler = _scheduler(["a", "b"])
     a1, a2, b1, b2 = _trial("a1", "a"), _trial("a2", "a"), _trial("b1", "b"), _trial("b2", "b")
@@ -63,6 +80,24 @@ def test_cell_scheduler_stops_a_trial_only_against_its_own_cell():
     # A finished trial leaves its own cell's bookkeeping only.
     scheduler.on_trial_complete(None, b1, {"training_iteration": 4, METRIC: 0.5})
     assert "b1" not in scheduler.asha["b"]._trial_info and "a1" in scheduler.asha["a"]._trial_info
+
+
+def test_asha_rungs_survive_a_driver_restart():
+    scheduler = _scheduler(["a"])
+    a1, a2 = _trial("a1", "a"), _trial("a2", "a")
+    for trial in (a1, a2):
+        scheduler.on_trial_add(None, trial)
+    assert _report(scheduler, a1, 0.95) == TrialScheduler.CONTINUE
+    state = SchedulerState(scheduler).get_state()
+    # The restored experiment's scheduler comes from tuner.pkl, pickled before any result.
+    restored = _scheduler(["a"])
+    SchedulerState(restored).set_state(pickle.loads(pickle.dumps(state)))
+    restored.on_trial_add(None, a2)  # Tune re-adds the unfinished trials after the callbacks
+    assert _report(restored, a2, 0.90) == TrialScheduler.STOP  # a1's 0.95 is still in the rung
+    fresh = _scheduler(["a"])
+    fresh.on_trial_add(None, a2)
+    assert _report(fresh, a2, 0.90) == TrialScheduler.CONTINUE  # what a restart used to do
+    assert SchedulerState(_scheduler(["a"], early_stopping=False)).get_state() is None
 
 
 def test_cell_scheduler_without_early_stopping_never_stops():
@@ -147,6 +182,12 @@ def test_pneumonia_kd_runs_across_nodes_and_writes_the_contract(
     )
     run = Path(run_uri)
     assert run == storage / "e2e"
+    # Tune restores a stage from tuner.pkl: the callback that carries the ASHA rungs must hold
+    # the very scheduler the restored experiment runs with.
+    with open(run / "search" / "tuner.pkl", "rb") as f:
+        tuner = cloudpickle.load(f)
+    (carrier,) = [c for c in tuner["_run_config"].callbacks if isinstance(c, SchedulerState)]
+    assert carrier.scheduler is tuner["_tune_config"].scheduler
     trials = pd.read_parquet(run / "trials.parquet")
     epochs = pd.read_parquet(run / "epochs.parquet")
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -66,19 +65,6 @@ def _run(monkeypatch, store, tmp_path, *, teacher_lr: float) -> RunOptions:
     monkeypatch.setitem(STUDIES.all(), STUDY, (_study_factory(teacher_lr), {"demo": PROFILE}))
     return RunOptions(study=STUDY, dataset=store.name, name="R", storage=str(tmp_path / "runs"),
                       max_concurrent=1)  # fmt: skip
-
-
-@pytest.fixture
-def node_tmp(monkeypatch, tmp_path) -> Path:
-    """The trials' temporary files in this test's folder (requested before Ray starts: its
-    processes inherit TMPDIR): a killed trial leaves its checkpoint folder behind, as a lost
-    machine would, and it must not pile up in the machine's /tmp."""
-    path = tmp_path / "node-tmp"
-    path.mkdir()
-    # Ray's own session (sockets, whose paths must stay short) stays where it was.
-    monkeypatch.setenv("RAY_TMPDIR", os.environ.get("RAY_TMPDIR", tempfile.gettempdir()))
-    monkeypatch.setenv("TMPDIR", str(path))
-    return path
 
 
 @pytest.mark.slow
