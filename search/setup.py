@@ -39,7 +39,11 @@ def study_with_options(options: RunOptions) -> Study:
     overrides = typed_overrides(study, options.overrides)
     fixed = {k: v for k, v in overrides.items() if k in field_names(TrainConfig)}
     if fixed:  # the schedulers and the progress line read epochs etc. from the profile
-        profile = dataclasses.replace(profile, fixed={**profile.fixed, **fixed})
+        # --set wins over a profile's teacher-only values too (apply_overrides pins every cell)
+        teacher = {k: v for k, v in profile.teacher_fixed.items() if k not in fixed}
+        profile = dataclasses.replace(
+            profile, fixed={**profile.fixed, **fixed}, teacher_fixed=teacher
+        )
     if options.objectives:
         if not profile.objectives:
             studies = STUDIES.all().items()

@@ -45,13 +45,14 @@ _GRID_DEMO, _GRID_PAPER = lowres_kd.PROFILES["demo"], lowres_kd.PROFILES["paper"
 PROFILES = {
     # Two sizes, so the search has a size to choose: ViT-Tiny and ViT-Small cut to 2 blocks
     # of 8 px patches at 32 px (16 tokens), students at 16 and 8 px; 12 trials of 3 short
-    # epochs. A few minutes on 2 CPU cores.
+    # epochs (teachers: 180 steps). A few minutes on 2 CPU cores.
     "demo": dataclasses.replace(
         _GRID_DEMO,
         fixed={**_GRID_DEMO.fixed, "img_size": 32, "epochs": 3, "steps_per_epoch": 8},
         samples=12,
         teacher_samples=1,
         grace_period=1,
+        teacher_fixed={"epochs": 6, "steps_per_epoch": 30},  # see lowres-kd's demo
         grid={"grid": Grid(sizes=("tiny", "small"), lows=(16, 8), patch_size=8, depth=2)},
         objectives=DEFAULT_OBJECTIVES,
     ),

@@ -166,14 +166,23 @@ class Profile:
     # one, which refuse `--objective`.
     objectives: tuple[str, ...] = ()
     device_hint: str = ""  # where the profile is meant to run, for the tables' caption
+    # TrainConfig values a study's teacher cells get on top of ``fixed``: a demo may train its
+    # teachers longer than its students (a teacher that has not learned has nothing to distil).
+    teacher_fixed: dict = field(default_factory=dict)
 
     @property
     def banner(self) -> str:
         f = self.fixed
         weights = "ImageNet-pretrained" if f["pretrained"] else "no pretrained weights"
+        steps = f" of {f['steps_per_epoch']} steps" if f.get("steps_per_epoch") else ""
+        t = {**f, **self.teacher_fixed}
+        teachers = ""
+        if self.teacher_fixed:
+            t_steps = f" of {t['steps_per_epoch']} steps" if t.get("steps_per_epoch") else ""
+            teachers = f" (teachers {t['epochs']} epochs{t_steps})"
         return (
-            f"{self.name} scale ({self.device_hint}): {f['img_size']} px, {f['epochs']} epochs, "
-            f"{weights}, {self.samples} trials per cell, {self.seeds} seeds"
+            f"{self.name} scale ({self.device_hint}): {f['img_size']} px, {f['epochs']} epochs"
+            f"{steps}{teachers}, {weights}, {self.samples} trials per cell, {self.seeds} seeds"
         )
 
 

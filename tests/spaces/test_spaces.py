@@ -170,3 +170,21 @@ def test_unknown_study_and_profile_are_refused():
         get_study("pneumonia", "demo")
     with pytest.raises(CxrkdError, match=r"unknown profile 'fast'.*\['demo', 'paper'\]"):
         get_study("pneumonia-kd", "fast")
+
+
+def test_demo_teachers_train_longer_than_students_unless_set_says_otherwise():
+    from search.run_state import RunOptions
+    from search.setup import apply_overrides, study_with_options
+
+    study = get_study("lowres-kd", "demo")
+    (teacher,) = study.stages[0].cells(StudyState())
+    student = study.stages[1].cells(StudyState(placeholder=True))[0]
+    assert (teacher.fixed["epochs"], teacher.fixed["steps_per_epoch"]) == (6, 50)
+    assert (student.fixed["epochs"], student.fixed["steps_per_epoch"]) == (4, 20)
+    assert "4 epochs of 20 steps (teachers 6 epochs of 50 steps)" in study.profile.banner
+    # --set epochs pins every cell, teachers included, and the caption says so.
+    options = RunOptions(study="lowres-kd", profile="demo", overrides={"epochs": "2"})
+    pinned = study_with_options(options)
+    (teacher,) = apply_overrides(pinned.stages[0].cells(StudyState()), {"epochs": 2})
+    assert (teacher.fixed["epochs"], teacher.fixed["steps_per_epoch"]) == (2, 50)
+    assert "2 epochs of 20 steps (teachers 2 epochs of 50 steps)" in pinned.profile.banner
