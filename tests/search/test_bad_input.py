@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import ray
+from probes import probe_profile
 
 from search.cli import main
 from search.run_state import RunOptions
@@ -214,9 +215,7 @@ def _nan_probe(profile: Profile) -> Study:
 def test_a_nan_trial_ends_errored_with_its_reason_and_the_study_goes_on(
     local_ray, tiny_store, tiny, tmp_path, monkeypatch
 ):
-    profile = Profile(name="demo", fixed={"img_size": 16, "epochs": 2, "pretrained": False,
-                      "steps_per_epoch": 2, "batch_size": 8, "augment": False},
-                      samples=1, teacher_samples=1, seeds=1, grace_period=1)  # fmt: skip
+    profile = probe_profile(2)
     monkeypatch.setitem(STUDIES.all(), NAN_STUDY, (_nan_probe, {"demo": profile}))
     run = Path(
         run_study(RunOptions(study=NAN_STUDY, dataset=tiny_store.name, name="nan",

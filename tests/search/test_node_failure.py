@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from probes import probe_profile
 from trial_spy import Spy, install
 
 from search.run_state import RunOptions
@@ -24,12 +25,7 @@ from spaces.studies import STUDIES, FixedCell, Profile, Stage, Study
 STUDY = "node-loss-probe"
 OBJECT_STORE = 100 * 1024 * 1024  # per node; the tiny dataset is ~100 KB
 EPOCHS = 3
-PROFILE = Profile(
-    name="demo",
-    fixed={"img_size": 16, "epochs": EPOCHS, "pretrained": False, "steps_per_epoch": 2,
-           "batch_size": 8, "augment": False},
-    samples=1, teacher_samples=1, seeds=1, grace_period=1,
-)  # fmt: skip
+PROFILE = probe_profile(EPOCHS)
 # The GCS declares a node dead after this many missed health checks (defaults: 5 of 3 s).
 FAST_NODE_DEATH = {
     "health_check_initial_delay_ms": 0,

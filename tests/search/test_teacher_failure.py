@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from probes import probe_profile
 from trial_spy import Spy, install
 
 from search.run_state import RunOptions
@@ -25,12 +26,7 @@ from trainables.errors import CxrkdError
 
 STUDY = "teacher-probe"
 EPOCHS = 3
-PROFILE = Profile(
-    name="demo",
-    fixed={"img_size": 16, "epochs": EPOCHS, "pretrained": False, "steps_per_epoch": 2,
-           "batch_size": 8, "augment": False},
-    samples=1, teacher_samples=1, seeds=1, grace_period=1,
-)  # fmt: skip
+PROFILE = probe_profile(EPOCHS)
 
 
 def _study_factory(teacher_lr: float):
