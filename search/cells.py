@@ -106,6 +106,14 @@ def cell_objectives(cell: Cell, *, metric: str, mode: str) -> tuple[tuple[str, s
     return own or ((metric, mode),)
 
 
+def cell_epochs(cell: Cell, *, default: int) -> list[int]:
+    """How many epochs the cell's trials run: its pinned ``epochs`` (a study's teachers may
+    train longer than its students), else the profile's ``default``."""
+    if isinstance(cell, SearchCell):
+        return [int(cell.fixed.get("epochs", default))]
+    return [int(config.get("epochs", default)) for config in cell.configs]
+
+
 class CellSearcher(Searcher):
     def __init__(self, cells: list[Cell], *, metric: str, mode: str, seed: int) -> None:
         super().__init__(metric=metric, mode=mode)
@@ -189,7 +197,7 @@ class CellScheduler(FIFOScheduler):
                 continue  # ASHA ranks one metric: a multi-objective cell runs every trial out
             cell_metric, cell_mode = objectives[0]
             # Each cell's own length: a stage may mix cells trained for different epochs.
-            epochs = int(cell.fixed.get("epochs", max_t)) if isinstance(cell, SearchCell) else max_t
+            epochs = max(cell_epochs(cell, default=max_t))
             self.asha[cell.key] = AsyncHyperBandScheduler(
                 time_attr="training_iteration",
                 metric=cell_metric,

@@ -12,9 +12,15 @@ from ray import tune
 from ray.tune.search import ConcurrencyLimiter
 
 from results.figures import nondominated
-from search.cells import CellScheduler, CellSearcher, SchedulerState, cell_objectives
+from search.cells import (
+    CellScheduler,
+    CellSearcher,
+    SchedulerState,
+    cell_epochs,
+    cell_objectives,
+)
 from search.records import ProgressCallback, RecordsCallback
-from spaces.studies import Cell, FixedCell, SearchCell, Stage, Study, StudyState, front_key
+from spaces.studies import Cell, FixedCell, Stage, Study, StudyState, front_key
 from trainables import storage
 from trainables.config import parse_config
 from trainables.errors import CxrkdError
@@ -50,10 +56,7 @@ def stage_budget(cells: list[Cell]) -> int:
 def stage_epochs(cells: list[Cell], *, default: int) -> int:
     """The most epochs any trial of the stage runs (ASHA's ``max_t``): a study may train its
     teachers longer than the profile's students."""
-    epochs = [int(c.fixed.get("epochs", default)) for c in cells if isinstance(c, SearchCell)]
-    epochs += [int(cfg.get("epochs", default)) for c in cells if isinstance(c, FixedCell)
-               for cfg in c.configs]  # fmt: skip
-    return max(epochs, default=default)
+    return max((e for c in cells for e in cell_epochs(c, default=default)), default=default)
 
 
 def run_stage(ctx: StageContext, stage: Stage, cells: list[Cell]):
