@@ -5,6 +5,11 @@ states, best metric), ``model.pt`` (the deployed model alone: what a teacher or 
 needs) and ``config.json`` (the resolved trial config, STYLE.md 3). The last checkpoint of a
 trial that evaluated the test split also holds :data:`TEST_SCORES_FILE` (per-image test
 scores for the report's ROC curves: too long for a Tune metric).
+
+Trust: on a cluster a checkpoint folder lives on shared storage that every node writes, so
+nothing read back may run code. ``state.pt`` holds tensors and plain values only (the Python
+and numpy RNG states are stored as tensors and numbers, not as pickled tuples and arrays) and is
+read with ``torch.load(weights_only=True)``, which refuses any other object.
 """
 
 from __future__ import annotations
@@ -16,15 +21,28 @@ import numpy as np
 import torch
 
 from trainables.config import TrialConfig
+from trainables.errors import CxrkdError
 from trainables.task import Task
 
 TEST_SCORES_FILE = "test_scores.npz"
 
 
+class CheckpointError(CxrkdError):
+    """A checkpoint that cannot be trusted or read."""
+
+
 def rng_state() -> dict:
+    """Every RNG state as tensors and plain numbers (loadable with ``weights_only=True``)."""
+    version, mt, gauss = random.getstate()
+    _, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
     state = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "python": {"version": version, "mt": torch.tensor(mt, dtype=torch.int64), "gauss": gauss},
+        "numpy": {
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -33,11 +51,28 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    py, npy = state["python"], state["numpy"]
+    random.setstate((py["version"], tuple(int(v) for v in py["mt"].tolist()), py["gauss"]))
+    keys = npy["keys"].numpy().astype(np.uint32)
+    np.random.set_state(("MT19937", keys, npy["pos"], npy["has_gauss"], npy["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def read_state(path: Path) -> dict:
+    """``state.pt`` read without unpickling anything but tensors and plain values."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # torch raises UnpicklingError (and others) for foreign objects
+        raise CheckpointError(
+            f"checkpoint {path} holds something other than tensors and plain values, so it "
+            "was not loaded (a file on shared storage must not run code; it may have been "
+            "written by a cxrkd older than this one, or planted). Remove that checkpoint "
+            f"folder to restart the trial from its previous checkpoint or from scratch ({e})"
+        ) from e
 
 
 def trainable_state(task: Task) -> dict:
@@ -85,7 +120,7 @@ def save(
 
 def load(folder: Path, *, task: Task, optimizer, scheduler) -> dict:
     """Restore in place; returns ``{"epoch": last finished epoch, "extra": ...}``."""
-    state = torch.load(Path(folder) / "state.pt", map_location="cpu", weights_only=False)
+    state = read_state(Path(folder) / "state.pt")
     missing, unexpected = task.load_state_dict(state["task"], strict=False)
     frozen = {k for k in task.state_dict() if k not in trainable_state(task)}
     missing = [k for k in missing if k not in frozen]

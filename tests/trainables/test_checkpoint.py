@@ -1,0 +1,65 @@
+"""Checkpoints hold tensors and plain values only: nothing read back from storage runs code."""
+
+from __future__ import annotations
+
+import pickle
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from trainables import checkpoint
+
+
+class _Planted:
+    """Unpickling this object writes a marker file: what an attacker's state.pt would do."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').write('ran')",))
+
+
+def _draws() -> tuple:
+    return (random.random(), random.gauss(0, 1), np.random.rand(3).tolist(),
+            np.random.randn(), torch.rand(3).tolist())  # fmt: skip
+
+
+def test_rng_state_round_trips_through_a_weights_only_load(tmp_path):
+    random.seed(1)
+    np.random.seed(2)
+    torch.manual_seed(3)
+    random.gauss(0, 1)  # leaves a cached Gaussian in Python's state
+    np.random.randn()  # and in numpy's
+    path = tmp_path / "state.pt"
+    torch.save({"rng": checkpoint.rng_state()}, path)
+    expected = _draws()
+    _draws()  # move every generator on
+    checkpoint.set_rng_state(checkpoint.read_state(path)["rng"])
+    assert _draws() == expected
+
+
+@pytest.mark.parametrize("how", ["torch.save", "raw pickle"])
+def test_a_planted_state_file_is_refused_and_runs_nothing(tmp_path, how):
+    marker = tmp_path / "marker"
+    folder = tmp_path / "checkpoint_000001"
+    folder.mkdir()
+    payload = {"task": {}, "epoch": 1, "evil": _Planted(marker)}
+    if how == "torch.save":
+        torch.save(payload, folder / "state.pt")
+    else:
+        (folder / "state.pt").write_bytes(pickle.dumps(payload))
+    with pytest.raises(checkpoint.CheckpointError, match="must not run code"):
+        checkpoint.load(folder, task=None, optimizer=None, scheduler=None)
+    assert not marker.exists()
+
+
+def test_an_old_format_checkpoint_gets_the_clear_error(tmp_path):
+    # Checkpoints of earlier versions pickled numpy's RNG state as an array.
+    folder = tmp_path / "checkpoint_000001"
+    folder.mkdir()
+    torch.save({"rng": {"numpy": np.random.get_state()}}, folder / "state.pt")
+    with pytest.raises(checkpoint.CheckpointError, match="Remove that checkpoint folder"):
+        checkpoint.read_state(folder / "state.pt")
