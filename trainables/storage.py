@@ -71,8 +71,26 @@ def read_text(uri: str) -> str:
         return f.read().decode()
 
 
+def durable_replace(tmp: str | Path, path: str | Path) -> None:
+    """Rename a fully written local file over ``path`` so that a crash or power loss at any
+    moment leaves the old file or the new one, never an empty or half-written one: the data
+    reaches the disk before the rename, and the rename before we return."""
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    folder = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+
+
 def write_text(uri: str, text: str) -> None:
-    """Write a small file; local writes are atomic (tmp + rename), S3 puts are atomic."""
+    """Write a small file; local writes are atomic and durable (tmp, fsync, rename, fsync of
+    the folder), S3 puts are atomic."""
     fs, path = filesystem(uri)
     fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
     if isinstance(fs, pafs.LocalFileSystem):
@@ -80,7 +98,7 @@ def write_text(uri: str, text: str) -> None:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are read by other users
-        os.replace(tmp, path)
+        durable_replace(tmp, path)
         return
     with fs.open_output_stream(path) as f:
         f.write(text.encode("utf-8"))
@@ -124,12 +142,15 @@ def check_writable(uri: str) -> str:
 
 
 def write_parquet(uri: str, frame) -> None:
-    """Write a DataFrame as parquet (atomically for local paths)."""
+    """Write a DataFrame as parquet (atomically and durably for local paths)."""
     fs, path = filesystem(uri)
     fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
     tmp = f"{path}.tmp"
     frame.to_parquet(tmp, filesystem=fs, index=False)
-    fs.move(tmp, path)
+    if isinstance(fs, pafs.LocalFileSystem):
+        durable_replace(tmp, path)
+    else:
+        fs.move(tmp, path)
 
 
 def read_parquet(uri: str):
