@@ -170,12 +170,23 @@ def write_vindr_tree(
 
 
 def write_label_csvs(
-    root: str | Path, *, train: dict[str, list[list[str]]], test: dict[str, list[str]]
+    root: str | Path,
+    *,
+    train: dict[str, list[list[str]]],
+    test: dict[str, list[str]],
+    rad_ids: dict[str, list[str]] | None = None,
 ) -> None:
-    """``annotations/image_labels_{train,test}.csv`` as published (see write_vindr_tree)."""
+    """``annotations/image_labels_{train,test}.csv`` as published (see write_vindr_tree).
+
+    ``rad_ids`` names each train image's readers in order (default R1, R2, R3, ...).
+    """
     root = Path(root)
+    rad_ids = rad_ids or {}
     train_rows = [
-        {"rad_id": f"R{r + 1}", **label_rows(image_id, positives, TRAIN_LABELS)}
+        {
+            "rad_id": rad_ids[image_id][r] if image_id in rad_ids else f"R{r + 1}",
+            **label_rows(image_id, positives, TRAIN_LABELS),
+        }
         for image_id, readers in train.items()
         for r, positives in enumerate(readers)
     ]
@@ -189,3 +200,133 @@ def write_label_csvs(
     ]
     frame = pd.DataFrame(test_rows, columns=["image_id", *TEST_LABELS])
     frame.to_csv(root / "annotations" / "image_labels_test.csv", index=False)
+
+
+# --- a larger, learnable VinDr-style tree (SYNTHETIC), for end-to-end runs -------------------
+
+# Findings drawn by write_vindr_learnable_tree, with their weight among abnormal films and the
+# global label each one implies.
+LEARNABLE_FINDINGS = {
+    "Lung Opacity": (3, None),
+    "Consolidation": (2, "Pneumonia"),
+    "Pleural effusion": (2, None),
+    "Cardiomegaly": (2, None),
+    "Nodule/Mass": (1, "Lung tumor"),
+    "Aortic enlargement": (1, None),
+}
+LEAKY_TRIPLET = ("R8", "R9", "R10")  # reads most abnormal films, as in the real set
+
+
+def draw_findings(
+    values: np.ndarray, findings: list[str], rng: np.random.Generator, *, top: int
+) -> np.ndarray:
+    """Add bright (high stored value) signs of ``findings`` to a :func:`chest_values` image."""
+    rows, cols = values.shape
+    yy, xx = np.mgrid[0:rows, 0:cols] / np.array([rows, cols])[:, None, None]
+    out = values.astype(np.float64)
+
+    def blob(cx, cy, r, amount):
+        return amount * top * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * r * r))
+
+    for finding in findings:
+        side = rng.choice((0.3, 0.7))
+        if finding == "Lung Opacity":
+            out += blob(side + rng.uniform(-0.05, 0.05), rng.uniform(0.35, 0.6), 0.08, 0.45)
+        elif finding == "Consolidation":
+            out += blob(side, rng.uniform(0.45, 0.65), 0.12, 0.5)
+        elif finding == "Pleural effusion":  # the lung base fills from below
+            base = (np.abs(xx - side) < 0.16) & (yy > 0.62 + rng.uniform(0, 0.06))
+            out[base] += 0.5 * top
+        elif finding == "Cardiomegaly":  # a wide bright heart over the inner lung edges
+            out[((xx - 0.52) / 0.24) ** 2 + ((yy - 0.66) / 0.17) ** 2 < 1] += 0.35 * top
+        elif finding == "Nodule/Mass":
+            out += blob(side + rng.uniform(-0.04, 0.04), rng.uniform(0.3, 0.6), 0.035, 0.6)
+        elif finding == "Aortic enlargement":
+            out += blob(0.44, 0.22, 0.06, 0.5)
+        else:
+            raise ValueError(f"no drawing for {finding!r}; use {sorted(LEARNABLE_FINDINGS)}")
+    return out.clip(0, top)
+
+
+def _readers(truth: list[str], rng: np.random.Generator) -> list[list[str]]:
+    """Three readers whose majority is ``truth``; one of them may miss or over-call."""
+    readers = [list(truth), list(truth), list(truth)]
+    odd = int(rng.integers(3))
+    if truth and rng.random() < 0.25:
+        readers[odd] = truth[:1] if len(truth) > 1 else []  # a finding missed
+    elif not truth and rng.random() < 0.15:
+        readers[odd] = ["Other lesion"]  # one reader's call: not the majority's
+    return readers
+
+
+def _triplet(abnormal: bool, rng: np.random.Generator) -> list[str]:
+    if abnormal and rng.random() < 0.7:
+        return list(LEAKY_TRIPLET)
+    others = [f"R{k}" for k in range(1, 18) if f"R{k}" not in LEAKY_TRIPLET]
+    return [str(r) for r in rng.choice(others, 3, replace=False)]
+
+
+def write_vindr_learnable_tree(
+    root: str | Path,
+    *,
+    n_train: int = 160,
+    n_test: int = 48,
+    abnormal_fraction: float = 0.35,
+    shape: tuple[int, int] = (72, 64),
+    image_format: str = "dicom",
+    seed: int = 0,
+) -> Path:
+    """Write a VinDr-CXR-style folder of SYNTHETIC films (not real patients); return ``root``.
+
+    The PhysioNet layout and CSVs of :func:`write_vindr_tree`, with ``n_train`` train films
+    (three readers each, with the real ``rad_id`` values R1-R17) and ``n_test`` test films (one
+    consensus row each). About ``abnormal_fraction`` of the films show one or two of
+    :data:`LEARNABLE_FINDINGS` as bright shapes in or beside the lungs (a signal a small CNN
+    learns in a few steps at 32-64 px); the others are clean. Readers agree by majority, so
+    ``majority`` labels are the drawn truth; under ``any`` some normal films become abnormal
+    ("Other lesion"). As in the real set, most abnormal train films are read by the triplet
+    R8/R9/R10. Sizes vary around ``shape`` (rows, cols); every tenth film is MONOCHROME1.
+    ``image_format``: ``dicom`` (JPEG 2000, about 20 ms a film to write) or ``png`` (8-bit
+    exports, faster). Image ids are 32 hex digits, like the real ones.
+    """
+    if image_format not in ("dicom", "png"):
+        raise ValueError(f"image_format must be 'dicom' or 'png', got {image_format!r}")
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    names = list(LEARNABLE_FINDINGS)
+    weights = np.array([w for w, _ in LEARNABLE_FINDINGS.values()], dtype=float)
+    train, test, rad_ids = {}, {}, {}
+    for split, n in (("train", n_train), ("test", n_test)):
+        for k in range(n):
+            image_id = rng.bytes(16).hex()
+            truth = []
+            if rng.random() < abnormal_fraction:
+                count = int(rng.integers(1, 3))
+                truth = sorted(rng.choice(names, count, replace=False, p=weights / weights.sum()))
+                truth += sorted({g for f in truth if (g := LEARNABLE_FINDINGS[f][1])})
+            rows, cols = (int(v + rng.integers(-8, 9)) for v in shape)
+            top = 4095 if image_format == "dicom" else 255
+            values = chest_values(rows, cols, bits=12 if top == 4095 else 8)
+            values = draw_findings(values, [t for t in truth if t in names], rng, top=top)
+            values = (values + rng.normal(0, 0.015 * top, values.shape)).clip(0, top)
+            _write_film(root / split, image_id, values, image_format, mono1=k % 10 == 9)
+            if split == "train":
+                train[image_id] = _readers(truth, rng)
+                rad_ids[image_id] = _triplet(bool(truth), rng)
+            else:
+                test[image_id] = truth
+    write_label_csvs(root, train=train, test=test, rad_ids=rad_ids)
+    return root
+
+
+def _write_film(folder: Path, image_id: str, values: np.ndarray, fmt: str, *, mono1: bool):
+    if fmt == "png":
+        write_png(folder / f"{image_id}.png", values.round().astype(np.uint8))
+        return
+    stored = values.round().astype(np.uint16)
+    write_dicom(
+        folder / f"{image_id}.dicom",
+        4095 - stored if mono1 else stored,
+        photometric="MONOCHROME1" if mono1 else "MONOCHROME2",
+        window=(2048.0, 4096.0),
+    )

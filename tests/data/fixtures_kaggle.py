@@ -1,18 +1,23 @@
-"""Write a small Kaggle "Chest X-Ray Images (Pneumonia)"-style tree of real JPEGs, with quirks.
+"""Write a Kaggle "Chest X-Ray Images (Pneumonia)"-style tree of real JPEGs: SYNTHETIC pictures
+with the real layout, the real file-name patterns and the real quirks.
 
-Counts, by construction (``quirks=True``), before the importer's choices:
+What it reproduces (see /work/shared/REAL_DATA.md):
 
-- train/NORMAL     14 patients x 1 image + NORMAL2-IM-0381 x 2 + IM-0300-0001.png
-                   + IM-0200-0001 (byte copy of test/NORMAL/IM-0003-0001)           = 18 files
-- train/PNEUMONIA  person1000 (bacteria + virus) + 14 bacteria + 6 virus patients
-                   + person1001 copy (person1050_bacteria_2999) + person1_bacteria_1 (patient also
-                   in test) + scan_0042 (unparseable) + person1060_virus_1700.jpg
-                   + person1070_bacteria_3000 (corrupt)                                = 27 files
-- val              NORMAL2-IM-1427, NORMAL2-IM-1430, person1946 x 2                    = 4 files
-- test             8 NORMAL + 8 PNEUMONIA (person1 has two virus images)               = 16 files
+- ``chest_xray/{train,val,test}/{NORMAL,PNEUMONIA}/*.jpeg``; ``person<N>_{bacteria,virus}_<M>``,
+  ``IM-<P>-<K>`` and ``NORMAL2-IM-<P>-<K>`` names, several images per patient, one person with
+  both a bacteria and a virus film;
+- the person numbering restarts in the test folder (train persons 1..P, the official val
+  P+1.., test 1..Q again), while normal ``IM-``/``NORMAL2-IM-`` numbers of train (from 115 /
+  383) and test (from 1 / 7) do not overlap, as in the real set;
+- with ``quirks=True``, besides those: a byte copy inside train (:data:`DUPLICATE_IN_TRAIN`),
+  a train copy of a test file (:data:`DUPLICATE_OF_TEST`), a copy inside test
+  (:data:`DUPLICATE_IN_TEST`), a PNG, a ``.jpg``, an unparseable name, a corrupt JPEG, macOS
+  litter (6 entries: ``__MACOSX/``, ``.DS_Store``, ``._*``) and a nested ``chest_xray/chest_xray/``
+  copy holding a ``.txt`` that would be rejected if the importer looked inside it.
 
-plus macOS litter (``__MACOSX/``, ``.DS_Store``, ``._*``) and a nested ``chest_xray/chest_xray/``
-copy holding a ``.txt`` that would be rejected if the importer looked inside it.
+Pictures are synthetic radiograph-like images of varied size (and some RGB): dark lung fields
+on a grey body; PNEUMONIA films add bright blurred opacities in the lungs, a class signal a
+small CNN learns within a few steps at 32-64 px. Not real patients.
 """
 
 from __future__ import annotations
@@ -24,21 +29,60 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-DUPLICATE_IN_TRAIN = "train/PNEUMONIA/person1050_bacteria_2999.jpeg"  # = person1001_bacteria_2932
-DUPLICATE_OF_TEST = "train/NORMAL/IM-0200-0001.jpeg"  # = test/NORMAL/IM-0003-0001
-LEAKED_PATIENT_FILE = "train/PNEUMONIA/person1_bacteria_1.jpeg"  # person1 is in test
+# Quirk files (quirks=True), added to the generated ones; numbers outside the generated ranges.
+DUPLICATE_IN_TRAIN = "train/PNEUMONIA/person1_bacteria_1000.jpeg"  # = person1_bacteria_1
+DUPLICATE_IN_TRAIN_OF = "train/PNEUMONIA/person1_bacteria_1.jpeg"  # sorts first: it is kept
+DUPLICATE_OF_TEST = "train/NORMAL/IM-0990-0001.jpeg"  # = test/NORMAL/IM-0001-0001
+DUPLICATE_OF_TEST_OF = "test/NORMAL/IM-0001-0001.jpeg"
+DUPLICATE_IN_TEST = "test/NORMAL/NORMAL2-IM-0380-0001.jpeg"  # = NORMAL2-IM-0007-0001
+DUPLICATE_IN_TEST_OF = "test/NORMAL/NORMAL2-IM-0007-0001.jpeg"
 UNPARSEABLE = "train/PNEUMONIA/scan_0042.jpeg"
-CORRUPT = "train/PNEUMONIA/person1070_bacteria_3000.jpeg"
-PNG_FILE = "train/NORMAL/IM-0300-0001.png"
-JPG_FILE = "train/PNEUMONIA/person1060_virus_1700.jpg"
+CORRUPT = "train/PNEUMONIA/person1901_bacteria_3901.jpeg"
+PNG_FILE = "train/NORMAL/IM-0995-0001.png"  # 64 x 77, RGB
+JPG_FILE = "train/PNEUMONIA/person1900_virus_3900.jpg"
+QUIRK_FILES = (
+    DUPLICATE_IN_TRAIN,
+    DUPLICATE_OF_TEST,
+    DUPLICATE_IN_TEST,
+    UNPARSEABLE,
+    CORRUPT,
+    PNG_FILE,
+    JPG_FILE,
+)
+MACOS_LITTER = 6  # entries the importer reports as ignored
+_IMAGES_PER_PATIENT = (2, 1, 1, 3, 1, 2, 1)  # cycled; the first patient has two films
+_QUIRK_PERSONS = 1900  # generated pneumonia person numbers stay below this
 
 
-def image_bytes(*, width: int, height: int, rgb: bool, seed: int, fmt: str = "JPEG") -> bytes:
-    """A small noisy radiograph-like image (a vertical gradient plus noise), encoded."""
+def radiograph(width: int, height: int, *, pneumonia: bool, seed: int) -> np.ndarray:
+    """A uint8 (height, width) chest-like picture; ``pneumonia`` adds bright lung opacities."""
     rng = np.random.default_rng(seed)
-    gradient = np.linspace(40, 200, height, dtype=np.float32)[:, None]
-    pixels = np.clip(gradient + rng.normal(0, 30, (height, width)), 0, 255).astype(np.uint8)
-    image = Image.fromarray(pixels, "L")
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    yy, xx = yy / height, xx / width
+    lungs = np.zeros((height, width), dtype=bool)
+    for cx in (0.3, 0.7):
+        lungs |= ((xx - cx) / 0.16) ** 2 + ((yy - 0.5) / 0.3) ** 2 < 1
+    pixels = 70 + 100 * yy + rng.normal(0, 12, (height, width)).astype(np.float32)
+    pixels[lungs] -= 55
+    if pneumonia:  # 2-3 blurred opacities inside the lung fields
+        for _ in range(int(rng.integers(2, 4))):
+            cx = rng.choice((0.3, 0.7)) + rng.uniform(-0.06, 0.06)
+            cy, r = rng.uniform(0.35, 0.65), rng.uniform(0.08, 0.14)
+            pixels += 95 * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * r * r))
+    return np.clip(pixels, 0, 255).astype(np.uint8)
+
+
+def image_bytes(
+    *,
+    width: int,
+    height: int,
+    rgb: bool,
+    seed: int,
+    fmt: str = "JPEG",
+    pneumonia: bool = False,
+) -> bytes:
+    """:func:`radiograph`, encoded (JPEG quality 90 or PNG), as grey or RGB."""
+    image = Image.fromarray(radiograph(width, height, pneumonia=pneumonia, seed=seed), "L")
     if rgb:
         image = image.convert("RGB")
     buffer = io.BytesIO()
@@ -46,67 +90,145 @@ def image_bytes(*, width: int, height: int, rgb: bool, seed: int, fmt: str = "JP
     return buffer.getvalue()
 
 
-def _names(quirks: bool) -> dict[str, list[str]]:
-    train_normal = [f"IM-{115 + 2 * k:04d}-0001.jpeg" for k in range(14)]
-    train_normal += ["NORMAL2-IM-0381-0001.jpeg", "NORMAL2-IM-0381-0002.jpeg"]
-    train_pneu = ["person1000_bacteria_2931.jpeg", "person1000_virus_1681.jpeg"]
-    train_pneu += [f"person{1001 + k}_bacteria_{2932 + k}.jpeg" for k in range(14)]
-    train_pneu += [f"person{1020 + k}_virus_{1690 + k}.jpeg" for k in range(6)]
-    test_normal = ["IM-0001-0001.jpeg", "IM-0003-0001.jpeg", "IM-0005-0001.jpeg"]
-    test_normal += ["NORMAL2-IM-0007-0001.jpeg", "NORMAL2-IM-0008-0001.jpeg"]
-    test_normal += ["IM-0010-0001.jpeg", "IM-0011-0001.jpeg", "IM-0013-0001.jpeg"]
-    test_pneu = ["person100_bacteria_475.jpeg", "person100_bacteria_477.jpeg"]
-    test_pneu += ["person1_virus_6.jpeg", "person1_virus_7.jpeg", "person101_bacteria_483.jpeg"]
-    test_pneu += ["person102_virus_190.jpeg", "person103_bacteria_490.jpeg"]
-    test_pneu += ["person104_bacteria_491.jpeg"]
-    names = {
-        "train/NORMAL": train_normal,
-        "train/PNEUMONIA": train_pneu,
-        "val/NORMAL": ["NORMAL2-IM-1427-0001.jpeg", "NORMAL2-IM-1430-0001.jpeg"],
-        "val/PNEUMONIA": ["person1946_bacteria_4874.jpeg", "person1946_bacteria_4875.jpeg"],
-        "test/NORMAL": test_normal,
-        "test/PNEUMONIA": test_pneu,
-    }
-    if quirks:
-        names["train/PNEUMONIA"] += [Path(p).name for p in (LEAKED_PATIENT_FILE, UNPARSEABLE)]
+def _patient_sizes(n_images: int) -> list[int]:
+    """Images per patient, cycling :data:`_IMAGES_PER_PATIENT`, summing to ``n_images``."""
+    sizes, k = [], 0
+    while sum(sizes) < n_images:
+        sizes.append(min(_IMAGES_PER_PATIENT[k % len(_IMAGES_PER_PATIENT)], n_images - sum(sizes)))
+        k += 1
+    return sizes
+
+
+def pneumonia_names(n_images: int, *, first_person: int) -> list[str]:
+    """``person<N>_{bacteria,virus}_<M>.jpeg``: persons numbered from ``first_person``; every
+    fourth person mixes pathogens (the first has a bacteria and a virus film)."""
+    names, counter = [], {"bacteria": 0, "virus": 0}
+    for k, n in enumerate(_patient_sizes(n_images)):
+        for j in range(n):
+            if k % 4 == 0:
+                pathogen = ("bacteria", "virus")[j % 2]
+            else:
+                pathogen = "virus" if k % 3 == 1 else "bacteria"
+            counter[pathogen] += 1
+            names.append(f"person{first_person + k}_{pathogen}_{counter[pathogen]}.jpeg")
     return names
 
 
-def write_kaggle_tree(base: Path, *, quirks: bool = True) -> Path:
-    """Write ``base/chest_xray/...`` and return ``base`` (the SRC a user would pass)."""
-    root = base / "chest_xray"
-    seed = 0
-    for folder, names in _names(quirks).items():
-        (root / folder).mkdir(parents=True, exist_ok=True)
-        for name in names:
-            seed += 1
-            size = {"width": 56 + seed % 17, "height": 70 + seed % 23}
-            (root / folder / name).write_bytes(image_bytes(**size, rgb=seed % 3 == 0, seed=seed))
-    if not quirks:
-        return base
+def normal_names(n_images: int, *, im_from: int, normal2_from: int) -> list[str]:
+    """``IM-<P>-<K>.jpeg`` and ``NORMAL2-IM-<P>-<K>.jpeg`` patients, alternating."""
+    names, next_number = [], {"IM": im_from, "NORMAL2-IM": normal2_from}
+    for k, n in enumerate(_patient_sizes(n_images)):
+        prefix = ("IM", "NORMAL2-IM")[k % 2]
+        number = next_number[prefix]
+        next_number[prefix] += 1 + k % 3  # gaps, as in the real numbering
+        names += [f"{prefix}-{number:04d}-{j + 1:04d}.jpeg" for j in range(n)]
+    return names
 
-    shutil.copyfile(
-        root / "train/PNEUMONIA/person1001_bacteria_2932.jpeg", root / DUPLICATE_IN_TRAIN
+
+def kaggle_names(
+    *, n_per_class_train: int, n_per_class_test: int, n_val_per_class: int
+) -> dict[str, list[str]]:
+    """``{"train/NORMAL": [file names], ...}`` of the generated (non-quirk) files."""
+    train_pneumonia = pneumonia_names(n_per_class_train, first_person=1)
+    last_train_person = len(_patient_sizes(n_per_class_train))
+    names = {
+        "train/NORMAL": normal_names(n_per_class_train, im_from=115, normal2_from=383),
+        "train/PNEUMONIA": train_pneumonia,
+        "val/NORMAL": normal_names(n_val_per_class, im_from=1427, normal2_from=1430),
+        "val/PNEUMONIA": pneumonia_names(n_val_per_class, first_person=last_train_person + 1),
+        "test/NORMAL": normal_names(n_per_class_test, im_from=1, normal2_from=7),
+        "test/PNEUMONIA": pneumonia_names(n_per_class_test, first_person=1),  # restarts at 1
+    }
+    last_person = last_train_person + len(_patient_sizes(n_val_per_class))
+    generated = {f"{folder}/{name}" for folder, files in names.items() for name in files}
+    numbers = {
+        split: max(int(n.split("-")[-2]) for n in names[f"{split}/NORMAL"] or ["IM-0-0"])
+        for split in ("train", "test")
+    }
+    if (
+        last_person >= _QUIRK_PERSONS
+        or numbers["train"] >= 990
+        or numbers["test"] >= 115
+        or generated & set(QUIRK_FILES)
+    ):
+        raise ValueError(
+            f"n_per_class_train={n_per_class_train}, n_per_class_test={n_per_class_test} are "
+            "too large for the real numbering ranges; use at most 950 and 170"
+        )
+    return names
+
+
+def write_kaggle_tree(
+    root: str | Path,
+    *,
+    n_per_class_train: int = 16,
+    n_per_class_test: int = 8,
+    n_val_per_class: int = 8,
+    size: tuple[int, int] = (48, 96),
+    seed: int = 0,
+    quirks: bool = True,
+) -> Path:
+    """Write ``root/chest_xray/...`` (SYNTHETIC pictures, see the module docstring); return
+    ``root``, the SRC a user would pass to ``cxrkd data import kaggle-pneumonia``.
+
+    Generated: ``n_per_class_train`` NORMAL and as many PNEUMONIA files in train, likewise
+    ``n_val_per_class`` in val and ``n_per_class_test`` in test; each picture's width and height
+    are drawn from ``size`` (px, inclusive). ``quirks=True`` adds the :data:`QUIRK_FILES`
+    (three byte copies, a PNG, a ``.jpg``, an unparseable name, a corrupt file), the macOS
+    litter and the nested copy. 400 files of up to 96 px take about a second.
+    """
+    root = Path(root)
+    tree = root / "chest_xray"
+    rng = np.random.default_rng(seed)
+    names = kaggle_names(
+        n_per_class_train=n_per_class_train,
+        n_per_class_test=n_per_class_test,
+        n_val_per_class=n_val_per_class,
     )
-    shutil.copyfile(root / "test/NORMAL/IM-0003-0001.jpeg", root / DUPLICATE_OF_TEST)
-    (root / PNG_FILE).write_bytes(image_bytes(width=64, height=77, rgb=True, seed=900, fmt="PNG"))
-    (root / JPG_FILE).write_bytes(image_bytes(width=61, height=83, rgb=False, seed=901))
-    (root / CORRUPT).write_bytes(image_bytes(width=60, height=80, rgb=False, seed=902)[:1500])
+    for folder, files in names.items():
+        (tree / folder).mkdir(parents=True, exist_ok=True)
+        for name in files:
+            width, height = (int(v) for v in rng.integers(size[0], size[1] + 1, 2))
+            data = image_bytes(
+                width=width,
+                height=height,
+                rgb=rng.random() < 0.3,
+                seed=int(rng.integers(2**31)),
+                pneumonia=folder.endswith("PNEUMONIA"),
+            )
+            (tree / folder / name).write_bytes(data)
+    if quirks:
+        _write_quirks(tree)
+    return root
+
+
+def _write_quirks(tree: Path) -> None:
+    for copy, original in (
+        (DUPLICATE_IN_TRAIN, DUPLICATE_IN_TRAIN_OF),
+        (DUPLICATE_OF_TEST, DUPLICATE_OF_TEST_OF),
+        (DUPLICATE_IN_TEST, DUPLICATE_IN_TEST_OF),
+    ):
+        shutil.copyfile(tree / original, tree / copy)
+    png = image_bytes(width=64, height=77, rgb=True, seed=900, fmt="PNG")
+    (tree / PNG_FILE).write_bytes(png)
+    jpg = image_bytes(width=61, height=83, rgb=False, seed=901, pneumonia=True)
+    (tree / JPG_FILE).write_bytes(jpg)
+    unparseable = image_bytes(width=58, height=70, rgb=False, seed=903, pneumonia=True)
+    (tree / UNPARSEABLE).write_bytes(unparseable)
+    corrupt = image_bytes(width=60, height=80, rgb=False, seed=902, pneumonia=True)
+    (tree / CORRUPT).write_bytes(corrupt[: len(corrupt) // 3])
 
     # macOS litter, at the top and inside class folders, and the nested duplicate copy.
     for litter in (
         "__MACOSX/train/NORMAL/._IM-0115-0001.jpeg",
         "train/PNEUMONIA/__MACOSX/._a.jpeg",
     ):
-        (root / litter).parent.mkdir(parents=True, exist_ok=True)
-        (root / litter).write_bytes(b"\x00\x05\x16\x07 not an image")
+        (tree / litter).parent.mkdir(parents=True, exist_ok=True)
+        (tree / litter).write_bytes(b"\x00\x05\x16\x07 not an image")
     for store in (".DS_Store", "train/.DS_Store", "train/NORMAL/.DS_Store"):
-        (root / store).write_bytes(b"Bud1 not an image")
-    (root / "train/NORMAL/._IM-0115-0001.jpeg").write_bytes(b"\x00\x05\x16\x07 not an image")
-    nested = root / "chest_xray/train/NORMAL"
+        (tree / store).write_bytes(b"Bud1 not an image")
+    (tree / "train/NORMAL/._IM-0115-0001.jpeg").write_bytes(b"\x00\x05\x16\x07 not an image")
+    nested = tree / "chest_xray/train/NORMAL"
     nested.mkdir(parents=True)
-    (nested / "IM-0115-0001.jpeg").write_bytes(
-        (root / "train/NORMAL/IM-0115-0001.jpeg").read_bytes()
-    )
+    shutil.copyfile(tree / "train/NORMAL/IM-0115-0001.jpeg", nested / "IM-0115-0001.jpeg")
     (nested / "readme.txt").write_text("the nested copy must be ignored")
-    return base

@@ -88,7 +88,30 @@ def test_unreadable_files_are_skipped_and_listed(tmp_path, capsys):
     )
     assert manifest.n_images == 39
     assert "/src/img0.bad" in capsys.readouterr().err
-    assert any("skipped 1 unreadable" in note for note in manifest.notes)
+    assert "skipped 1 unreadable file(s): img000" in manifest.notes
+
+
+def test_every_skipped_unreadable_file_is_named(tmp_path, capsys):
+    # 25 of 1,500 (1.7%) is under the 2% limit: all are skipped and every one is named, in
+    # the log with its path and error and in the manifest notes by image id.
+    manifest = write_store(make_plan(n=1500, bad=25), size=8, home=tmp_path, workers=1)
+    assert manifest.n_images == 1475
+    err = capsys.readouterr().err
+    assert all(f"/src/img{i}.bad: OSError: cannot identify" in err for i in range(25))
+    (note,) = [n for n in manifest.notes if "unreadable" in n]
+    assert note == "skipped 25 unreadable file(s): " + ", ".join(f"img{i:03d}" for i in range(25))
+
+
+def test_too_many_unreadable_names_the_first_and_writes_all(tmp_path):
+    with pytest.raises(DatasetError) as info:
+        write_store(make_plan(n=40, bad=25), size=8, home=tmp_path, workers=1)
+    message = str(info.value)
+    listing = tmp_path / "datasets" / ".partial-tiny" / "unreadable.txt"
+    assert "25 of 40 files could not be read" in message
+    assert "/src/img19.bad" in message and "/src/img20.bad" not in message
+    assert f"... and 5 more\nAll 25 are listed in {listing}." in message
+    lines = listing.read_text().splitlines()
+    assert [line.split(":")[0] for line in lines] == [f"/src/img{i}.bad" for i in range(25)]
 
 
 def test_too_many_unreadable_fails_then_resumes(tmp_path):
@@ -105,9 +128,11 @@ def test_too_many_unreadable_fails_then_resumes(tmp_path):
     staging = tmp_path / "datasets" / ".partial-tiny" / "chunks"
     assert len(list(staging.glob("*.npz"))) == 3
     # The files were "fixed": the same import resumes and finishes.
+    assert (staging.parent / "unreadable.txt").read_text().count("\n") == 2
     manifest = write_store(plan, size=8, home=tmp_path, workers=1, chunk_size=4)
     assert manifest.n_images == 12
     assert not (tmp_path / "datasets" / ".partial-tiny").exists()
+    assert not (tmp_path / "datasets" / "tiny" / "unreadable.txt").exists()
 
 
 def test_interrupted_import_resumes_without_redecoding(tmp_path, monkeypatch):

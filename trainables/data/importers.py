@@ -89,6 +89,14 @@ def import_dataset(
     if exist_ok and (datasets_dir(home) / plan.name).exists():
         existing = DatasetStore.open(plan.name, home).manifest
         wanted = dict(plan.options, size=size)
+        old, new = existing.options.get("importer_version"), wanted.get("importer_version")
+        if existing.kind == kind and old != new:
+            raise DatasetError(
+                f"dataset {plan.name!r} was made by version {old or 1} of the {kind} importer; "
+                f"this is version {new}, which keeps other images or ids (see `cxrkd data show "
+                f"{plan.name}` and the importer's notes). Remove it with `cxrkd data rm "
+                f"{plan.name}` and import again, or pass another --name"
+            )
         if existing.kind != kind or existing.options != wanted:
             raise DatasetError(
                 f"dataset {plan.name!r} exists but was imported from {existing.kind} with "

@@ -9,9 +9,18 @@ carries macOS litter (``__MACOSX/``, ``.DS_Store``, ``._*``) and a nested duplic
 - Patient ids come from file names: ``person<N>_{bacteria,virus}_<M>`` -> ``person<N>`` (the
   person number is shared across pathogens: ``person1000_bacteria_2931`` and
   ``person1000_virus_1681`` are one patient); ``[NORMAL2-]IM-<P>-<K>`` -> ``[NORMAL2-]IM-<P>``.
+- The person numbering restarts in the test folder (pneumonia: train 1-1945, official val
+  1946-1954, test 1-1685), so ``person5`` of test is another child than ``person5`` of train.
+  Patients are therefore grouped within train + official val only, and test patient ids are
+  scoped to their split: ``test/person5``, ``test/IM-0001``. No training image is dropped
+  because its number also occurs in test.
 - The official val split (16 images) is too small to select models on; it is folded into train
   and a patient-grouped validation set is drawn from the pool. The official test split is kept
-  as is; train images of a patient who also appears in test are dropped (they would leak).
+  as is.
+
+``IMPORTER_VERSION`` is stored in the manifest's options, so ``--exist-ok`` does not reuse a
+store made by an earlier version (version 1 dropped every train image whose person number also
+occurred in test: hundreds of pneumonia images on the real download).
 """
 
 from __future__ import annotations
@@ -38,6 +47,10 @@ ACCEPTED_EXTENSIONS = (".jpeg", ".jpg", ".png")
 _PERSON = re.compile(r"(person\d+)_(bacteria|virus)_\d+")
 _NORMAL = re.compile(r"((?:NORMAL2-)?IM-\d+)-\d+")
 _EXAMPLES = 5
+# 2: patient ids of test are scoped ("test/person5"); train images are no longer dropped for a
+# test patient with the same number. Bump when a change alters which rows or ids an import keeps.
+IMPORTER_VERSION = 2
+TEST_PREFIX = "test/"
 
 
 def plan_kaggle(
@@ -83,7 +96,11 @@ def plan_kaggle(
         decode=decode_image_file,
         synthetic=False,
         source=str(root),
-        options={"val_fraction": val_fraction, "seed": seed},
+        options={
+            "val_fraction": val_fraction,
+            "seed": seed,
+            "importer_version": IMPORTER_VERSION,
+        },
         notes=notes,
     )
 
@@ -227,12 +244,22 @@ def parse_name(stem: str) -> tuple[str | None, str | None]:
 
 
 def assign_patients(rows: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
-    """Add ``patient_id`` and ``pathogen``; drop non-test images of patients seen in test."""
+    """Add ``patient_id`` and ``pathogen``; test patient ids get the prefix ``test/``.
+
+    Train and the official val share one numbering (val continues where train stops); the test
+    folder starts again at 1, so its ids are scoped to the split and never match a train id.
+    """
     rows = rows.copy()
     parsed = [parse_name(Path(p).stem) for p in rows["image_id"]]
-    rows["patient_id"] = pd.Series([p for p, _ in parsed], index=rows.index, dtype=object)
+    patient = pd.Series([p for p, _ in parsed], index=rows.index, dtype=object)
     pathogen = pd.Series([g for _, g in parsed], index=rows.index, dtype=object)
     rows["pathogen"] = pathogen.where(rows[LABEL] == 1, "none")
+    is_test = rows["official_split"] == "test"
+    scoped = [
+        TEST_PREFIX + p if p is not None and test else p
+        for p, test in zip(patient, is_test, strict=True)
+    ]
+    rows["patient_id"] = pd.Series(scoped, index=rows.index, dtype=object)
     notes = []
     unknown = rows["image_id"][rows["patient_id"].isna()].tolist()
     if unknown:
@@ -241,17 +268,15 @@ def assign_patients(rows: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
             f", person<N>_virus_<M>, [NORMAL2-]IM-<P>-<K>); their patient_id is null and each "
             f"counts as its own patient: {_shown(unknown)}"
         )
-    is_test = rows["official_split"] == "test"
-    test_patients = set(rows.loc[is_test, "patient_id"].dropna())
-    leak = ~is_test & rows["patient_id"].isin(test_patients)
-    if leak.any():
-        n_patients = rows.loc[leak, "patient_id"].nunique()
+    shared = sorted(set(patient[is_test].dropna()) & set(patient[~is_test].dropna()))
+    if shared:
         notes.append(
-            f"dropped {int(leak.sum())} train/val image(s) of {n_patients} patient(s)"
-            f" who also have images in the official test split (the test split is "
-            f"kept as is): {_shown(rows.loc[leak, 'image_id'].tolist())}"
+            f"{len(shared)} patient number(s) occur in both train/val and test, e.g. "
+            f"{_shown(shared)}: the numbering restarts in the test folder, so these are "
+            f"different patients; test patient ids are stored as {TEST_PREFIX}<id> and no "
+            "training image is dropped for them"
         )
-    return rows[~leak].reset_index(drop=True), notes
+    return rows, notes
 
 
 def _shown(items: list[str], limit: int = _EXAMPLES) -> str:

@@ -6,8 +6,9 @@ An importer only says *what* to import: one metadata row per source image and a 
 - images are decoded in worker processes, a chunk at a time, each chunk saved to a staging
   folder (``datasets/.partial-NAME``) as soon as it is done; running the same import again after
   an interruption skips the chunks already there;
-- unreadable files are listed by name and skipped; if more than ``max_unreadable`` of them
-  fail, the import stops with the list (decoded chunks are kept for the retry);
+- unreadable files are skipped, each one named in the log and in the manifest's notes; if more
+  than ``max_unreadable`` of them fail, the import stops, naming the first 20 and writing all
+  of them to ``.partial-NAME/unreadable.txt`` (decoded chunks are kept for the retry);
 - the finished store is renamed into place in one step, so a crash never leaves a store that
   looks complete.
 """
@@ -44,6 +45,7 @@ from trainables.data.store import (
 
 # decode(row, size) -> (uint8 image (H, W), original width, original height). ``size`` is a hint
 # (a JPEG decoder may use it to decode at reduced scale); the writer resizes to exactly size.
+UNREADABLE_FILE = "unreadable.txt"  # in the staging folder, when too many files fail
 Decoder = Callable[[dict, int], tuple[np.ndarray, int, int]]
 REQUIRED_COLUMNS = ("image_id", "patient_id", "split", "source_path")
 
@@ -233,18 +235,26 @@ def _assemble(plan, size, staging, final, paths, max_unreadable, log) -> Manifes
     ok = np.concatenate(oks)
     bad = np.flatnonzero(~ok)
     rows = plan.rows.reset_index(drop=True)
+    unreadable_list = staging / UNREADABLE_FILE
     if len(bad):
-        listing = "\n".join(
-            f"  {rows['source_path'][i]}: {np.concatenate(errors)[i]}" for i in bad[:20]
-        )
-        more = f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
+        messages = np.concatenate(errors)
+        lines = [f"{rows['source_path'][i]}: {messages[i]}" for i in bad]
         if len(bad) > max_unreadable * len(rows):
+            # Thousands of names do not help in an exception message: the first 20, and a
+            # file that names every one of them.
+            unreadable_list.write_text("\n".join(lines) + "\n")
+            more = (
+                f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
+            ) + f"\nAll {len(bad)} are listed in {unreadable_list}."
             raise DatasetError(
                 f"{len(bad)} of {len(rows)} files could not be read (limit "
-                f"{max_unreadable:.0%}):\n{listing}{more}\nFix or remove them and run the same "
-                f"command again; the {int(ok.sum())} decoded images are kept in {staging}."
+                f"{max_unreadable:.0%}):\n  " + "\n  ".join(lines[:20]) + f"{more}\nFix or "
+                f"remove them and run the same command again; the {int(ok.sum())} decoded "
+                f"images are kept in {staging}."
             )
-        log(f"skipped {len(bad)} unreadable file(s):\n{listing}{more}")
+        # At most max_unreadable of the files (2%: about 120 of Kaggle's 5,856): name them all.
+        log(f"skipped {len(bad)} unreadable file(s):\n  " + "\n  ".join(lines))
+    unreadable_list.unlink(missing_ok=True)  # a list left by an earlier, failed attempt
     meta = rows[ok].copy()
     orig = np.concatenate(origs)[ok]
     meta["orig_width"], meta["orig_height"] = orig[:, 0], orig[:, 1]
@@ -268,7 +278,8 @@ def _assemble(plan, size, staging, final, paths, max_unreadable, log) -> Manifes
 
     notes = list(plan.notes)
     if len(bad):
-        notes.append(f"skipped {len(bad)} unreadable file(s)")
+        names = ", ".join(map(str, rows["image_id"].iloc[bad]))
+        notes.append(f"skipped {len(bad)} unreadable file(s): {names}")
     manifest = Manifest(
         name=plan.name,
         kind=plan.kind,
