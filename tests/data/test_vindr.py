@@ -3,6 +3,7 @@ reader label rules, the official splits, privacy of DICOM headers, and every bad
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from trainables.data.importers import import_dataset
 from trainables.data.store import BASE_COLUMNS, DatasetError, DatasetStore, datasets_dir
 from trainables.data.vindr import (
     GLOBAL_LABELS,
+    IMPORTER_VERSION,
     LOCAL_LABELS,
     combine_readers,
     plan_vindr,
@@ -426,3 +428,55 @@ def test_learnable_tree_imports_with_a_signal_and_both_classes_in_val(learnable,
     # 'any' turns the single readers' "Other lesion" calls into abnormal films.
     any_rule = plan_vindr(str(learnable), label_rule="any").rows
     assert any_rule["Other lesion"].sum() > 0 == store.meta["Other lesion"].sum()
+
+
+def _val_and_train(rows: pd.DataFrame, triplets: pd.Series) -> dict[str, tuple[float, float]]:
+    """Per split: (share of films read by R8/R9/R10, abnormal rate)."""
+    pool = rows[rows["split"] != "test"].set_index("image_id")
+    leaky = triplets.reindex(pool.index).eq(set(LEAKY_TRIPLET))
+    return {
+        split: (float(leaky[pool["split"] == split].mean()), float(part["abnormal"].mean()))
+        for split, part in pool.groupby("split")
+    }
+
+
+def test_validation_is_stratified_by_reader_triplet_and_label(learnable):
+    """Reader identity leaks the label (REAL_DATA.md): validation must hold the same share of
+    R8/R9/R10 films and of abnormal films as train, whatever the seed, within one image."""
+    csv = pd.read_csv(learnable / "annotations" / "image_labels_train.csv")
+    triplets = csv.groupby("image_id")["rad_id"].agg(set)
+    one_image = 1 / 16  # validation holds 16 films
+    for seed in range(5):
+        plan = plan_vindr(str(learnable), seed=seed)
+        shares = _val_and_train(plan.rows, triplets)
+        (leaky_val, abnormal_val), (leaky_train, abnormal_train) = shares["val"], shares["train"]
+        assert leaky_train > 0.2  # the fixture's leak is there to be matched
+        assert abs(leaky_val - leaky_train) <= one_image, (seed, shares)
+        assert abs(abnormal_val - abnormal_train) <= one_image, (seed, shares)
+        # the readers choose the split only: no reader id is a column or a value of the rows
+        assert not {"rad_id", "readers", "triplet"} & set(plan.rows.columns)
+        text = plan.rows.astype(str).to_numpy()
+        assert not np.isin(text, [*csv["rad_id"].unique(), "R10+R8+R9"]).any()
+        assert any("stratified by (reader triplet, abnormal)" in note for note in plan.notes)
+
+
+def test_stratified_validation_is_deterministic_and_follows_the_seed(learnable):
+    def val_ids(seed):
+        rows = plan_vindr(str(learnable), seed=seed).rows
+        return set(rows.loc[rows["split"] == "val", "image_id"])
+
+    assert val_ids(3) == val_ids(3)
+    assert val_ids(3) != val_ids(4)
+    assert plan_vindr(str(learnable)).options["importer_version"] == IMPORTER_VERSION == 2
+
+
+def test_store_of_the_unstratified_importer_is_not_reused(vindr, tmp_path):
+    """Version 1 drew validation at random: --exist-ok must not hand back its split."""
+    home = tmp_path / "home"
+    _import(vindr, home)
+    path = datasets_dir(home) / "vindr-cxr" / "manifest.json"
+    old = json.loads(path.read_text())
+    old["options"].pop("importer_version")  # version 1 wrote none
+    path.write_text(json.dumps(old))
+    with pytest.raises(DatasetError, match="version 1 of the vindr importer; this is version 2"):
+        _import(vindr, home, exist_ok=True)

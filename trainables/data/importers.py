@@ -93,8 +93,8 @@ def import_dataset(
         if existing.kind == kind and old != new:
             raise DatasetError(
                 f"dataset {plan.name!r} was made by version {old or 1} of the {kind} importer; "
-                f"this is version {new}, which keeps other images or ids (see `cxrkd data show "
-                f"{plan.name}` and the importer's notes). Remove it with `cxrkd data rm "
+                f"this is version {new}, which keeps other images, ids or splits (see `cxrkd data "
+                f"show {plan.name}` and the importer's notes). Remove it with `cxrkd data rm "
                 f"{plan.name}` and import again, or pass another --name"
             )
         if existing.kind != kind or existing.options != wanted:

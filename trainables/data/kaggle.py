@@ -14,6 +14,8 @@ carries macOS litter (``__MACOSX/``, ``.DS_Store``, ``._*``) and a nested duplic
   Patients are therefore grouped within train + official val only, and test patient ids are
   scoped to their split: ``test/person5``, ``test/IM-0001``. No training image is dropped
   because its number also occurs in test.
+- Symbolic links anywhere in ``train/``, ``val/`` or ``test/`` are refused before any file is
+  read (:mod:`trainables.data.source_tree`).
 - The official val split (16 images) is too small to select models on; it is folded into train
   and a patient-grouped validation set is drawn from the pool. The official test split is kept
   as is.
@@ -34,6 +36,7 @@ from pathlib import Path
 import pandas as pd
 
 from trainables.data.jpeg import decode_image_file
+from trainables.data.source_tree import refuse_symlinks, walk_files
 from trainables.data.splits import assert_patient_disjoint, grouped_validation
 from trainables.data.store import DatasetError
 from trainables.data.writer import ImportPlan
@@ -124,6 +127,8 @@ def find_root(src: str) -> Path:
         )
     for candidate in (path, path / "chest_xray"):
         if all((candidate / split).is_dir() for split in REQUIRED_SPLITS):
+            if candidate != path:  # SRC itself may be a link; a link inside it may not
+                refuse_symlinks(path.resolve(), [path.resolve() / candidate.name])
             return candidate.resolve()
     found = sorted(p.name + ("/" if p.is_dir() else "") for p in path.iterdir())
     if (path / "chest_xray").is_dir():
@@ -145,12 +150,12 @@ def scan_tree(root: Path) -> tuple[pd.DataFrame, list[str]]:
     records, unsupported, unexpected = [], [], set()
     ignored = sum(_is_macos_litter(p.name) for p in root.iterdir())
     for split in OFFICIAL_SPLITS:
-        for dirpath, dirnames, filenames in os.walk(root / split):
+        for dirpath, dirnames, filenames in walk_files(root, root / split):
             litter = [d for d in dirnames if _is_macos_litter(d)]
             ignored += len(litter) + sum(_is_macos_litter(f) for f in filenames)
-            dirnames[:] = sorted(d for d in dirnames if d not in litter)
-            rel_dir = Path(dirpath).relative_to(root)
-            for fname in sorted(f for f in filenames if not _is_macos_litter(f)):
+            dirnames[:] = [d for d in dirnames if d not in litter]
+            rel_dir = dirpath.relative_to(root)
+            for fname in (f for f in filenames if not _is_macos_litter(f)):
                 rel = (rel_dir / fname).as_posix()
                 if len(rel_dir.parts) < 2 or rel_dir.parts[1] not in CLASSES:
                     unexpected.add("/".join(rel.split("/")[:2]))

@@ -11,6 +11,17 @@ The test CSV spells "Other disease"; it is stored as the train CSV's "Other dise
 Training labels combine the readers with ``label_rule``; the official test split is kept as
 is; validation is split from train per image (VinDr publishes no patient ids).
 
+Reader identity leaks the label: the films read by R8, R9 and R10 are about 25% normal, those
+of other triplets about 97%. A per-image split drawn at random could give validation another
+mix of triplets, hence of labels and of reading styles, than training; so validation is
+stratified by (reader triplet, abnormal), the strata too small to expect a validation image
+of their own pooled into one "other triplets" stratum per label
+(:func:`trainables.data.splits.stratified_validation`). Reader ids only choose the split: they
+are neither a label nor a metadata column, so they never reach a model.
+
+Every path read must be a real file or folder, not a symbolic link
+(:func:`trainables.data.source_tree.refuse_symlinks`).
+
 Privacy: only the image id, the file path and the display fields of
 :data:`trainables.data.dicom.HEADER_FIELDS` are kept; no other header value is read out.
 """
@@ -26,7 +37,8 @@ import pandas as pd
 
 from trainables.data.dicom import HEADER_FIELDS, decode_dicom, decoder_problem, read_header
 from trainables.data.jpeg import decode_image_file
-from trainables.data.splits import grouped_validation
+from trainables.data.source_tree import refuse_symlinks
+from trainables.data.splits import min_stratum_size, stratified_validation
 from trainables.data.store import DatasetError
 from trainables.data.writer import ImportPlan
 
@@ -61,9 +73,15 @@ LABELS = (*SOURCE_LABELS, ABNORMAL)
 SPELLINGS = {"Other disease": "Other diseases"}  # the test CSV's spelling -> the stored one
 LABEL_RULES = ("majority", "any")
 IMAGE_SUFFIXES = {".dicom": "dicom", ".dcm": "dicom", ".png": "png"}
+SPLITS = ("train", "test")  # the published splits, each a folder of images
 TRAIN_CSV = "annotations/image_labels_train.csv"
 TEST_CSV = "annotations/image_labels_test.csv"
 _PROBE_FILES = 3  # DICOMs decoded up front: one clear error instead of thousands of skips
+OTHER_TRIPLETS = "other triplets"  # the pooled stratum of triplets with too few films
+# 2: validation stratified by (reader triplet, abnormal); version 1 drew it at random. Bump
+# when a change alters which rows, ids or splits an import keeps, so --exist-ok does not reuse
+# an older store.
+IMPORTER_VERSION = 2
 
 
 def plan_vindr(
@@ -80,9 +98,16 @@ def plan_vindr(
             f"label_rule must be one of {LABEL_RULES}, got {label_rule!r}: 'majority' keeps a "
             "training label that more than half of the readers marked, 'any' one that any marked"
         )
+    if not 0.0 < val_fraction < 1.0:
+        raise DatasetError(
+            f"val_fraction must be in (0, 1), got {val_fraction}; e.g. 0.1 moves about 10% of "
+            "the train images to validation"
+        )
     root = Path(src).expanduser().resolve()
     _require_layout(root)
-    train = combine_readers(_read_labels(root / TRAIN_CSV, readers=True), rule=label_rule)
+    refuse_symlinks(root, [root / p for p in ("annotations", TRAIN_CSV, TEST_CSV, *SPLITS)])
+    train_labels = _read_labels(root / TRAIN_CSV, readers=True)
+    train = combine_readers(train_labels, rule=label_rule)
     test = _read_labels(root / TEST_CSV, readers=False)
     test["n_readers"] = pd.NA  # a consensus, not a count of readers
     both = sorted(set(train["image_id"]) & set(test["image_id"]))
@@ -93,8 +118,8 @@ def plan_vindr(
         )
     notes = []
     parts = []
-    for split, labels in (("train", train), ("test", test)):
-        files, both_formats = _find_images(root / split)
+    for split, labels in zip(SPLITS, (train, test), strict=True):
+        files, both_formats = _find_images(root, split)
         if both_formats:
             notes.append(f"{both_formats} {split} image(s) exist as DICOM and PNG; used the DICOM")
         parts.append(_match(labels, files, split))
@@ -102,11 +127,13 @@ def plan_vindr(
     rows["n_readers"] = rows["n_readers"].astype("Int8")
     rows = _add_headers(rows)
     _check_decodable(rows)
-    rows = grouped_validation(rows, fraction=val_fraction, seed=seed)
+    rows, split_note = _split_validation(
+        rows, reader_triplets(train_labels), fraction=val_fraction, seed=seed
+    )
     notes.append(
         f"training labels: {label_rule} of the readers; test labels: the published consensus"
     )
-    notes.append("VinDr-CXR has no patient ids: validation is split per image (patient_id null)")
+    notes.append(split_note)
     default = "vindr-cxr" if label_rule == "majority" else f"vindr-cxr-{label_rule}"
     return ImportPlan(
         name=name or default,
@@ -119,7 +146,12 @@ def plan_vindr(
         decode=decode_vindr,
         synthetic=False,
         source=str(root),
-        options={"label_rule": label_rule, "val_fraction": val_fraction, "seed": seed},
+        options={
+            "label_rule": label_rule,
+            "val_fraction": val_fraction,
+            "seed": seed,
+            "importer_version": IMPORTER_VERSION,
+        },
         notes=notes,
     )
 
@@ -144,6 +176,39 @@ def combine_readers(labels: pd.DataFrame, *, rule: str) -> pd.DataFrame:
     out[ABNORMAL] = (1 - out["No finding"]).astype(np.int8)
     out["n_readers"] = readers.to_numpy()
     return out
+
+
+def reader_triplets(labels: pd.DataFrame) -> pd.Series:
+    """``image_id -> "R10+R8+R9"``: the image's readers, sorted as strings and joined."""
+    return labels.groupby("image_id", sort=True)["rad_id"].agg(
+        lambda ids: "+".join(sorted(ids.astype(str)))
+    )
+
+
+def _split_validation(
+    rows: pd.DataFrame, triplets: pd.Series, *, fraction: float, seed: int
+) -> tuple[pd.DataFrame, str]:
+    """Validation from train, stratified by (reader triplet, abnormal); the triplet stays out
+    of ``rows`` (it leaks the label, see the module docstring)."""
+    triplet = rows["image_id"].map(triplets)
+    abnormal = rows[ABNORMAL].astype(str)
+    rows, strata = stratified_validation(
+        rows,
+        strata=triplet + " | abnormal=" + abnormal,
+        pooled=OTHER_TRIPLETS + " | abnormal=" + abnormal,
+        fraction=fraction,
+        seed=seed,
+    )
+    pool = rows[rows["split"] != "test"]
+    return rows, (
+        f"VinDr-CXR has no patient ids (patient_id null): validation is "
+        f"{int((pool['split'] == 'val').sum())} of {len(pool)} train images, drawn per image "
+        "and stratified by (reader triplet, abnormal) so that it holds the same mix of readers "
+        f"and labels as train (reader identity leaks the label): {len(strata)} strata, those "
+        f"of fewer than {min_stratum_size(fraction)} films pooled per label into "
+        f"'{OTHER_TRIPLETS}'; each stratum gives its share of validation, rounded by largest "
+        f"remainder (val_fraction={fraction}, seed={seed}); reader ids are not stored"
+    )
 
 
 def decode_vindr(row: dict, size: int) -> tuple[np.ndarray, int, int]:
@@ -200,21 +265,25 @@ def _read_labels(path: Path, *, readers: bool) -> pd.DataFrame:
     return frame
 
 
-def _find_images(folder: Path) -> tuple[dict[str, tuple[str, str]], int]:
-    """``{image_id: (path, format)}`` and how many ids had both a DICOM and a PNG."""
+def _find_images(root: Path, split: str) -> tuple[dict[str, tuple[str, str]], int]:
+    """``{image_id: (path, format)}`` in ``root/split`` and how many ids had both a DICOM and
+    a PNG; refuses symbolic links (see the module docstring)."""
+    folder = root / split
     found: dict[str, tuple[str, str]] = {}
     both = 0
-    with os.scandir(folder) as entries:
-        for entry in sorted(entries, key=lambda e: e.name):
-            stem, suffix = os.path.splitext(entry.name)
-            kind = IMAGE_SUFFIXES.get(suffix.lower())
-            if kind is None or entry.name.startswith(".") or not entry.is_file():
+    with os.scandir(folder) as scan:
+        entries = sorted(scan, key=lambda e: e.name)
+    refuse_symlinks(root, [Path(e.path) for e in entries])
+    for entry in entries:
+        stem, suffix = os.path.splitext(entry.name)
+        kind = IMAGE_SUFFIXES.get(suffix.lower())
+        if kind is None or entry.name.startswith(".") or not entry.is_file():
+            continue
+        if stem in found:  # keep the first DICOM: the original data, not an export
+            both += found[stem][1] != kind
+            if found[stem][1] == "dicom":
                 continue
-            if stem in found:  # keep the first DICOM: the original data, not an export
-                both += found[stem][1] != kind
-                if found[stem][1] == "dicom":
-                    continue
-            found[stem] = (str(folder / entry.name), kind)
+        found[stem] = (str(folder / entry.name), kind)
     return found, both
 
 
