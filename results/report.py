@@ -6,14 +6,26 @@ interrupted (it reads whatever records exist).
 
 from __future__ import annotations
 
+import sys
+
 import pandas as pd
 
 from results.dashboard import write_study_dashboard
 from results.frames import load_records, write_frames
 from results.front import front_display, front_table
-from results.pivot import PivotEntry, chosen_configs, pivot_display, pivot_values
+from results.pivot import (
+    PivotEntry,
+    chosen_configs,
+    expand_findings,
+    findings_of,
+    pivot_display,
+    pivot_values,
+)
 from results.tables import comparison_table, format_table, render_markdown, write_tables
-from spaces.studies import ParetoSpec, PivotSpec, TableSpec
+from results.teacher_scores import registered_rows
+from results.test_scores import load_test_scores
+from results.uncertainty import CellStats, UncertaintyError
+from spaces.studies import ParetoSpec, PivotSpec, TableSpec, table_rows
 from trainables import storage
 from trainables.data.store import SYNTHETIC_BANNER
 
@@ -26,22 +38,109 @@ def caption_of(study, manifest) -> str:
     return "; ".join(p for p in parts if p)
 
 
-def build_table(spec: TableSpec | PivotSpec | ParetoSpec, trials: pd.DataFrame):
+SPREAD_NOTE = (
+    "Each row or cell is a final-stage cell: its configuration, chosen on validation, "
+    "re-trained on the profile's seeds and tested once per seed; ± is the sample standard "
+    "deviation over those seeds (the re-trained finals), not over test images."
+)
+
+
+def table_caption(spec, base: str, stats: CellStats | None, trials=None) -> str:
+    """The run's caption, what ± covers, the spec's own note, and where intervals are."""
+    parts = [base]
+    if isinstance(spec, TableSpec) and trials is not None:
+        missing = recorded_metrics(spec, trials)[1]
+        if missing:
+            parts.append(
+                f"Not recorded by this run (made before cxrkd reported them): {', '.join(missing)}"
+            )
+    if not isinstance(spec, ParetoSpec):
+        parts.append(SPREAD_NOTE)
+    if getattr(spec, "note", ""):
+        parts.append(spec.note)
+    if not isinstance(spec, ParetoSpec) and stats is None:
+        parts.append(
+            "No per-image test scores were found (test_scores.npz of the final models), so "
+            "this table has no 95% CIs and no paired p-values."
+        )
+    return " ".join(p if p.endswith(".") else f"{p}." for p in parts)
+
+
+def recorded_metrics(spec: TableSpec, trials: pd.DataFrame) -> tuple[list, list[str]]:
+    """``(metrics the trials recorded, display names of those they did not)``: a run made
+    before a metric existed still gets its table, and the caption names what is missing."""
+    final = trials[(trials["stage"] == "final") & (trials["status"] == "completed")]
+    if final.empty:
+        return list(spec.metrics), []
+    kept = [(c, n) for c, n in spec.metrics if c in trials]
+    return kept or list(spec.metrics), [n for c, n in spec.metrics if c not in trials]
+
+
+def cell_stats(run_uri: str, trials: pd.DataFrame, extra_scores=None) -> CellStats | None:
+    """Intervals and paired tests from the final models' saved test scores (None without)."""
+    scores = {**load_test_scores(run_uri, trials), **(extra_scores or {})}
+    if not scores:
+        return None
+    try:
+        return CellStats(trials, scores)
+    except UncertaintyError as exc:
+        print(f"cxrkd: note: no confidence intervals: {exc}", file=sys.stderr)
+        return None
+
+
+def _spec_cells(spec) -> list[str]:
+    if isinstance(spec, TableSpec):
+        return [key for key, _ in table_rows(spec)]
+    if isinstance(spec, PivotSpec):
+        return [cell for _, _, cell, _ in spec.entries]
+    return []
+
+
+def with_registered_teachers(run_uri: str, study, manifest, trials: pd.DataFrame):
+    """``(trials + one final row per registered teacher the tables show, their scores,
+    notes)``: see :mod:`results.teacher_scores`. The dataset is opened only when a teacher
+    has not been scored in this run folder before."""
+    from trainables.context import DataBundle
+    from trainables.data.store import DatasetStore
+
+    def load_data():
+        return DataBundle.from_store(DatasetStore.open(manifest.name), splits=("val", "test"))
+
+    cells = [c for spec in study.tables for c in _spec_cells(spec)]
+    rows, scores, notes = registered_rows(run_uri, trials, cells, load_data)
+    if rows.empty:
+        return trials, scores, notes
+    return pd.concat([trials, rows], ignore_index=True, sort=False), scores, notes
+
+
+def build_table(
+    spec: TableSpec | PivotSpec | ParetoSpec,
+    trials: pd.DataFrame,
+    stats: CellStats | None = None,
+):
     """``(numeric frame, display frame, extra display frames)`` of one table spec."""
     if isinstance(spec, ParetoSpec):
         numeric = front_table(trials, spec)
         return numeric, front_display(numeric, spec), []
     if isinstance(spec, TableSpec):
         numeric = comparison_table(
-            trials, rows=spec.rows, metrics=spec.metrics, hyperparams=spec.hyperparams
+            trials,
+            rows=table_rows(spec),
+            metrics=recorded_metrics(spec, trials)[0],
+            hyperparams=spec.hyperparams,
+            stats=stats,
+            baselines=spec.baselines,
         )
         return numeric, format_table(numeric), []
     entries = [PivotEntry(row, col, cell, metric) for row, col, cell, metric in spec.entries]
-    numeric = pivot_values(trials, entries)
+    if spec.per_finding:
+        entries = expand_findings(entries, findings_of(trials))
+    numeric = pivot_values(trials, entries, stats=stats, baselines=spec.baselines)
     extra = []
     if spec.configs:
         extra.append(chosen_configs(trials, list(spec.configs), spec.configs))
-    return numeric, pivot_display(numeric, row_names=spec.row_names), extra
+    display = pivot_display(numeric, row_names=spec.row_names, compact=spec.per_finding)
+    return numeric, display, extra
 
 
 def write_report(
@@ -59,11 +158,17 @@ def write_report(
     write_frames(run_uri, trials, epochs)
     out = out or storage.join(run_uri, "tables")
     caption = caption_of(study, manifest)
+    shown, teacher_scores, notes = with_registered_teachers(run_uri, study, manifest, trials)
+    stats = cell_stats(run_uri, shown, teacher_scores)
     tables = []
     for spec in study.tables:
-        numeric, display, extra = build_table(spec, trials)
+        numeric, display, extra = build_table(spec, shown, stats)
         title = f"{spec.title} [SYNTHETIC phantom data]" if manifest.synthetic else spec.title
-        write_tables(display, out, spec.stem, numeric=numeric, title=title, caption=caption)
+        text = table_caption(spec, caption, stats, shown)
+        mine = [notes[c] for c in dict.fromkeys(_spec_cells(spec)) if c in notes]
+        if mine:
+            text = f"{text} Registered teacher not shown: {'; '.join(mine)}."
+        write_tables(display, out, spec.stem, numeric=numeric, title=title, caption=text)
         for i, frame in enumerate(extra):
             write_tables(
                 frame,
@@ -74,7 +179,7 @@ def write_report(
                 caption=caption,
             )
         if echo:
-            print(render_markdown(display, title=title, caption=caption))
+            print(render_markdown(display, title=title, caption=text))
         tables.append(numeric)
     write_study_dashboard(
         run_uri, study, trials, epochs, out_dir=dashboard_dir or run_uri, caption=caption

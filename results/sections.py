@@ -23,6 +23,12 @@ TEST_METRICS = [
     ("test_auc", "AUROC"),
     ("test_auroc_mlct", "AUROC T1 (MLCT)"),
     ("test_auroc_mcct", "AUROC T2 (MCCT)"),
+    ("test_auprc", "AUPRC"),
+    ("test_auprc_mlct", "AUPRC T1 (MLCT)"),
+    ("test_auprc_mcct", "AUPRC T2 (MCCT)"),
+    ("test_sens_at_spec95", "sens@95%spec"),
+    ("test_sens_at_spec95_mlct", "sens@95%spec T1 (MLCT)"),
+    ("test_sens_at_spec95_mcct", "sens@95%spec T2 (MCCT)"),
     ("test_acc_at_val_thr", "accuracy"),
     ("test_precision_at_val_thr", "precision"),
     ("test_recall_at_val_thr", "recall"),
@@ -84,8 +90,9 @@ def overview(trials, *, metric, mode, stages, distributions) -> Section:
     final = F.final_rows(trials)
     sec.parts.append("<h3>Final models on test (mean ± std over seeds)</h3>")
     metrics = [(c, n) for c, n in TEST_METRICS if not F.missing_columns(final, [c])]
-    if "test_auroc_mcct" in dict(metrics):  # the same number as test_auc on multi-label data
-        metrics = [m for m in metrics if m[0] != "test_auc"]
+    if "test_auroc_mcct" in dict(metrics):  # the same numbers as test_auc, ... on multi-label
+        same = ("test_auc", "test_auprc", "test_sens_at_spec95")
+        metrics = [m for m in metrics if m[0] not in same]
     if final.empty or not metrics:
         sec.note("No final-stage model has been tested yet.")
         return sec

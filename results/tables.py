@@ -5,7 +5,10 @@
 only lay a display frame out as markdown, LaTeX and html (and the numeric frame as csv).
 
 Spread is the sample standard deviation (ddof=1) over seeds, the usual choice when the seeds
-are a sample of possible runs; :data:`STD_NOTE` says so under every written table.
+are a sample of possible runs; :data:`STD_NOTE` says so under every written table. With the
+final models' per-image test scores (:class:`results.uncertainty.CellStats`) every metric also
+gets a 95% bootstrap interval over test images and seeds, and every KD row the p-value of a
+paired test against its no-KD baseline row on the same images (:data:`CI_NOTE`).
 """
 
 from __future__ import annotations
@@ -17,12 +20,24 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
+from results.stats import N_BOOT
+from results.uncertainty import CellStats, is_auroc
 from trainables import storage
 from trainables.errors import CxrkdError
 
 STD_NOTE = (
     "Values are mean ± sample standard deviation (ddof=1) over seeds; "
     "'± –' where fewer than two seeds completed."
+)
+CI_NOTE = (
+    f"95% CI: percentile interval of {N_BOOT} bootstrap resamples of the test images (stratified "
+    "by the global label, fixed RNG seed); per resample the metric is computed for every "
+    "seed's model and averaged over seeds, so the interval covers both the test sample and "
+    "the seeds. p: two-sided test of a KD row against its no-KD baseline (same model size and "
+    "resolution; named in the 'vs' column where there is one) on the same test images, each "
+    "side being the seed ensemble (per image, the mean predicted "
+    "probability over its seeds): DeLong's test for a binary AUROC, a paired bootstrap for a "
+    "macro AUROC over findings. '–' where the run saved no per-image test scores."
 )
 # Short names for the hyperparameter column; other config keys are shown as they are.
 SHORT_NAMES: Mapping[str, str] = {
@@ -31,7 +46,7 @@ SHORT_NAMES: Mapping[str, str] = {
     "batch_size": "bs",
     "warmup_epochs": "warmup",
 }
-_FIXED = ("row", "model", "n_seeds", "params", "latency_ms", "hyperparameters")
+_FIXED = ("row", "model", "n_seeds", "params", "latency_ms", "hyperparameters", "vs", "p")
 _DASH = "–"
 
 
@@ -84,11 +99,16 @@ def comparison_table(
     hyperparams: dict[str, list[str]] | None = None,
     stage: str = "final",
     short_names: Mapping[str, str] = SHORT_NAMES,
+    stats: CellStats | None = None,
+    baselines: Mapping[str, str] | None = None,
 ) -> pd.DataFrame:
     """One numeric row per ``(row_key, display name)``, over that cell's completed trials.
 
-    Columns: ``row``, ``model``, ``n_seeds``, ``<name>_mean`` and ``<name>_std`` per
-    ``(column, name)`` in ``metrics``, ``params``, ``latency_ms`` (median over seeds) and
+    Columns: ``row``, ``model``, ``n_seeds``, per ``(column, name)`` in ``metrics``
+    ``<name>_mean``, ``<name>_std``, ``<name>_ci_low`` and ``<name>_ci_high`` (the 95%
+    interval from ``stats``; NaN without it), then ``vs`` (the display name of the row's no-KD
+    baseline in ``baselines``), ``p`` and ``p_metric`` (the paired test of the first AUROC
+    metric against that baseline), ``params``, ``latency_ms`` (median over seeds) and
     ``hyperparameters`` (``config/<key>`` values for the keys in ``hyperparams[row_key]``).
     Rows without a completed trial stay, with NaNs and ``n_seeds`` 0, so partial runs render.
     """
@@ -102,6 +122,9 @@ def comparison_table(
     unknown = sorted(set(hyperparams) - {key for key, _ in rows})
     if unknown:
         raise TableError(f"hyperparams given for rows {unknown} not in rows {rows}")
+    baselines = dict(baselines or {})
+    names_of = dict(rows)
+    p_metric = next(((c, n) for c, n in metrics if is_auroc(c)), None)
     done = trials[(trials["stage"] == stage) & (trials["status"] == "completed")]
     if len(done):  # a partial run may not have these columns yet; a finished one must
         _check_columns(trials, [c for c, _ in metrics] + ["params", "latency_ms"], "metrics")
@@ -115,6 +138,13 @@ def comparison_table(
             values = sel[column].astype(float) if len(sel) else pd.Series(dtype=float)
             row[f"{name}_mean"] = values.mean()
             row[f"{name}_std"] = values.std(ddof=1)  # NaN for one seed, shown as '± –'
+            low, high = stats.interval(key, column) if stats else (np.nan, np.nan)
+            row[f"{name}_ci_low"], row[f"{name}_ci_high"] = low, high
+        base = baselines.get(key)
+        row["vs"] = names_of.get(base, base) if base else ""
+        test = stats.paired(key, base, p_metric[0]) if stats and base and p_metric else None
+        row["p"] = test.p_value if test else np.nan
+        row["p_metric"] = f"{p_metric[1]}, {test.method}" if test else ""
         params = sel["params"].dropna().unique() if len(sel) else []
         if len(params) > 1:
             raise TableError(
@@ -134,8 +164,23 @@ def comparison_table(
 
 
 def _column_order(names: list[str]) -> list[str]:
-    spread = [c for n in names for c in (f"{n}_mean", f"{n}_std")]
-    return ["row", "model", "n_seeds", *spread, "params", "latency_ms", "hyperparameters"]
+    spread = [c for n in names for c in (f"{n}_mean", f"{n}_std", f"{n}_ci_low", f"{n}_ci_high")]
+    paired = ["vs", "p", "p_metric"]
+    return ["row", "model", "n_seeds", *spread, *paired, "params", "latency_ms", "hyperparameters"]
+
+
+def fmt_interval(low: float, high: float, digits: int = 3) -> str:
+    """``[0.842, 0.901]``, or '–' when the interval is not known."""
+    if pd.isna(low) or pd.isna(high):
+        return _DASH
+    return f"[{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def fmt_p(p: float) -> str:
+    """``0.032``, ``<0.001`` (a bootstrap p is never exactly 0), or '–'."""
+    if pd.isna(p):
+        return _DASH
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
 def _metric_names(table: pd.DataFrame) -> list[str]:
@@ -181,6 +226,17 @@ def format_table(table: pd.DataFrame, *, digits: int = 3) -> pd.DataFrame:
             _fmt_mean_std(m, s, k, digits)
             for m, s, k in zip(table[f"{name}_mean"], table[f"{name}_std"], n, strict=True)
         ]
+        if f"{name}_ci_low" in table and table[f"{name}_ci_low"].notna().any():
+            display[f"{name} 95% CI"] = [
+                fmt_interval(lo, hi, digits)
+                for lo, hi in zip(table[f"{name}_ci_low"], table[f"{name}_ci_high"], strict=True)
+            ]
+    if "vs" in table and (table["vs"].fillna("") != "").any():
+        display["vs"] = table["vs"].fillna("").astype(str)
+        # '' where a row has no baseline (nothing to test), '–' where its test is missing
+        display["p"] = [
+            fmt_p(p) if v else "" for p, v in zip(table["p"], display["vs"], strict=True)
+        ]
     display["params"] = [_fmt_params(p) for p in table["params"]]
     display["latency"] = [_fmt_latency(v) for v in table["latency_ms"]]
     display["hyperparameters"] = table["hyperparameters"].fillna("").astype(str)
@@ -189,21 +245,28 @@ def format_table(table: pd.DataFrame, *, digits: int = 3) -> pd.DataFrame:
 
 # --- writers: layout only ---------------------------------------------------------------------
 
-_LEFT = ("model", "hyperparameters")  # text columns; the rest are numbers, right-aligned
+_LEFT = ("model", "hyperparameters", "vs")  # text columns; the rest are numbers, right-aligned
 
 
 def _md_cell(value: object) -> str:
     return str(value).replace("|", r"\|").replace("\n", " ")
 
 
+def notes_for(display: pd.DataFrame) -> str:
+    """:data:`STD_NOTE`, plus :data:`CI_NOTE` when the table shows intervals or p-values."""
+    shown = any(str(c).endswith(("95% CI", " p")) or c == "p" for c in display.columns)
+    shown = shown or display.astype(str).apply(lambda s: s.str.contains(r"\[\d")).any().any()
+    return f"{STD_NOTE} {CI_NOTE}" if shown else STD_NOTE
+
+
 def render_markdown(display: pd.DataFrame, *, title: str, caption: str) -> str:
-    """A pipe table under ``# title``, followed by the caption and :data:`STD_NOTE`."""
+    """A pipe table under ``# title``, followed by the caption and :func:`notes_for`."""
     align = [":---" if c in _LEFT else "---:" for c in display.columns]
     lines = [f"# {title}", "", "| " + " | ".join(_md_cell(c) for c in display.columns) + " |"]
     lines.append("| " + " | ".join(align) + " |")
     for values in display.itertuples(index=False):
         lines.append("| " + " | ".join(_md_cell(v) for v in values) + " |")
-    return "\n".join([*lines, "", caption, "", STD_NOTE, ""])
+    return "\n".join([*lines, "", caption, "", notes_for(display), ""])
 
 
 _TEX_ESCAPES = {
@@ -219,6 +282,8 @@ _TEX_ESCAPES = {
     "^": r"\textasciicircum{}",
     "±": r"$\pm$",
     "–": "--",
+    "<": r"$<$",
+    ">": r"$>$",
 }
 
 
@@ -238,7 +303,7 @@ def render_latex_tabular(display: pd.DataFrame) -> str:
 def _render_latex(display: pd.DataFrame, *, title: str, caption: str) -> str:
     # Written by hand rather than through DataFrame.to_latex: that needs jinja2 (only a
     # transitive dependency here) and would escape '±' into nothing useful.
-    text = latex_escape(f"{title}. {caption} {STD_NOTE}")
+    text = latex_escape(f"{title}. {caption} {notes_for(display)}")
     return "\n".join(
         [
             r"\begin{table}[t]",
@@ -263,7 +328,7 @@ def _render_html(display: pd.DataFrame, *, title: str, caption: str) -> str:
         f'<!DOCTYPE html>\n<html lang="en">\n<head><meta charset="utf-8">'
         f"<title>{html.escape(title)}</title><style>{style}</style></head>\n<body>\n"
         f"<h1>{html.escape(title)}</h1>\n{table}\n<p>{html.escape(caption)}</p>\n"
-        f"<p>{html.escape(STD_NOTE)}</p>\n</body>\n</html>\n"
+        f"<p>{html.escape(notes_for(display))}</p>\n</body>\n</html>\n"
     )
 
 

@@ -9,6 +9,10 @@ before ``tune.report``, and ``results/`` reads these names):
 
 =========================== ===============================================================
 ``auc``                     ROC AUC (threshold-free); NaN when one class is absent
+``auprc``                   average precision (area under the precision-recall steps); NaN
+                            without positives
+``sens_at_spec95``          sensitivity (TPR) at 95% specificity: the best TPR of a ROC point
+                            with FPR <= 5%; NaN when one class is absent
 ``acc`` ``precision``       at the fixed threshold 0.5
 ``recall`` ``f1``
 ``specificity``
@@ -71,6 +75,51 @@ def roc_auc(y_true: object, scores: object) -> float:
     mid_rank = np.cumsum(counts) - (counts - 1) / 2.0
     rank_sum = mid_rank[inverse][y].sum()
     return float((rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def _roc_steps(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Cumulative ``(tp, fp)`` at each distinct score, highest first (ties move together)."""
+    order = np.argsort(-s, kind="stable")
+    s_desc, y_desc = s[order], y[order]
+    last = np.flatnonzero(np.r_[s_desc[1:] != s_desc[:-1], True])
+    tp = np.cumsum(y_desc)[last].astype(np.float64)
+    return tp, (last + 1) - tp
+
+
+def average_precision(y_true: object, scores: object) -> float:
+    """Average precision: ``sum_k (R_k - R_{k-1}) P_k`` over distinct scores, descending.
+
+    The area under the precision-recall steps (scikit-learn's ``average_precision_score``).
+    Returns NaN when there is no positive (recall is undefined); 1.0 for a perfect ranking.
+    """
+    y, s = _check(y_true, scores)
+    n_pos = int(y.sum())
+    if n_pos == 0:
+        return float("nan")
+    tp, fp = _roc_steps(y, s)
+    recall_step = np.diff(np.r_[0.0, tp]) / n_pos
+    return float(np.sum(recall_step * tp / (tp + fp)))
+
+
+def sensitivity_at_specificity(
+    y_true: object, scores: object, *, specificity: float = 0.95
+) -> float:
+    """The highest sensitivity (TPR) of a threshold whose specificity is >= ``specificity``.
+
+    Read off the ROC curve at its distinct thresholds (no interpolation between them), from
+    the point (0, 0) on; NaN when ``y_true`` has only one class.
+    """
+    if not 0.0 <= specificity <= 1.0:
+        raise MetricError(f"specificity must be in [0, 1], got {specificity!r}")
+    y, s = _check(y_true, scores)
+    n_pos = int(y.sum())
+    n_neg = y.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    tp, fp = _roc_steps(y, s)
+    # fp / n_neg <= 1 - specificity, in counts (no float rounding at e.g. 5 of 100).
+    ok = fp <= np.floor((1.0 - specificity) * n_neg + 1e-9)
+    return float(np.max(tp[ok], initial=0.0) / n_pos)
 
 
 def _ratio(num: float, den: float) -> float:
@@ -140,7 +189,11 @@ def binary_metrics(
     y_true: object, scores: object, *, val_threshold: float
 ) -> dict[str, float | int]:
     """All binary metrics under the flat key names of the module docstring."""
-    out: dict[str, float | int] = {"auc": roc_auc(y_true, scores)}
+    out: dict[str, float | int] = {
+        "auc": roc_auc(y_true, scores),
+        "auprc": average_precision(y_true, scores),
+        "sens_at_spec95": sensitivity_at_specificity(y_true, scores, specificity=0.95),
+    }
     out.update(binary_report(y_true, scores, threshold=0.5))
     at_val = binary_report(y_true, scores, threshold=val_threshold)
     out.update({f"{key}_at_val_thr": value for key, value in at_val.items()})
@@ -151,7 +204,14 @@ def binary_metrics(
 def binary_metric_names() -> tuple[str, ...]:
     """The keys ``binary_metrics`` returns, in order (for schemas and tests)."""
     base = (*_RATES, *_COUNTS)
-    return ("auc", *base, *(f"{k}_at_val_thr" for k in base), "threshold")
+    return (
+        "auc",
+        "auprc",
+        "sens_at_spec95",
+        *base,
+        *(f"{k}_at_val_thr" for k in base),
+        "threshold",
+    )
 
 
 def multilabel_auroc(
@@ -162,6 +222,13 @@ def multilabel_auroc(
     ``per_label`` has every label; a label with one class only gets NaN and is left out of the
     macro mean. The macro is NaN when no label has both classes.
     """
+    return multilabel_macro(y_true, scores, labels, metric=roc_auc)
+
+
+def multilabel_macro(
+    y_true: object, scores: object, labels: Sequence[str], *, metric=roc_auc
+) -> tuple[float, dict[str, float]]:
+    """``metric(y[:, j], scores[:, j])`` per label and the mean of the defined (non-NaN) ones."""
     y = np.asarray(y_true)
     s = np.asarray(scores)
     labels = list(labels)
@@ -172,7 +239,12 @@ def multilabel_auroc(
         )
     if len(set(labels)) != len(labels):
         raise MetricError(f"label names must be unique, got {labels}")
-    per_label = {name: roc_auc(y[:, j], s[:, j]) for j, name in enumerate(labels)}
+    per_label = {name: metric(y[:, j], s[:, j]) for j, name in enumerate(labels)}
     defined = [v for v in per_label.values() if not np.isnan(v)]
     macro = float(np.mean(defined)) if defined else float("nan")
     return macro, per_label
+
+
+def sensitivity_at_95(y_true: object, scores: object) -> float:
+    """:func:`sensitivity_at_specificity` at 95% specificity (the key ``sens_at_spec95``)."""
+    return sensitivity_at_specificity(y_true, scores, specificity=0.95)

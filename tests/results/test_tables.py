@@ -69,6 +69,12 @@ def table():
     return comparison_table(_trials(), rows=ROWS, metrics=METRICS, hyperparams=HYPER)
 
 
+def test_without_scores_or_baselines_the_interval_and_test_columns_are_empty(table):
+    assert {"accuracy_ci_low", "AUC_ci_high", "vs", "p", "p_metric"} <= set(table.columns)
+    assert table[["accuracy_ci_low", "AUC_ci_high", "p"]].isna().all().all()
+    assert not any(c.endswith("95% CI") or c in ("vs", "p") for c in format_table(table).columns)
+
+
 def test_comparison_table_means_sample_std_and_medians(table):
     assert table["model"].tolist() == [name for _, name in ROWS]
     assert table["n_seeds"].tolist() == [3, 0, 1]
@@ -190,5 +196,7 @@ def test_write_tables_writes_four_files(table, tmp_path):
     expected = table.assign(
         params=table["params"].astype(float),
         hyperparameters=table["hyperparameters"].replace("", np.nan),
+        vs=np.nan,  # no baselines and no scores: empty text reads back as NaN
+        p_metric=np.nan,
     )
     pd.testing.assert_frame_equal(back, expected)

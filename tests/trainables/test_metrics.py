@@ -11,12 +11,16 @@ import pytest
 
 from trainables.metrics import (
     MetricError,
+    average_precision,
     binary_metric_names,
     binary_metrics,
     binary_report,
     choose_threshold,
     multilabel_auroc,
+    multilabel_macro,
     roc_auc,
+    sensitivity_at_95,
+    sensitivity_at_specificity,
 )
 
 # Six samples with ties. Positives score 0.35, 0.8, 0.4; negatives 0.1, 0.4, 0.8. Counting the
@@ -154,6 +158,8 @@ def test_binary_report_zero_denominators_are_zero_without_warnings():
 
 EXPECTED_KEYS = [
     "auc",
+    "auprc",
+    "sens_at_spec95",
     "acc",
     "precision",
     "recall",
@@ -201,3 +207,109 @@ def test_multilabel_macro_skips_a_constant_label():
         multilabel_auroc(y, s, ["a", "b"])
     with pytest.raises(MetricError, match="unique"):
         multilabel_auroc(y, s, ["a", "a", "b"])
+
+
+# --- AUPRC and sensitivity at 95% specificity; everything against scikit-learn ---------------
+
+
+def test_average_precision_hand_case():
+    # Scores descending: y = 1, 0, 1. Recall steps of 1/2 at precision 1/1 and 2/3.
+    assert average_precision([1, 0, 1], [0.9, 0.8, 0.7]) == pytest.approx(0.5 + 0.5 * 2 / 3)
+    # One tie group holding everything: a single step to recall 1 at precision 3/6.
+    assert average_precision(Y6, np.full(6, 0.3)) == pytest.approx(0.5)
+    assert average_precision([0, 1, 1], [0.1, 0.8, 0.9]) == 1.0
+    assert math.isnan(average_precision([0, 0], [0.1, 0.2]))  # no positives: undefined
+
+
+def test_sensitivity_at_specificity_hand_case():
+    # 20 negatives at 0..19 and 4 positives at 18.5, 17.5, 10.5, 30. At 95% specificity one
+    # false positive (of 20) is allowed: threshold 18.5 -> fp 1 (the 19), tp 2 (30 and 18.5).
+    y = np.r_[np.zeros(20, int), np.ones(4, int)]
+    s = np.r_[np.arange(20.0), [18.5, 17.5, 10.5, 30.0]]
+    assert sensitivity_at_specificity(y, s, specificity=0.95) == pytest.approx(2 / 4)
+    assert sensitivity_at_specificity(y, s, specificity=0.90) == pytest.approx(3 / 4)
+    assert sensitivity_at_specificity(y, s, specificity=1.0) == pytest.approx(1 / 4)
+    assert sensitivity_at_95(y, s) == pytest.approx(2 / 4)
+    assert math.isnan(sensitivity_at_specificity([1, 1], [0.1, 0.2]))
+    with pytest.raises(MetricError, match="specificity must be in"):
+        sensitivity_at_specificity(y, s, specificity=95)
+
+
+def _tied_scores(seed: int, n: int = 200):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    return y, np.round(rng.normal(size=n) + y, 1)  # rounded: many ties
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_auroc_and_auprc_match_sklearn(seed):
+    skm = pytest.importorskip("sklearn.metrics")
+    y, s = _tied_scores(seed)
+    assert roc_auc(y, s) == pytest.approx(skm.roc_auc_score(y, s), abs=1e-12)
+    assert average_precision(y, s) == pytest.approx(skm.average_precision_score(y, s), abs=1e-12)
+
+
+@pytest.mark.parametrize("specificity", [0.8, 0.9, 0.95, 0.99])
+@pytest.mark.parametrize("seed", range(4))
+def test_sensitivity_at_specificity_matches_sklearn_roc_curve(seed, specificity):
+    skm = pytest.importorskip("sklearn.metrics")
+    y, s = _tied_scores(seed, n=301)
+    fpr, tpr, _ = skm.roc_curve(y, s, drop_intermediate=False)
+    expected = tpr[fpr <= 1 - specificity + 1e-12].max()
+    assert sensitivity_at_specificity(y, s, specificity=specificity) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_binary_report_matches_sklearn(seed):
+    skm = pytest.importorskip("sklearn.metrics")
+    y, s = _tied_scores(seed)
+    thr = float(np.median(s))
+    pred = (s >= thr).astype(int)
+    out = binary_report(y, s, threshold=thr)
+    assert out["acc"] == pytest.approx(skm.accuracy_score(y, pred))
+    assert out["precision"] == pytest.approx(skm.precision_score(y, pred))
+    assert out["recall"] == pytest.approx(skm.recall_score(y, pred))
+    assert out["f1"] == pytest.approx(skm.f1_score(y, pred))
+    assert out["specificity"] == pytest.approx(skm.recall_score(y, pred, pos_label=0))
+    tn, fp, fn, tp = skm.confusion_matrix(y, pred).ravel()
+    assert (out["tn"], out["fp"], out["fn"], out["tp"]) == (tn, fp, fn, tp)
+
+
+def test_multilabel_macro_matches_sklearn_macro():
+    skm = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, (150, 4))
+    s = rng.normal(size=(150, 4)) + y
+    names = ["a", "b", "c", "d"]
+    macro, _ = multilabel_auroc(y, s, names)
+    assert macro == pytest.approx(skm.roc_auc_score(y, s, average="macro"))
+    ap, per = multilabel_macro(y, s, names, metric=average_precision)
+    assert ap == pytest.approx(skm.average_precision_score(y, s, average="macro"))
+    assert per["b"] == pytest.approx(skm.average_precision_score(y[:, 1], s[:, 1]))
+
+
+def test_split_metrics_report_auprc_and_sensitivity_for_both_tasks():
+    from types import SimpleNamespace
+
+    from trainables.evaluate import split_metrics
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, (120, 3)).astype(np.float32)
+    mlct = (rng.normal(size=(120, 2)) + 2 * labels[:, :2]).astype(np.float32)
+    mcct = (rng.normal(size=(120, 1)) + 2 * labels[:, 2:]).astype(np.float32)
+    info = SimpleNamespace(
+        task="multilabel", finding_labels=("effusion", "nodule"), label_columns=lambda: ((0, 1), 2)
+    )
+    out = split_metrics(info, {"mlct": mlct, "mcct": mcct}, labels, threshold=0.5)
+    p = 1 / (1 + np.exp(-mlct.astype(np.float64)))
+    ap = [average_precision(labels[:, j], p[:, j]) for j in range(2)]
+    assert out["auprc_mlct"] == pytest.approx(np.mean(ap), abs=1e-6)
+    sens = [sensitivity_at_95(labels[:, j], p[:, j]) for j in range(2)]
+    assert out["sens_at_spec95_mlct"] == pytest.approx(np.mean(sens))
+    g = 1 / (1 + np.exp(-mcct[:, 0].astype(np.float64)))
+    assert out["auprc_mcct"] == out["auprc"] == pytest.approx(average_precision(labels[:, 2], g))
+    assert out["sens_at_spec95_mcct"] == pytest.approx(sensitivity_at_95(labels[:, 2], g))
+    binary = SimpleNamespace(task="binary", finding_labels=(), label_columns=lambda: ((), 0))
+    out = split_metrics(binary, {"logits": mcct}, labels[:, 2:], threshold=0.5)
+    assert out["auprc"] == pytest.approx(average_precision(labels[:, 2], g))
+    assert out["sens_at_spec95"] == pytest.approx(sensitivity_at_95(labels[:, 2], g))
