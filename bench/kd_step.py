@@ -69,7 +69,7 @@ def register_teacher(storage: Path, data: DataBundle, flat: dict) -> str:
     cfg = parse_config(flat)
     seed_everything(cfg.train.seed)
     task = get_method("transfer").build(cfg, data.info, TrialContext(CPU, data))
-    optimizer = make_optimizer(task.trainable_parameters(), cfg.train)
+    optimizer = make_optimizer(task, cfg.train)
     folder = checkpoint.save(
         storage / "teacher-ckpt",
         task=task,
@@ -92,7 +92,7 @@ class Arm:
         seed_everything(self.cfg.seed)
         cfg = parse_config(flat)
         self.task = get_method(self.cfg.method).build(cfg, data.info, TrialContext(CPU, data))
-        self.pipeline = Pipeline(input_size=self.cfg.img_size, low=self.task.low_res)
+        self.pipeline = self.task.make_pipeline(input_size=self.cfg.img_size)
         train = data.split("train")
         self.loader = BatchLoader(
             train.images,
@@ -106,7 +106,7 @@ class Arm:
         self.side = {
             k: torch.from_numpy(np.asarray(v)) for k, v in self.task.side_arrays("train").items()
         }
-        self.optimizer = make_optimizer(self.task.trainable_parameters(), self.cfg)
+        self.optimizer = make_optimizer(self.task, self.cfg)
         self.scheduler = make_scheduler(self.optimizer, self.cfg, len(self.loader))
 
     def step(self, round_: int) -> float:

@@ -80,7 +80,7 @@ def register_teacher(storage: Path, data: DataBundle, flat: dict) -> str:
     cfg = parse_config(flat)
     seed_everything(cfg.train.seed)
     task = get_method("vit_mtl").build(cfg, data.info, TrialContext(CPU, data))
-    optimizer = make_optimizer(task.trainable_parameters(), cfg.train)
+    optimizer = make_optimizer(task, cfg.train)
     folder = checkpoint.save(
         storage / "teacher-ckpt", task=task, optimizer=optimizer,
         scheduler=make_scheduler(optimizer, cfg.train, 1), epoch=0, cfg=cfg, extra={},
@@ -98,7 +98,7 @@ class Arm:
         self.cfg = cfg.train
         seed_everything(self.cfg.seed)
         self.task = get_method(self.cfg.method).build(cfg, data.info, TrialContext(CPU, data))
-        self.pipeline = Pipeline(input_size=self.cfg.img_size, low=self.task.low_res)
+        self.pipeline = self.task.make_pipeline(input_size=self.cfg.img_size)
         train = data.split("train")
         self.loader = BatchLoader(
             train.images, train.labels, batch_size=self.cfg.batch_size, shuffle=True,
@@ -106,7 +106,7 @@ class Arm:
         )  # fmt: skip
         side = self.task.side_arrays("train")
         self.side = {k: torch.from_numpy(np.asarray(v)) for k, v in side.items()}
-        self.optimizer = make_optimizer(self.task.trainable_parameters(), self.cfg)
+        self.optimizer = make_optimizer(self.task, self.cfg)
         self.scheduler = make_scheduler(self.optimizer, self.cfg, len(self.loader))
 
     def step(self, round_: int) -> float:

@@ -3,11 +3,14 @@
 Which metrics depends on the dataset's task, never on the method: binary datasets get the
 pneumonia paper's metrics (``trainables.metrics.binary_metrics``), multi-label datasets the
 MLCAK paper's AUROC of MLCT (macro over findings) and MCCT.
+
+Numerics: the forward runs under the trial's autocast (bf16 on CUDA) but the logits come from
+fp32 heads (``trainables.precision``); :func:`predict` refuses any other dtype, since bf16
+logits tie and bias AUROC. Probabilities are computed in float64 (a float32 sigmoid is exactly
+1.0 from a logit of 17 on, which ties confident images); metrics rank in float64.
 """
 
 from __future__ import annotations
-
-import contextlib
 
 import numpy as np
 import torch
@@ -15,22 +18,32 @@ import torch.nn.functional as F
 
 from trainables.data.augment import Pipeline
 from trainables.data.pipeline import BatchLoader, DatasetInfo, SplitData
-from trainables.metrics import binary_metrics, choose_threshold, multilabel_auroc
+from trainables.metrics import (
+    average_precision,
+    binary_metrics,
+    choose_threshold,
+    multilabel_auroc,
+    multilabel_macro,
+    sensitivity_at_95,
+)
+from trainables.precision import autocast
 from trainables.task import Task
 
-
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA; plain fp32 elsewhere (CPU autocast is slower on these models)."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+__all__ = ["autocast", "predict", "split_metrics", "val_threshold"]
 
 
 @torch.inference_mode()
 def predict(
-    task: Task, pipeline: Pipeline, data: SplitData, *, device: torch.device, batch_size: int
+    task: Task,
+    pipeline: Pipeline,
+    data: SplitData,
+    *,
+    device: torch.device,
+    batch_size: int,
+    amp: bool | None = None,
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Logits of the deployed model over a split, in order: ``({"logits"|"mlct","mcct"}, y)``."""
+    """Float32 logits of the deployed model over a split, in order:
+    ``({"logits"|"mlct","mcct"}, y)``. ``amp``: autocast as in training (None: on CUDA only)."""
     was_training = task.training
     task.eval()
     loader = BatchLoader(
@@ -38,17 +51,25 @@ def predict(
     )
     chunks: dict[str, list[np.ndarray]] = {}
     for x, _ in loader:
-        with autocast(device):
+        with autocast(device, enabled=amp):
             out = task.predict(pipeline(x, train=False))
         if not isinstance(out, dict):
             out = {"logits": out}
         for key, value in out.items():
-            chunks.setdefault(key, []).append(value.float().cpu().numpy())
+            if value.dtype != torch.float32:
+                raise TypeError(
+                    f"{type(task).__name__}.predict gave {key!r} in {value.dtype}; logits must "
+                    "be float32 (reduced-precision scores tie and bias AUROC): compute the head "
+                    "with trainables.precision.fp32_head"
+                )
+            chunks.setdefault(key, []).append(value.cpu().numpy())
     task.train(was_training)
     return {k: np.concatenate(v) for k, v in chunks.items()}, data.labels
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
+    """In float64: distinct logits up to about 36 stay distinct probabilities (float32: 17)."""
+    z = np.asarray(z, dtype=np.float64)
     return 1.0 / (1.0 + np.exp(-z))
 
 
@@ -66,7 +87,8 @@ def split_metrics(
         )
         return out
     y_find, y_glob = labels[:, list(finding_idx)], labels[:, global_idx]
-    macro, per_label = multilabel_auroc(y_find, _sigmoid(outputs["mlct"]), info.finding_labels)
+    p_find = _sigmoid(outputs["mlct"])
+    macro, per_label = multilabel_auroc(y_find, p_find, info.finding_labels)
     glob = binary_metrics(y_glob, _sigmoid(outputs["mcct"].reshape(-1)), val_threshold=threshold)
     # auroc_mean weighs both tasks equally: what lowres-kd selects configurations by.
     out = {
@@ -75,6 +97,11 @@ def split_metrics(
         "auroc_mean": (macro + glob["auc"]) / 2,
         "auc": glob["auc"],
     }
+    # AUPRC and sensitivity at 95% specificity: macro over findings (T1) and global (T2).
+    for name, metric in (("auprc", average_precision), ("sens_at_spec95", sensitivity_at_95)):
+        macro_of, _ = multilabel_macro(y_find, p_find, info.finding_labels, metric=metric)
+        out[f"{name}_mlct"] = macro_of
+        out[f"{name}_mcct"] = out[name] = glob[name]
     out.update({f"auroc_{name}": value for name, value in per_label.items()})
     return out
 

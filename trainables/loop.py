@@ -1,7 +1,8 @@
 """The one training loop every method shares (it never looks at the method's name).
 
-Per epoch: train on shuffled batches (views from the device-side pipeline, bf16 autocast and
-channels_last on CUDA, fp32 on CPU), score the validation split, report one row of metrics
+Per epoch: train on shuffled batches (views from the device-side pipeline in each model's own
+normalisation, bf16 autocast with fp32 heads and channels_last on CUDA, fp32 on CPU; see
+``trainables.precision``), score the validation split, report one row of metrics
 with a checkpoint. A restored trial continues exactly where its checkpoint left off: same
 weights, optimiser and scheduler state, RNG state and batch order.
 """
@@ -22,12 +23,13 @@ import torch
 from trainables import checkpoint
 from trainables.config import ConfigError, TrialConfig, parse_config
 from trainables.context import DataBundle, TrialContext
-from trainables.data.augment import Augment, Pipeline, epoch_generator
+from trainables.data.augment import Augment, epoch_generator
 from trainables.data.pipeline import BatchLoader
 from trainables.errors import CxrkdError
-from trainables.evaluate import autocast, predict, split_metrics, val_threshold
+from trainables.evaluate import predict, split_metrics, val_threshold
 from trainables.methods import get_method
 from trainables.optim import make_optimizer, make_scheduler
+from trainables.precision import autocast
 from trainables.profiling import (
     count_flops,
     count_parameters,
@@ -89,8 +91,8 @@ def run_trial(flat: dict, data: DataBundle, *, reporter: Reporter) -> dict:
 def _train(cfg: TrialConfig, task: Task, data: DataBundle, ctx: TrialContext, reporter) -> dict:
     t = cfg.train
     device = ctx.device
-    pipeline = Pipeline(
-        input_size=t.img_size, augment=Augment(**AUGMENT) if t.augment else None, low=task.low_res
+    pipeline = task.make_pipeline(
+        input_size=t.img_size, augment=Augment(**AUGMENT) if t.augment else None
     )
     train, val = data.split("train"), data.split("val")
     batch = min(t.batch_size, len(train))
@@ -105,7 +107,7 @@ def _train(cfg: TrialConfig, task: Task, data: DataBundle, ctx: TrialContext, re
     )
     steps = len(loader) if t.steps_per_epoch == 0 else min(len(loader), t.steps_per_epoch)
     side = {k: torch.from_numpy(np.asarray(v)) for k, v in task.side_arrays("train").items()}
-    optimizer = make_optimizer(task.trainable_parameters(), t)
+    optimizer = make_optimizer(task, t)
     scheduler = make_scheduler(optimizer, t, steps)
     start, best = 0, -math.inf
     restore = reporter.restore_dir()

@@ -14,21 +14,31 @@ from collections.abc import Callable
 from typing import Any
 
 import timm
+import timm.models
 import timm.utils
 from torch import nn
 
+from trainables.data.augment import IMAGENET_GRAY_MEAN, IMAGENET_GRAY_STD, gray_stats
 from trainables.weights import UnknownModel, create_timm_model, unknown_model_message
 
 __all__ = [
+    "DEFAULT_NORMALIZATION",
     "MODELS",
     "CnnBaseline",
     "ModelRegistry",
     "UnknownModel",
     "create_model",
     "freeze_backbone",
+    "model_normalization",
 ]
 
 ModelBuilder = Callable[..., nn.Module]
+
+# What cxrkd's own (from-scratch) models are normalised with, unless registered otherwise: the
+# ImageNet grey statistics every model used before normalisation was per model, so the
+# paper's CNN baseline keeps its numbers. Any fixed affine map suits a model trained from
+# scratch; this one only has to be the same in training, evaluation and export.
+DEFAULT_NORMALIZATION = (IMAGENET_GRAY_MEAN, IMAGENET_GRAY_STD)
 
 
 class ModelRegistry:
@@ -36,15 +46,25 @@ class ModelRegistry:
 
     def __init__(self) -> None:
         self._builders: dict[str, ModelBuilder] = {}
+        self._normalization: dict[str, tuple[float, float]] = {}
 
-    def register(self, name: str) -> Callable[[ModelBuilder], ModelBuilder]:
+    def register(
+        self, name: str, *, normalization: tuple[float, float] = DEFAULT_NORMALIZATION
+    ) -> Callable[[ModelBuilder], ModelBuilder]:
+        """Register a builder; ``normalization`` is the grey ``(mean, std)`` of its inputs."""
+        mean, std = gray_stats(*normalization)  # validates std > 0
+
         def decorator(builder: ModelBuilder) -> ModelBuilder:
             if name in self._builders:
                 raise ValueError(f"model {name!r} is already registered; pick another name")
             self._builders[name] = builder
+            self._normalization[name] = (mean, std)
             return builder
 
         return decorator
+
+    def normalization(self, name: str) -> tuple[float, float]:
+        return self._normalization[name]
 
     def __contains__(self, name: object) -> bool:
         return name in self._builders
@@ -105,9 +125,16 @@ class CnnBaseline(nn.Module):
         self.drop = nn.Dropout(dropout)
         self.fc2 = nn.Linear(hidden, num_outputs)
 
-    def forward(self, x):
-        x = self.pool(self.features(x)).flatten(1)
+    # timm's split, so evaluation can run the head in fp32 (trainables.precision.fp32_head).
+    def forward_features(self, x):
+        return self.features(x)
+
+    def forward_head(self, x):
+        x = self.pool(x).flatten(1)
         return self.fc2(self.drop(self.fc1(x).relu()))
+
+    def forward(self, x):
+        return self.forward_head(self.forward_features(x))
 
     def get_classifier(self) -> nn.Module:
         """The output layer: what ``freeze=True`` leaves trainable (timm's convention)."""
@@ -132,6 +159,37 @@ def cnn_baseline(
         pooled_side=pooled_side,
         dropout=dropout,
     )
+
+
+def model_normalization(name: str) -> tuple[float, float]:
+    """The one-channel ``(mean, std)`` that inputs of model ``name`` are normalised with.
+
+    The single source of truth for trials, teacher forwards and caches, evaluation and
+    export: ``x = (pixels / 255 - mean) / std``. timm models get the statistics of their
+    pretrained weights (``pretrained_cfg``, read offline, nothing downloaded): ViT augreg
+    weights 0.5/0.5, ResNets ImageNet's, ``name.tag`` the tag's. It depends on the name only,
+    so a model trained from scratch is normalised as its pretrained version would be.
+    cxrkd's own models have what they registered (:data:`DEFAULT_NORMALIZATION`).
+
+    RGB -> one channel: the plain average of the three channels (:func:`gray_stats`). With
+    ``in_chans=1`` timm sums the stem's RGB kernels, so the model treats a grey pixel g as
+    (g, g, g): every channel sees the same input, and no channel weighting is more right than
+    another (a luminance weighting would describe an RGB photo turned grey, which a
+    radiograph is not). For ImageNet that gives 0.449 / 0.226, each channel's own value
+    within 0.036 (mean) and 1.3% (std); for 0.5/0.5 weights it is exact. Rounded to 6
+    decimals, so equal statistics compare and print equal.
+    """
+    if name in MODELS:
+        return MODELS.normalization(name)
+    if not timm.is_model(name):
+        message = unknown_model_message(name, MODELS.names() + timm.list_models())
+        raise UnknownModel(f"{message} cxrkd's own models: {MODELS.names()}.")
+    cfg = timm.models.get_pretrained_cfg(name)
+    if cfg is None or cfg.mean is None or cfg.std is None:
+        # An architecture without pretrained weights: timm's own default is ImageNet's.
+        return DEFAULT_NORMALIZATION
+    mean, std = gray_stats(cfg.mean, cfg.std)
+    return round(mean, 6), round(std, 6)
 
 
 def freeze_backbone(model: nn.Module) -> nn.Module:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from fnmatch import fnmatch
 
 import torch
 from torch import nn
@@ -10,14 +11,50 @@ from torch import nn
 from trainables.config import TrainConfig
 
 
-def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
-    # No weight decay on biases and norm scales (1-D tensors), as timm and DeiT do.
-    decay = [p for p in params if p.ndim > 1]
-    no_decay = [p for p in params if p.ndim <= 1]
-    groups = [
-        {"params": decay, "weight_decay": cfg.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
+def no_weight_decay_names(module: nn.Module) -> set[str]:
+    """Full parameter names (as ``module.named_parameters()`` gives them) that every
+    submodule's ``no_weight_decay()`` names, e.g. ``model.pos_embed`` and ``model.cls_token``
+    of a timm ViT inside a Task. timm's own optimizer factory asks only the top module; a Task
+    wraps its model, so every submodule is asked and its names are prefixed with its path."""
+    names: set[str] = set()
+    for prefix, sub in module.named_modules():
+        if callable(getattr(sub, "no_weight_decay", None)):
+            dot = f"{prefix}." if prefix else ""
+            names |= {dot + name for name in sub.no_weight_decay()}
+    return names
+
+
+def _exempt(name: str, p: nn.Parameter, patterns: set[str]) -> bool:
+    # timm's rule (optim._param_groups.param_groups_weight_decay): 1-D tensors (norm scales,
+    # biases), anything named *.bias, and the names no_weight_decay() lists (wildcards too).
+    return p.ndim <= 1 or name.endswith(".bias") or any(fnmatch(name, pat) for pat in patterns)
+
+
+def param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
+    """The trainable (``requires_grad``) parameters of ``module`` in two groups: decayed, and
+    exempt from weight decay (:func:`_exempt`), named so a test can see which is which."""
+    if not isinstance(module, nn.Module):
+        raise TypeError(
+            f"make_optimizer takes the module to train (e.g. the Task), got "
+            f"{type(module).__name__}: parameter names decide which are exempt from weight decay"
+        )
+    patterns = no_weight_decay_names(module)
+    decay, no_decay = [], []
+    for name, p in module.named_parameters():
+        if p.requires_grad:
+            (no_decay if _exempt(name, p, patterns) else decay).append((name, p))
+    return [
+        {"params": [p for _, p in decay], "param_names": [n for n, _ in decay],
+         "weight_decay": weight_decay},
+        {"params": [p for _, p in no_decay], "param_names": [n for n, _ in no_decay],
+         "weight_decay": 0.0},
+    ]  # fmt: skip
+
+
+def make_optimizer(module: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """The optimiser of ``module``'s trainable parameters (frozen ones, e.g. a teacher, are
+    left out), with weight decay on weights only, as timm and DeiT do (:func:`param_groups`)."""
+    groups = param_groups(module, cfg.weight_decay)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
     return torch.optim.AdamW(groups, lr=cfg.lr)

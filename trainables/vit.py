@@ -2,7 +2,8 @@
 
 ``MultiTaskViT`` wraps an unmodified timm ViT: MLCT (one logit per finding) and MCCT (one
 normal/abnormal logit) heads on the pooled class token, and optionally every block's output
-H_1..H_N for the MLCAK loss, taken with forward hooks during the single forward pass.
+H_1..H_N for the MLCAK loss, taken with forward hooks during the single forward pass. The
+heads always compute in float32, also under bf16 autocast (see ``trainables.precision``).
 """
 
 from __future__ import annotations
@@ -62,10 +63,13 @@ class MultiTaskViT(nn.Module):
             for handle in handles:
                 handle.remove()
         pooled = self.backbone.forward_head(tokens, pre_logits=True)  # class token (+ dropout)
-        out: dict[str, Any] = {
-            "mlct": self.mlct_head(pooled),
-            "mcct": self.mcct_head(pooled).squeeze(-1),
-        }
+        # The heads in fp32 outside any autocast: bf16 logits tie (trainables.precision).
+        with torch.autocast(pooled.device.type, enabled=False):
+            pooled = pooled.float()
+            out: dict[str, Any] = {
+                "mlct": self.mlct_head(pooled),
+                "mcct": self.mcct_head(pooled).squeeze(-1),
+            }
         if return_blocks:
             out["blocks"] = blocks
         return out

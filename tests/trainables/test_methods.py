@@ -18,7 +18,6 @@ from helpers import (
 
 from trainables.config import ConfigError, parse_config
 from trainables.context import DataBundle, TrialContext
-from trainables.data.augment import Pipeline
 from trainables.data.pipeline import BatchLoader
 from trainables.errors import CxrkdError
 from trainables.methods import get_method, load_methods, register_method
@@ -89,7 +88,8 @@ def first_batch(task: Task, data: DataBundle):
     x, y = loader.batch(idx)
     extras = {k: torch.from_numpy(v[idx]) for k, v in task.side_arrays("train").items()}
     # The example configs train at the bundles' stored side.
-    return Pipeline(input_size=data.info.resolution, low=task.low_res)(x, train=True), y, extras
+    views = task.make_pipeline(input_size=data.info.resolution)(x, train=True)
+    return views, y, extras
 
 
 def check_output(output, data: DataBundle) -> None:

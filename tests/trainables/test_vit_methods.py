@@ -22,7 +22,6 @@ from spaces import get_space
 from trainables import teachers
 from trainables.config import ConfigError, parse_config
 from trainables.context import DataBundle, TrialContext
-from trainables.data.augment import Pipeline
 from trainables.data.pipeline import BatchLoader
 from trainables.loop import run_trial, seed_everything
 from trainables.losses import KD_APPROACHES
@@ -85,7 +84,7 @@ def first_batch(task: Task, data: DataBundle):
     idx = loader.epoch_order(0)[:BATCH]
     x, y = loader.batch(idx)
     extras = {k: torch.from_numpy(v[idx]) for k, v in task.side_arrays("train").items()}
-    return Pipeline(input_size=32, low=task.low_res)(x, train=True), y, extras
+    return task.make_pipeline(input_size=32)(x, train=True), y, extras
 
 
 # kd_vit with the teacher's targets cached (auto) where the approach allows it; the online
@@ -295,11 +294,12 @@ def test_cache_key_names_what_changes_the_targets(storage, data, teacher_uri):
                                 ("last_block", {}), ("one_to_one", {})]
     ]  # fmt: skip
     files = sorted(p.name for p in (storage / "fresh" / "teachers").glob("*/outputs/*"))
+    # norm0.5_0.5: the ViT teacher's own normalisation (model_normalization), not ImageNet's.
     assert files == [
-        "train-32px-mtl-last-grid4-pool0-f16.npz",
-        "train-32px-mtl-logits.npz",
-        "train-32px-mtl-mean-grid4-pool0-f16.npz",
-        "train-32px-mtl-mean-grid4-pool2-f16.npz",
+        "train-32px-norm0.5_0.5-mtl-last-grid4-pool0-f16.npz",
+        "train-32px-norm0.5_0.5-mtl-logits.npz",
+        "train-32px-norm0.5_0.5-mtl-mean-grid4-pool0-f16.npz",
+        "train-32px-norm0.5_0.5-mtl-mean-grid4-pool2-f16.npz",
     ]  # one_to_one: nothing cached
     full, pooled = tasks[1].side_arrays("train")["t_feat"], tasks[2].side_arrays("train")["t_feat"]
     assert full.shape == (32, 1 + 4 * 4, 192) and pooled.shape == (32, 1 + 2 * 2, 192)
@@ -316,7 +316,7 @@ def fresh_copy(teacher_uri: str, storage) -> str:
 def test_cache_made_for_another_split_size_is_refused(storage, data, teacher_uri):
     uri = fresh_copy(teacher_uri, storage / "short")
     rows = {"t_mlct": np.zeros((5, 2), np.float32), "t_mcct": np.zeros(5, np.float32)}
-    teachers.save_outputs(uri, "train-32px-mtl-logits", rows)
+    teachers.save_outputs(uri, "train-32px-norm0.5_0.5-mtl-logits", rows)  # the ViT's stats
     with pytest.raises(TeacherError, match=r"have \{'t_mlct': 5, 't_mcct': 5\} rows, but split"):
         build({**kd("vanilla"), "teacher_path": uri}, data)
 

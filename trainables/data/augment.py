@@ -21,8 +21,8 @@ from trainables.errors import CxrkdError
 # channels. The channel average is off each channel's own value by at most 0.036 in the mean
 # (0.16 std) and 1.3% in the std:
 #   mean = (0.485 + 0.456 + 0.406) / 3 = 0.449,  std = (0.229 + 0.224 + 0.225) / 3 = 0.226.
-# Models pretrained with other statistics (timm's ViT augreg weights use 0.5/0.5) should pass
-# theirs through :func:`gray_stats`.
+# These are only the defaults of the functions below: a trial normalises with its model's own
+# statistics, ``trainables.models.model_normalization(name)`` (ViT augreg weights: 0.5/0.5).
 IMAGENET_GRAY_MEAN = 0.449
 IMAGENET_GRAY_STD = 0.226
 
@@ -236,12 +236,16 @@ class Pipeline:
     ``(B, 1, input_size, input_size)`` float tensors:
 
     - ``"hr"``: ``x`` resized to ``input_size``, augmented when ``train`` (and an ``augment`` is
-      set), normalised;
+      set), normalised with ``(mean, std)``: the deployed model's statistics;
     - ``"lr"`` (only when ``low`` is set): the low-resolution view of the SAME augmented image,
-      ``low_resolution(hr, low=low, out=input_size)``, normalised.
+      ``low_resolution(hr, low=low, out=input_size)``, normalised with ``(mean, std)``;
+    - ``"teacher"`` (only when ``teacher_norm`` is set): the SAME augmented high-resolution
+      image normalised with the teacher's own ``teacher_norm = (mean, std)``: a teacher and
+      its student may have been pretrained with different statistics.
 
     A single-model Task reads ``views[pipeline.main_view]`` ("lr" when ``low`` is set, else "hr");
-    a low-resolution KD Task feeds "hr" to the teacher and "lr" to the student. Evaluation
+    a KD Task feeds "teacher" to the teacher and "lr" or "hr" to the student. Build it with
+    ``task.make_pipeline(...)``, which passes the task's statistics. Evaluation
     (``train=False``) skips augmentation only, so validation sees the same resolution as training.
     """
 
@@ -253,6 +257,7 @@ class Pipeline:
         low: int | None = None,
         mean: float = IMAGENET_GRAY_MEAN,
         std: float = IMAGENET_GRAY_STD,
+        teacher_norm: tuple[float, float] | None = None,
     ) -> None:
         if input_size < 8:
             raise PipelineError(f"input_size must be at least 8 px, got {input_size}")
@@ -262,21 +267,25 @@ class Pipeline:
                 f"input_size={input_size}; pick low < {input_size} or low=None for no LR view"
             )
         gray_stats(mean, std)  # validates std
+        if teacher_norm is not None:
+            teacher_norm = gray_stats(*teacher_norm)
         self.input_size, self.augment, self.low = input_size, augment, low
         self.mean, self.std = float(mean), float(std)
+        self.teacher_norm = teacher_norm
 
     @property
     def views(self) -> tuple[str, ...]:
-        return ("hr",) if self.low is None else ("hr", "lr")
+        views = ("hr",) if self.low is None else ("hr", "lr")
+        return views if self.teacher_norm is None else (*views, "teacher")
 
     @property
     def main_view(self) -> str:
-        return self.views[-1]
+        return "hr" if self.low is None else "lr"
 
     def __repr__(self) -> str:
         return (
             f"Pipeline(input_size={self.input_size}, augment={self.augment!r}, low={self.low}, "
-            f"mean={self.mean}, std={self.std})"
+            f"mean={self.mean}, std={self.std}, teacher_norm={self.teacher_norm})"
         )
 
     def __call__(
@@ -290,4 +299,7 @@ class Pipeline:
             views["lr"] = low_resolution(hr, low=self.low, out=self.input_size)
         # Dense outputs whatever the ops above did: the trainer may move them to channels_last.
         out = {k: normalize(v, mean=self.mean, std=self.std) for k, v in views.items()}
+        if self.teacher_norm is not None:
+            mean, std = self.teacher_norm
+            out["teacher"] = normalize(hr, mean=mean, std=std)
         return {k: v.contiguous() for k, v in out.items()}

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from trainables.config import ConfigError, TrialConfig
 from trainables.methods import register_method
 from trainables.methods.classify import ClassifierTask
-from trainables.models import create_model
+from trainables.models import create_model, model_normalization
 
 
 @dataclass(frozen=True)
@@ -31,4 +31,4 @@ def build(cfg: TrialConfig, info, ctx) -> ClassifierTask:
     model = create_model(
         "cnn_baseline", num_outputs=1, pretrained=False, dropout=cfg.method.dropout
     )
-    return ClassifierTask(model, info)
+    return ClassifierTask(model, info, normalization=model_normalization("cnn_baseline"))

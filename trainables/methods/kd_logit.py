@@ -9,6 +9,11 @@ teacher registry) and gathered with each batch: a student step costs no teacher 
 With augmentation on, every step sees a new view, so the teacher runs online on exactly the
 view the student sees. ``teacher_cache=on`` with augmentation is refused; ``off`` forces the
 online teacher (for measuring it).
+
+The teacher sees the "teacher" view: the student's high-resolution image normalised with the
+teacher's own statistics (they may differ: a ResNet teacher, a ViT student). Its logits come
+from an fp32 head (``fp32_head``), online and cached alike, and the cache is computed under
+the same autocast as the online forward (``precision.amp_enabled``), so the two are equal.
 """
 
 from __future__ import annotations
@@ -19,12 +24,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from trainables import teachers
 from trainables.config import ConfigError, TrialConfig
+from trainables.context import TeacherOutputs
 from trainables.data.augment import Pipeline
 from trainables.losses import hinton_kd
 from trainables.methods import register_method
-from trainables.models import create_model
-from trainables.task import Task, squeeze_logit
+from trainables.models import create_model, model_normalization
+from trainables.precision import amp_enabled, autocast, fp32_head, precision_tag
+from trainables.task import Task, squeeze_logit, teacher_view
 
 
 @dataclass(frozen=True)
@@ -45,10 +53,32 @@ class KDLogitConfig:
             )
 
 
+def teacher_outputs_spec(device: torch.device, *, amp: bool | None = None) -> TeacherOutputs:
+    """The cached teacher logits: fp32 head, under the autocast the loop uses on ``device``."""
+    amp = amp_enabled(device, amp)
+
+    def extract(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        with autocast(x.device, enabled=amp):
+            return {"logits": fp32_head(model, x)}
+
+    # fp32: the tag "" shares the key of context.MODEL_OUTPUT, which computes the same logits.
+    return TeacherOutputs(precision_tag(device, amp), extract)
+
+
 class LogitKDTask(Task):
-    def __init__(self, student: nn.Module, teacher: nn.Module, cfg: KDLogitConfig, col: int):
-        super().__init__(student)
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: nn.Module,
+        cfg: KDLogitConfig,
+        col: int,
+        *,
+        normalization: tuple[float, float],
+        teacher_normalization: tuple[float, float],
+    ):
+        super().__init__(student, normalization=normalization)
         self.teacher = teacher
+        self.teacher_normalization = tuple(teacher_normalization)
         self.alpha, self.temperature, self.col = cfg.alpha, cfg.temperature, col
         self.cached: np.ndarray | None = None
 
@@ -61,11 +91,10 @@ class LogitKDTask(Task):
         )
 
     def forward(self, views: dict, y: torch.Tensor, teacher_logits=None) -> dict:
-        x = views["hr"]
         if teacher_logits is None:
             with torch.no_grad():
-                teacher_logits = self.teacher(x)
-        s = squeeze_logit(self.model(x))
+                teacher_logits = fp32_head(self.teacher, teacher_view(views))
+        s = squeeze_logit(fp32_head(self.model, views["hr"]))
         out = hinton_kd(
             s,
             squeeze_logit(teacher_logits),
@@ -81,7 +110,23 @@ class LogitKDTask(Task):
         }
 
     def predict(self, views: dict) -> torch.Tensor:
-        return squeeze_logit(self.model(views["hr"]))
+        return squeeze_logit(fp32_head(self.model, views["hr"]))
+
+
+def check_teacher(cfg: TrialConfig, *, task: str) -> None:
+    """The teacher must be a one-logit classifier of this task (a method registered for it,
+    e.g. ``transfer``) trained at the student's input size (as ``kd_vit`` checks its own)."""
+    from trainables.methods import load_methods
+
+    methods = sorted(n for n, m in load_methods().items() if task in m.tasks)
+    teachers.check_teacher_config(
+        cfg.method.teacher_path,
+        student="kd_logit",
+        methods=methods,
+        img_size=cfg.train.img_size,
+        wanted=f"a one-logit {task} classifier (methods {methods}): register one (the "
+        "pneumonia-kd study's teacher stage does)",
+    )
 
 
 @register_method("kd_logit", config=KDLogitConfig, tasks=("binary",), needs_teacher=True)
@@ -101,9 +146,26 @@ def build(cfg: TrialConfig, info, ctx) -> LogitKDTask:
         pretrained=cfg.train.pretrained,
         weights_dir=cfg.train.weights_dir,
     )
+    # Missing, of another dataset, of another kind or input size: refused before it is built.
+    teachers.read_record(m.teacher_path, dataset_fingerprint=info.fingerprint)
+    check_teacher(cfg, task="binary")
     teacher = ctx.load_teacher(m.teacher_path)
-    task = LogitKDTask(student, teacher, m, info.label_columns()[1])
+    teacher_norm = teachers.teacher_normalization(
+        m.teacher_path, dataset_fingerprint=info.fingerprint
+    )
+    task = LogitKDTask(
+        student,
+        teacher,
+        m,
+        info.label_columns()[1],
+        normalization=model_normalization(cfg.train.model),
+        teacher_normalization=teacher_norm,
+    )
     if m.teacher_cache == "on" or (m.teacher_cache == "auto" and not cfg.train.augment):
-        view = Pipeline(input_size=cfg.train.img_size)
-        task.cached = ctx.teacher_outputs(m.teacher_path, split="train", pipeline=view)
+        # The "teacher" view without augmentation: resized, in the teacher's normalisation.
+        view = Pipeline(input_size=cfg.train.img_size, mean=teacher_norm[0], std=teacher_norm[1])
+        arrays = ctx.teacher_arrays(
+            m.teacher_path, split="train", pipeline=view, outputs=teacher_outputs_spec(ctx.device)
+        )
+        task.cached = arrays["logits"]
     return task

@@ -1,7 +1,8 @@
 """``kd_vit``: the four KD approaches of the MLCAK paper (seeds/002, Table 2).
 
-A frozen high-resolution ``vit_mtl`` teacher sees the "hr" view; the student sees the
-low-resolution view of the same (augmented) image, "lr". ``loss = cls + kd`` (paper eq. 3):
+A frozen high-resolution ``vit_mtl`` teacher sees the "teacher" view (the high-resolution
+image in the teacher's own normalisation); the student sees the low-resolution view of the
+same (augmented) image, "lr", in its own. ``loss = cls + kd`` (paper eq. 3):
 ``cls = BCE(MLCT) + BCE(MCCT)`` and ``kd = KD_APPROACHES[kd_approach]`` (trainables.losses):
 
 - ``vanilla``: ``alpha * T^2 KL(MLCT) + beta * T^2 KL(MCCT)`` (Hinton, per logit);
@@ -27,12 +28,13 @@ Memory: logits in float32, tokens in float16: ``2 * (1 + g^2) * W`` bytes per im
 224 px (197 tokens x 768): 303 KB per image, 4.5 GB for VinDr's 15,000 training images;
 ``feature_grid=7``: 77 KB, 1.15 GB. ``auto`` runs the teacher online when the cache would pass
 :data:`CACHE_BUDGET_BYTES` (``on`` caches regardless). ``one_to_one`` always runs the teacher
-online: caching its N blocks needs N x that (12 x 4.5 GB for ViT-Base on VinDr).
+online: caching its N blocks needs N x that (12 x 4.5 GB for ViT-Base on VinDr). The cache is
+computed under the same autocast as the online teacher (``precision.amp_enabled``; the key
+says which), so cached and online targets are equal.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -50,6 +52,9 @@ from trainables.data.augment import Pipeline
 from trainables.losses import KD_APPROACHES
 from trainables.methods import register_method
 from trainables.methods.vit_mtl import MultiTaskTask, ViTMTLConfig, build_vit, check_low_res, heads
+from trainables.models import model_normalization
+from trainables.precision import amp_enabled, autocast, precision_tag
+from trainables.task import teacher_view
 from trainables.vit import FeatureAdapter, MultiTaskViT
 
 # Which teacher tokens each approach compares: None (logits only), the last block, every
@@ -139,9 +144,19 @@ def teacher_targets(
 
 
 class ViTKDTask(MultiTaskTask):
-    def __init__(self, student: MultiTaskViT, teacher: MultiTaskViT, info, cfg: KDViTConfig):
-        super().__init__(student, info, low_res=cfg.low_res)
+    def __init__(
+        self,
+        student: MultiTaskViT,
+        teacher: MultiTaskViT,
+        info,
+        cfg: KDViTConfig,
+        *,
+        normalization: tuple[float, float],
+        teacher_normalization: tuple[float, float],
+    ):
+        super().__init__(student, info, low_res=cfg.low_res, normalization=normalization)
         self.teacher = teacher
+        self.teacher_normalization = tuple(teacher_normalization)
         self.approach, self.features = cfg.kd_approach, FEATURES[cfg.kd_approach]
         self.weights = {"alpha": cfg.alpha, "beta": cfg.beta, "gamma": cfg.gamma}
         self.weights["temperature"] = cfg.temperature
@@ -164,19 +179,26 @@ class ViTKDTask(MultiTaskTask):
         adapted = self.adapter.adapt_student(tokens)
         return pool_grid(adapted, prefix=self.prefix, side=self.feature_grid)
 
-    def targets(self, hr: Tensor) -> dict:
+    def targets(self, x: Tensor) -> dict:
+        """The online teacher's targets on ``x``, the "teacher" view (under the caller's
+        autocast: the loop's)."""
         with torch.no_grad():
-            return teacher_targets(self.teacher, hr, features=self.features, pool=self.pool_teacher)
+            return teacher_targets(self.teacher, x, features=self.features, pool=self.pool_teacher)
 
-    def cache_spec(self) -> TeacherOutputs:
-        """The cached targets: float32 logits, float16 tokens; the tag names the pooling."""
+    def cache_spec(self, device: torch.device, *, amp: bool | None = None) -> TeacherOutputs:
+        """The cached targets: float32 logits, float16 tokens, computed under the autocast the
+        loop uses on ``device``; the tag names the pooling and the precision."""
+        amp = amp_enabled(device, amp)
         tag = "mtl-logits"
         if self.features:
             tag = f"mtl-{self.features}-grid{self.adapter.grid}-pool{self.feature_grid}-f16"
+        if precision_tag(device, amp):
+            tag = f"{tag}-{precision_tag(device, amp)}"
 
-        def extract(model: nn.Module, hr: Tensor) -> dict[str, Tensor]:
-            out = teacher_targets(model, hr, features=self.features, pool=self.pool_teacher)
-            return {k: v.half() if k == "t_feat" else v for k, v in out.items()}
+        def extract(model: nn.Module, x: Tensor) -> dict[str, Tensor]:
+            with autocast(x.device, enabled=amp):
+                out = teacher_targets(model, x, features=self.features, pool=self.pool_teacher)
+            return {k: v.half() if k == "t_feat" else v.float() for k, v in out.items()}
 
         return TeacherOutputs(tag, extract)
 
@@ -184,7 +206,7 @@ class ViTKDTask(MultiTaskTask):
         s = self.model(views[self.view], return_blocks=self.features is not None)
         if cached and set(cached) != set(self.cached):
             raise ValueError(f"got cached targets {sorted(cached)}, expected {sorted(self.cached)}")
-        t = cached or self.targets(views["hr"])
+        t = cached or self.targets(teacher_view(views))
         hs_student = hs_teacher = None
         if self.features == "all":
             hs_student = [self.adapt_student(h) for h in s["blocks"]]
@@ -219,19 +241,13 @@ class ViTKDTask(MultiTaskTask):
 
 def check_teacher(cfg: TrialConfig, teacher: nn.Module, student: MultiTaskViT) -> None:
     """The teacher must be a high-resolution vit_mtl at the student's input size."""
-    uri, img_size = cfg.method.teacher_path, cfg.train.img_size
-    flat = json.loads((teachers.fetch_model_dir(uri) / "config.json").read_text())
-    if flat.get("method") != "vit_mtl" or not isinstance(teacher, MultiTaskViT):
-        raise ConfigError(
-            f"teacher {uri} was trained with method {flat.get('method')!r}; kd_vit distils a "
-            "two-headed vit_mtl teacher: register one (the lowres-kd study's teacher stage does)"
-        )
-    if flat.get("low_res", 0) or flat["img_size"] != img_size:
-        raise ConfigError(
-            f"teacher {uri} was trained on {flat['img_size']} px with low_res="
-            f"{flat.get('low_res', 0)}, but it sees this trial's high-resolution view at "
-            f"img_size={img_size}; use a teacher trained with low_res=0 at img_size={img_size}"
-        )
+    uri = cfg.method.teacher_path
+    wanted = "a two-headed vit_mtl teacher: register one (the lowres-kd study's teacher stage does)"
+    teachers.check_teacher_config(
+        uri, student="kd_vit", methods=("vit_mtl",), img_size=cfg.train.img_size, wanted=wanted
+    )
+    if not isinstance(teacher, MultiTaskViT):
+        raise ConfigError(f"teacher {uri} is a {type(teacher).__name__}; kd_vit distils {wanted}")
     if cfg.method.kd_approach == "one_to_one" and teacher.depth != student.depth:
         raise ConfigError(
             f"one_to_one pairs block i with block i, but the teacher has {teacher.depth} blocks "
@@ -289,13 +305,24 @@ def build(cfg: TrialConfig, info, ctx) -> ViTKDTask:
     student = build_vit(cfg, info, method="kd_vit")
     teacher = ctx.load_teacher(m.teacher_path)
     check_teacher(cfg, teacher, student)
+    teacher_norm = teachers.teacher_normalization(
+        m.teacher_path, dataset_fingerprint=info.fingerprint
+    )
     try:
-        task = ViTKDTask(student, teacher, info, m)
+        task = ViTKDTask(
+            student,
+            teacher,
+            info,
+            m,
+            normalization=model_normalization(t.model),
+            teacher_normalization=teacher_norm,
+        )
     except ValueError as exc:  # the adapter's token layouts differ
         raise ConfigError(f"teacher and student cannot be compared: {exc}") from None
     if cache_mode(cfg, task, len(ctx.data.split("train"))):
-        view = Pipeline(input_size=t.img_size)
+        # The "teacher" view without augmentation: resized, in the teacher's normalisation.
+        view = Pipeline(input_size=t.img_size, mean=teacher_norm[0], std=teacher_norm[1])
         task.cached = ctx.teacher_arrays(
-            m.teacher_path, split="train", pipeline=view, outputs=task.cache_spec()
+            m.teacher_path, split="train", pipeline=view, outputs=task.cache_spec(ctx.device)
         )
     return task

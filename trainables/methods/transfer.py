@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from trainables.config import ConfigError, TrialConfig
 from trainables.methods import register_method
 from trainables.methods.classify import ClassifierTask
-from trainables.models import create_model
+from trainables.models import create_model, model_normalization
 
 
 @dataclass(frozen=True)
@@ -31,4 +31,4 @@ def build(cfg: TrialConfig, info, ctx) -> ClassifierTask:
         dropout=cfg.method.dropout,
         weights_dir=cfg.train.weights_dir,
     )
-    return ClassifierTask(model, info)
+    return ClassifierTask(model, info, normalization=model_normalization(cfg.train.model))

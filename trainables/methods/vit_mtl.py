@@ -20,6 +20,7 @@ from trainables.config import ConfigError, TrialConfig
 from trainables.data.pipeline import DatasetInfo
 from trainables.losses import multitask_bce
 from trainables.methods import register_method
+from trainables.models import model_normalization
 from trainables.task import Task
 from trainables.vit import MultiTaskViT, create_vit
 
@@ -51,8 +52,15 @@ class MultiTaskTask(Task):
     """A two-headed ViT trained with ``multitask_bce`` on one view ("hr", or "lr" when
     ``low_res`` is set). The KD task extends it with a teacher."""
 
-    def __init__(self, model: MultiTaskViT, info: DatasetInfo, *, low_res: int | None) -> None:
-        super().__init__(model)
+    def __init__(
+        self,
+        model: MultiTaskViT,
+        info: DatasetInfo,
+        *,
+        low_res: int | None,
+        normalization: tuple[float, float],
+    ) -> None:
+        super().__init__(model, normalization=normalization)
         self.low_res = low_res  # the loop builds the "lr" view when this is set
         self.view = "hr" if low_res is None else "lr"
         findings, self.global_col = info.label_columns()
@@ -122,4 +130,9 @@ def build_vit(cfg: TrialConfig, info: DatasetInfo, *, method: str) -> MultiTaskV
 def build(cfg: TrialConfig, info: DatasetInfo, ctx) -> MultiTaskTask:
     check_low_res(cfg.method.low_res, cfg.train.img_size)
     model = build_vit(cfg, info, method="vit_mtl")
-    return MultiTaskTask(model, info, low_res=cfg.method.low_res or None)
+    return MultiTaskTask(
+        model,
+        info,
+        low_res=cfg.method.low_res or None,
+        normalization=model_normalization(cfg.train.model),
+    )
