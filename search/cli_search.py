@@ -1,4 +1,6 @@
-"""``cxrkd search run | resume | status`` and ``cxrkd weights download``."""
+"""``cxrkd search run | resume | status`` and
+``cxrkd weights download | pretrain-phantom | check``.
+"""
 
 from __future__ import annotations
 
@@ -48,6 +50,13 @@ def add_search_commands(sub: argparse._SubParsersAction) -> None:
         metavar="KEY=VALUE",
         help="fix a config value in every cell that has it, e.g. --set epochs=5",
     )
+    p.add_argument(
+        "--only",
+        action="append",
+        metavar="PATTERN",
+        help="run only the cells whose key matches this glob (repeatable; quote it), plus the "
+        "teachers they distil from, e.g. --only '*tiny*'; `search resume` keeps the subset",
+    )
     p.set_defaults(func=cmd_run)
     p = ssub.add_parser("resume", help="continue an interrupted run")
     p.add_argument("run", help="run folder, URI, or name under the default storage")
@@ -62,6 +71,23 @@ def add_search_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("names", nargs="+", help="timm model names, e.g. resnet18 resnet50")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_weights_download)
+    p = wsub.add_parser(
+        "pretrain-phantom",
+        help="pretrain backbones on the SYNTHETIC findings phantom (the demo's weights)",
+    )
+    p.add_argument("names", nargs="+", help="timm model names, e.g. resnet18")
+    p.add_argument(
+        "--out",
+        help="weights folder (default: the cached one the demo profile uses, "
+        "$CXRKD_HOME/weights/phantom-findings-<recipe>/; models already there are kept)",
+    )
+    p.set_defaults(func=cmd_weights_pretrain_phantom)
+    p = wsub.add_parser(
+        "check", help="verify a weights folder (sha256, origin) after copying it across"
+    )
+    p.add_argument("dir", help="the weights folder")
+    p.add_argument("names", nargs="*", help="models a run needs (default: all it lists)")
+    p.set_defaults(func=cmd_weights_check)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -86,6 +112,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         seed=args.seed,
         weights_dir=args.weights_dir,
         objectives=args.objective,
+        only=args.only,
     )
     run_study(options)
     return 0
@@ -110,4 +137,36 @@ def cmd_weights_download(args: argparse.Namespace) -> int:
 
     for path in weights_download(args.names, args.out):
         print(f"saved {path}")
+    return 0
+
+
+def cmd_weights_pretrain_phantom(args: argparse.Namespace) -> int:
+    from trainables.phantom_backbones import SOURCE, build_builtin_weights, pretrain_phantom
+
+    if args.out is None:
+        folder = build_builtin_weights(SOURCE, args.names)
+    else:
+        folder = pretrain_phantom(args.names, args.out)
+    print(f"weights folder: {folder} (use it with --weights-dir {folder})")
+    return 0
+
+
+def cmd_weights_check(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from trainables.weights import INDEX_FILE, check_weights_available, read_index
+
+    folder = Path(args.dir).expanduser().resolve()
+    index = read_index(folder)
+    names = args.names or sorted(index)
+    if not names:
+        raise CxrkdError(
+            f"{folder} lists no weights (no {INDEX_FILE}); make the folder with "
+            "`cxrkd weights download NAMES --out DIR`"
+        )
+    check_weights_available(names, weights_dir=folder)
+    for name in names:
+        entry = index.get(name, {})
+        where = f"{entry['file']}, {entry.get('origin', 'timm-hub')}" if entry else "local cache"
+        print(f"{name}: ok ({where})")
     return 0

@@ -28,6 +28,7 @@ class RunOptions:
     seed: int = 0
     weights_dir: str | None = None
     objectives: list[str] | None = None  # an open search's metrics (spaces.studies.OBJECTIVES)
+    only: list[str] | None = None  # --only: globs over cell keys (search.subset); None: all
 
     def __post_init__(self) -> None:
         if self.num_samples is not None and self.num_samples < 1:
@@ -55,10 +56,28 @@ def run_uri_of(run: str) -> str:
 
 
 def write_options(run_uri: str, options: RunOptions, extra: dict) -> None:
+    """``run.json``: the options (what ``resume`` starts from) and what produced the run
+    (package versions, the code's commit: :mod:`search.provenance`)."""
+    from search.provenance import provenance
+
     storage.write_json(
         storage.join(run_uri, "run.json"),
-        {"options": dataclasses.asdict(options), "created": time.time(), **extra},
+        {
+            "options": dataclasses.asdict(options),
+            "created": time.time(),
+            "provenance": provenance(),
+            **extra,
+        },
     )
+
+
+def record_resume(run_uri: str, raw: dict) -> None:
+    """Add this driver's provenance to ``run.json``'s ``resumed`` list: a resumed run may run
+    on other code than the one that started it."""
+    from search.provenance import provenance
+
+    resumed = [*raw.get("resumed", []), {"at": time.time(), "provenance": provenance()}]
+    storage.write_json(storage.join(run_uri, "run.json"), {**raw, "resumed": resumed})
 
 
 def read_run(run_uri: str) -> dict:

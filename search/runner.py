@@ -18,12 +18,13 @@ from search.run_state import (
     default_storage,
     read_run,
     read_state,
+    record_resume,
     run_uri_of,
     write_options,
     write_state,
 )
 from search.stage import StageContext, choose, config_of, register_teacher, run_stage
-from spaces.studies import Study, get_study
+from spaces.studies import Study
 from trainables import storage
 from trainables.errors import CxrkdError
 from trainables.trainable import CELL_KEY
@@ -65,6 +66,7 @@ def resume_study(run: str) -> str:
             f"{store.manifest.fingerprint}, was {raw['dataset_fingerprint']}); re-import the "
             "original data or start a new run"
         )
+    record_resume(run_uri, raw)
     log(f"resuming {run_uri}")
     return _drive(study, options, store, run_uri)
 
@@ -95,6 +97,8 @@ def _drive(study: Study, options: RunOptions, store, run_uri: str) -> str:
             dataset_fingerprint=store.manifest.fingerprint,
         )
         log(f"study {study.name} ({study.profile.banner}) on {store.manifest.title}")
+        if options.only:
+            log(f"only the cells matching {options.only} and their teachers")
         log(f"run folder {run_uri}")
         state, done = read_state(run_uri)
         for stage in study.stages:
@@ -102,6 +106,11 @@ def _drive(study: Study, options: RunOptions, store, run_uri: str) -> str:
                 log(f"[{stage.name}] already done")
                 continue
             cells = setup.apply_overrides(stage.cells(state), options.overrides)
+            if not cells:  # --only selected none of this stage's cells
+                log(f"[{stage.name}] no selected cell (--only {' '.join(options.only or [])})")
+                done.append(stage.name)
+                write_state(run_uri, state, done)
+                continue
             log(f"[{stage.name}] {len(cells)} cell(s): {', '.join(c.key for c in cells)}")
             results = run_stage(ctx, stage, cells)
             chosen = choose(results, metric=study.metric, cells=cells)
@@ -151,5 +160,5 @@ def _nothing_chosen(stage, missing: list[str], results, metric: str, run_uri: st
 
 
 def study_of_run(run_uri: str) -> Study:
-    options = RunOptions(**read_run(run_uri)["options"])
-    return get_study(options.study, options.profile)
+    """The study as the run ran it (its profile, ``--set``, ``--only``)."""
+    return setup.study_with_options(RunOptions(**read_run(run_uri)["options"]))

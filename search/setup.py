@@ -12,6 +12,7 @@ import os
 
 from search.cells import CellSpace, expand_choices
 from search.run_state import RunOptions
+from search.subset import restrict_study, select_cells
 from spaces.studies import (
     STUDIES,
     FixedCell,
@@ -57,7 +58,10 @@ def study_with_options(options: RunOptions) -> Study:
     # Rebuilt by the study's factory, not `replace(study, profile=...)`: the stages' cell
     # functions close over the profile they were made with (budgets, fixed values).
     factory, _ = STUDIES.get(study.name)
-    return factory(profile)
+    study = factory(profile)
+    if options.only:
+        study = restrict_study(study, select_cells(study, options.only))
+    return study
 
 
 def typed_overrides(study: Study, overrides: dict) -> dict:
@@ -113,21 +117,101 @@ def apply_overrides(cells: list, overrides: dict) -> list:
     return out
 
 
+# Profiles meant for the built-in synthetic data; the others (the papers' settings) refuse it
+# unless --dataset names it, so no paper-scale table is made from phantoms by default.
+SYNTHETIC_PROFILES = ("demo",)
+# What a study's task asks of a dataset's labels, and where such a dataset comes from.
+TASK_LABELS = {
+    "binary": (
+        "one positive label (e.g. PNEUMONIA) against normal",
+        "`cxrkd data import kaggle-pneumonia DIR`",
+    ),
+    "multilabel": (
+        "several local finding labels (the MLCT task) and a global abnormal label (the MCCT task)",
+        "`cxrkd data import vindr DIR`",
+    ),
+}
+
+
 def open_dataset(study: Study, name: str | None) -> DatasetStore:
+    """The study's dataset: ``name``, else its built-in synthetic one (imported on first use,
+    for the demo profile only); refused when its labels do not fit the study."""
     from trainables.data.importers import import_dataset
 
+    explicit = name is not None
     name = name or study.default_dataset
+    if not explicit and study.profile.name not in SYNTHETIC_PROFILES:
+        _refuse_default_synthetic(study, name)
     if name == study.default_dataset and not (datasets_dir() / name).exists():
         kind, src, opts = study.default_import
         print(f"importing the built-in dataset {name!r} (SYNTHETIC phantom data)", flush=True)
         import_dataset(kind, src, name=name, progress=False, **opts)
     store = DatasetStore.open(name)
-    if store.manifest.task != study.task:
-        raise CxrkdError(
-            f"study {study.name!r} needs a {study.task} dataset, but {name!r} is "
-            f"{store.manifest.task}; import a {study.task} dataset and pass it with --dataset"
-        )
+    check_labels(study, store.manifest)
     return store
+
+
+def _refuse_default_synthetic(study: Study, name: str) -> None:
+    """Before anything is imported: is the default dataset synthetic (phantom data)?"""
+    path = datasets_dir() / name
+    synthetic = (
+        DatasetStore.open(name).manifest.synthetic
+        if path.exists()
+        else study.default_import[0] == "phantom"
+    )
+    if synthetic:
+        _, source = TASK_LABELS.get(study.task, ("", "`cxrkd data import`"))
+        raise CxrkdError(
+            f"profile {study.profile.name!r} of study {study.name!r} is meant for real data, "
+            f"but no --dataset was given and the built-in {name!r} is SYNTHETIC phantom data; "
+            f"import a dataset ({source}) and pass it with --dataset NAME, or pass --dataset "
+            f"{name} to run on the phantoms anyway (every table is then marked SYNTHETIC)"
+        )
+
+
+def check_labels(study: Study, manifest) -> None:
+    """The dataset's task and labels must be what the study's methods learn."""
+    needs, source = TASK_LABELS.get(study.task, (f"a {study.task} task", "`cxrkd data import`"))
+    have = (
+        f"{manifest.name!r} is {manifest.task} with labels {list(manifest.labels)} "
+        f"(global label {manifest.global_label!r})"
+    )
+    fix = f"import such a dataset ({source}) and pass it with --dataset"
+    if manifest.task != study.task:
+        raise CxrkdError(
+            f"study {study.name!r} needs a {study.task} dataset: {needs}; but {have}; {fix}"
+        )
+    for method in sorted(_study_methods(study)):
+        if manifest.task not in get_method(method).tasks:
+            raise CxrkdError(
+                f"method {method!r} of study {study.name!r} learns "
+                f"{list(get_method(method).tasks)} labels; but {have}; {fix}"
+            )
+    if study.task == "multilabel" and not manifest.finding_labels:
+        raise CxrkdError(
+            f"study {study.name!r} needs {needs}; but {have} has no finding label; {fix}"
+        )
+
+
+def check_models(models: dict[str, str]) -> None:
+    """Every model name (``{name: cell key}``) must be one of cxrkd's own or timm's, whether
+    or not it is pretrained: a typo would otherwise fail in every trial."""
+    import difflib
+
+    import timm
+
+    from trainables.models import MODELS
+
+    for name, cell in sorted(models.items()):
+        if name in MODELS or timm.is_model(name):
+            continue
+        known = MODELS.names() + timm.list_models()
+        close = difflib.get_close_matches(name, known, n=6, cutoff=0.6)
+        raise CxrkdError(
+            f"unknown model {name!r} in cell {cell!r}; close matches: {close or 'none'}; "
+            f"cxrkd's own models: {MODELS.names()}; pass a timm name (timm.list_models("
+            "'*pattern*') lists them), e.g. --set model=" + (close[0] if close else "resnet18")
+        )
 
 
 def check_cells(study: Study, store: DatasetStore, overrides: dict | None = None) -> None:
@@ -138,6 +222,7 @@ def check_cells(study: Study, store: DatasetStore, overrides: dict | None = None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     state = StudyState(placeholder=True)
     models: set[str] = set()
+    names: dict[str, str] = {}  # every model, pretrained or not -> a cell that uses it
     weights_dir = None
     for stage in study.stages:
         if stage.role == "final":
@@ -148,9 +233,11 @@ def check_cells(study: Study, store: DatasetStore, overrides: dict | None = None
             for cell in expand_choices(searched):  # every size of an open search, etc.
                 trial = optuna.create_study().ask()
                 cfg = parse_config(CellSpace(cell)(trial))
+                names.setdefault(cfg.train.model, cell.key)
                 if cfg.train.pretrained:
                     models.add(cfg.train.model)
                     weights_dir = cfg.train.weights_dir
+    check_models(names)
     if models:
         from trainables.weights import check_weights_available
 

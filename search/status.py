@@ -30,6 +30,8 @@ def status_lines(run_uri: str) -> list[str]:
         f"  study {opts['study']} (profile {opts['profile']}) on dataset {opts['dataset']}",
         f"  stages done: {', '.join(done) or 'none'}",
     ]
+    if opts.get("only"):
+        lines.insert(2, f"  only the cells matching {opts['only']} and their teachers")
     for key, uri in state.teachers.items():
         lines.append(f"  teacher {key}: {uri}")
     trials = load_trial_records(run_uri)

@@ -172,18 +172,32 @@ class Profile:
 
     @property
     def banner(self) -> str:
+        from trainables.weights import pretrained_source  # timm and torch: only when asked
+
         f = self.fixed
-        weights = "ImageNet-pretrained" if f["pretrained"] else "no pretrained weights"
-        steps = f" of {f['steps_per_epoch']} steps" if f.get("steps_per_epoch") else ""
         t = {**f, **self.teacher_fixed}
+        weights = pretrained_source(f.get("weights_dir")) if f["pretrained"] else ""
+        weights = weights or "no pretrained weights"
+        if f["pretrained"] and not t["pretrained"]:
+            weights += ", teachers from scratch"
+        steps = f" of {f['steps_per_epoch']} steps" if f.get("steps_per_epoch") else ""
         teachers = ""
-        if self.teacher_fixed:
+        if (t["epochs"], t.get("steps_per_epoch")) != (f["epochs"], f.get("steps_per_epoch")):
             t_steps = f" of {t['steps_per_epoch']} steps" if t.get("steps_per_epoch") else ""
             teachers = f" (teachers {t['epochs']} epochs{t_steps})"
         return (
             f"{self.name} scale ({self.device_hint}): {f['img_size']} px, {f['epochs']} epochs"
             f"{steps}{teachers}, {weights}, {self.samples} trials per cell, {self.seeds} seeds"
         )
+
+
+REGISTERED_PREFIX = "registered:"
+
+
+def registered(teacher_cell: str) -> str:
+    """A table cell that stands for the registered checkpoint of a teacher cell (the model the
+    students distilled from), not for its final-stage re-training on fresh seeds."""
+    return f"{REGISTERED_PREFIX}{teacher_cell}"
 
 
 @dataclass(frozen=True)
@@ -195,6 +209,12 @@ class PivotSpec:
     row_names: tuple[str, ...]
     entries: list[tuple[tuple[str, ...], str, str, str]]
     configs: dict[str, list[str]] = field(default_factory=dict)  # cell -> keys to list
+    # KD cell -> its no-KD baseline cell (same size and resolution): the paired test's pair.
+    baselines: dict[str, str] = field(default_factory=dict)
+    # Each entry's metric is a template "test_auroc_{finding}", expanded at report time into
+    # one column per finding of the dataset (the study does not know the dataset's findings).
+    per_finding: bool = False
+    note: str = ""  # what the caption must say about this table's columns
 
 
 @dataclass(frozen=True)
@@ -217,6 +237,24 @@ class TableSpec:
     hyperparams: dict[str, list[str]]  # row key -> config keys to print
     title: str
     stem: str
+    # KD row key -> its no-KD baseline row key: the pair of the paired test on test images.
+    baselines: dict[str, str] = field(default_factory=dict)
+    # Teacher rows to show twice: re-trained on the final seeds, and as the registered
+    # checkpoint the students distilled from (a row `registered(key)` right after it).
+    registered_teachers: tuple[str, ...] = ()
+    note: str = ""  # what the caption must say about this table's rows
+
+
+def table_rows(spec: TableSpec) -> list[tuple[str, str]]:
+    """``spec.rows`` with a ``(registered(key), "<name> (distilled from)")`` row after each
+    row named in ``spec.registered_teachers``."""
+    wanted = set(spec.registered_teachers)
+    out: list[tuple[str, str]] = []
+    for key, name in spec.rows:
+        out.append((key, name))
+        if key in wanted:
+            out.append((registered(key), f"{name} (distilled from)"))
+    return out
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, fields
 from typing import Any, get_type_hints
 
@@ -93,7 +94,10 @@ def _coerce(key: str, value: Any, kind: Any) -> Any:
                 raise ValueError(value)
             return int(value)
         if kind is float:
-            return float(value)
+            number = float(value)
+            if not math.isfinite(number):  # float("inf"), "nan": parse, then poison a trial
+                raise ConfigError(f"bad value {key}={value!r}: expected a finite number")
+            return number
         if kind == str | None or kind is str:
             if value is None or (kind is not str and str(value).lower() in ("none", "null")):
                 return None

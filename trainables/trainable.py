@@ -9,7 +9,9 @@ restored trial continues from ``tune.get_checkpoint()``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+import platform
 import shutil
 import tempfile
 from pathlib import Path
@@ -42,7 +44,11 @@ class TuneReporter:
 
         # Which Ray node ran the epoch: hostname/node_ip cannot tell nodes of one machine
         # apart, and a restored trial may move to another node.
-        metrics = {**metrics, "node_id": ray.get_runtime_context().get_node_id()}
+        metrics = {
+            **metrics,
+            "node_id": ray.get_runtime_context().get_node_id(),
+            "device": device_name(),  # trials.parquet says which GPU (or CPU) ran each trial
+        }
         try:
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(checkpoint_dir)))
         finally:
@@ -61,6 +67,24 @@ class TuneReporter:
         if self._restored is not None:
             shutil.rmtree(self._restored, ignore_errors=True)
             self._restored = None
+
+
+@functools.cache
+def device_name() -> str:
+    """What the trial trains on (the device ``run_trial`` picks): the GPU's name, else the
+    CPU's model name (``/proc/cpuinfo``, else ``platform``)."""
+    import torch
+
+    from trainables.loop import pick_device
+
+    device = pick_device()
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    with contextlib.suppress(OSError), open("/proc/cpuinfo", errors="replace") as f:
+        for line in f:
+            if line.lower().startswith("model name") and ":" in line:
+                return "CPU: " + line.split(":", 1)[1].strip()
+    return "CPU: " + (platform.processor() or platform.machine() or "unknown")
 
 
 def tune_trainable(config: dict, data: DataBundle) -> None:

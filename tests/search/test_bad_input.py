@@ -129,6 +129,101 @@ def test_existing_run_name_says_resume(capsys, run_args, tmp_path):
            r"another --name")  # fmt: skip
 
 
+# ---- pre-flight (issue 9, item 6): refused before Ray starts, nothing created -----------
+
+
+def _nothing_created(home: Path, tmp_path: Path, stores: set[str]) -> None:
+    assert not (tmp_path / "runs" / "R").exists(), "a run folder was created"
+    assert {p.name for p in (home / "datasets").iterdir()} == stores, "a dataset was imported"
+
+
+def test_unknown_model_is_refused_with_close_matches_even_untrained(capsys, run_args, home,
+                                                                      tmp_path):  # fmt: skip
+    # The demo profile has no pretrained weights, so the weights check never saw the name.
+    err = _fails(capsys, [*run_args, "--set", "model=resnet1800"],
+                 r"unknown model 'resnet1800' in cell '\w+'", r"close matches: \[.*'resnet18'",
+                 r"--set model=")  # fmt: skip
+    assert "cnn_baseline" in err  # cxrkd's own models are listed as valid
+    _nothing_created(home, tmp_path, {"tiny-pneumonia"})
+
+
+def test_custom_models_pass_the_model_check():
+    from search.setup import check_models
+
+    check_models({"cnn_baseline": "baseline_cnn", "resnet18": "x", "vit_tiny_patch16_224": "y"})
+
+
+@pytest.mark.parametrize(
+    "setting", ["lr=inf", "lr=nan", "weight_decay=-inf", "temperature=NaN", "alpha=nan"]
+)
+def test_non_finite_values_are_refused_with_the_key(capsys, run_args, home, tmp_path, setting):
+    key, value = setting.split("=")
+    _fails(capsys, [*run_args, "--set", setting],
+           rf"bad value {key}='{value}': expected a finite number")  # fmt: skip
+    _nothing_created(home, tmp_path, {"tiny-pneumonia"})
+
+
+def test_paper_profile_refuses_the_builtin_synthetic_data(capsys, home, tmp_path):
+    storage = str(tmp_path / "runs")
+    _fails(capsys, ["search", "run", "pneumonia-kd", "--profile", "paper", "--name", "R",
+                    "--storage", storage],
+           r"profile 'paper' of study 'pneumonia-kd' is meant for real data",
+           r"'phantom-pneumonia' is SYNTHETIC", r"cxrkd data import kaggle-pneumonia",
+           r"--dataset phantom-pneumonia to run on the phantoms anyway")  # fmt: skip
+    assert not (home / "datasets" / "phantom-pneumonia").exists(), "the phantom was imported"
+    assert not (tmp_path / "runs").exists()
+
+
+def test_paper_profile_refuses_an_imported_builtin_phantom_too(capsys, home, tmp_path,
+                                                               store_maker):  # fmt: skip
+    store_maker(name="phantom-findings", preset="findings")  # as a demo run leaves it
+    _fails(capsys, ["search", "run", "lowres-kd", "--profile", "paper", "--name", "R",
+                    "--storage", str(tmp_path / "runs")],
+           r"'phantom-findings' is SYNTHETIC", r"cxrkd data import vindr")  # fmt: skip
+    _nothing_created(home, tmp_path, {"phantom-findings"})
+
+
+def test_paper_profile_takes_synthetic_data_named_with_dataset(tiny_store):
+    """Named explicitly, the phantom passes the data check; the tables then say SYNTHETIC
+    (the rendered files are checked in the end-to-end run of test_subset.py)."""
+    from results.report import caption_of
+    from search.setup import open_dataset, study_with_options
+
+    study = study_with_options(RunOptions(study="pneumonia-kd", profile="paper"))
+    store = open_dataset(study, tiny_store.name)
+    assert store.manifest.synthetic
+    assert caption_of(study, store.manifest).startswith("SYNTHETIC")
+
+
+def test_lowres_study_on_a_binary_dataset_names_the_labels_it_needs(capsys, run_args, home,
+                                                                     tmp_path):  # fmt: skip
+    args = [*run_args]
+    args[args.index("pneumonia-kd")] = "lowres-kd"
+    _fails(capsys, args, r"study 'lowres-kd' needs a multilabel dataset",
+           r"several local finding labels \(the MLCT task\) and a global abnormal label",
+           r"'tiny-pneumonia' is binary with labels \[", r"cxrkd data import vindr",
+           r"--dataset")  # fmt: skip
+    _nothing_created(home, tmp_path, {"tiny-pneumonia"})
+
+
+def test_binary_study_on_a_multilabel_dataset_names_the_labels_it_needs(capsys, run_args,
+                                                                       store_maker):  # fmt: skip
+    store_maker(name="tiny-findings", preset="findings")
+    args = [*run_args]
+    args[args.index("--dataset") + 1] = "tiny-findings"
+    _fails(capsys, args, r"one positive label \(e\.g\. PNEUMONIA\) against normal",
+           r"'tiny-findings' is multilabel with labels \[.*\] \(global label",
+           r"cxrkd data import kaggle-pneumonia")  # fmt: skip
+
+
+def test_only_that_matches_no_cell_lists_the_cells(capsys, run_args, home, tmp_path):
+    _fails(capsys, [*run_args, "--only", "resnet18_kd", "--only", "*tiny*"],
+           r"--only \['\*tiny\*'\] matches no cell of study 'pneumonia-kd'",
+           r"its cells: \['resnet50_teacher', 'baseline_cnn', 'resnet18_finetuned', "
+           r"'resnet18_frozen', 'resnet18_kd'\]")  # fmt: skip
+    _nothing_created(home, tmp_path, {"tiny-pneumonia"})
+
+
 @pytest.mark.parametrize("command", ["resume", "status"])
 def test_resume_and_status_of_a_run_that_does_not_exist(capsys, tmp_path, command):
     missing = tmp_path / "runs" / "nope"
