@@ -25,6 +25,7 @@ from spaces.studies import (
     register_study,
     registered,
 )
+from trainables.errors import CxrkdError
 
 SIZES = {
     "tiny": ("vit_tiny_patch16_224", "ViT-Tiny"),
@@ -46,11 +47,30 @@ KD_KEYS = ["lr", "weight_decay", "alpha", "beta", "gamma", "temperature"]
 @dataclass(frozen=True)
 class Grid:
     sizes: tuple[str, ...]  # teacher = student size
-    lows: tuple[int, ...]  # student resolutions, below the profile's img_size
+    # The student sees img_size // factor px: the paper's 224 -> 112/56/28 is (2, 4, 8). Ratios,
+    # not pixels, so `--set img_size=...` keeps the paper's 8:4:2:1 (a small rehearsal at 32 px
+    # runs the same cells at 16/8/4 px).
+    factors: tuple[int, ...]
     approaches: tuple[str, ...] = APPROACHES
     pairs: tuple[tuple[str, str], ...] = ()  # extra (teacher, student) cross-size pairs
     patch_size: int = 0  # 0: the timm model's own (demo variants shrink it)
     depth: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.factors or any(int(f) != f or f < 2 for f in self.factors):
+            raise CxrkdError(
+                f"low-resolution factors must be whole numbers >= 2, got {self.factors}"
+            )
+
+    def lows(self, img_size: int) -> tuple[int, ...]:
+        """The students' resolutions in px at the teacher's ``img_size``."""
+        lows = tuple(img_size // f for f in self.factors)
+        if min(lows) < 1:
+            raise CxrkdError(
+                f"img_size {img_size} is too small for low-resolution factors {self.factors} "
+                f"(the smallest view would be {min(lows)} px); raise --set img_size"
+            )
+        return lows
 
 
 PROFILES = {
@@ -76,7 +96,7 @@ PROFILES = {
         # The teachers get 300 steps (val AUROC MCCT ~0.7 on the phantom, under 2 minutes on a
         # 2-core CPU); with the students' 80 they stay near chance.
         teacher_fixed={"epochs": 6, "steps_per_epoch": 50},
-        grid={"grid": Grid(sizes=("tiny",), lows=(32, 16, 8), patch_size=8, depth=4)},
+        grid={"grid": Grid(sizes=("tiny",), factors=(2, 4, 8), patch_size=8, depth=4)},
     ),
     # The paper: 224 px, batch 64, AdamW around lr 5e-4 with cosine annealing, 100 epochs.
     "paper": Profile(
@@ -99,7 +119,7 @@ PROFILES = {
         reduction_factor=3,
         bounds={"lr": (1e-4, 1e-3)},
         device_hint="GPU cluster",
-        grid={"grid": Grid(sizes=("tiny", "small", "base"), lows=(112, 56, 28))},
+        grid={"grid": Grid(sizes=("tiny", "small", "base"), factors=(2, 4, 8))},
     ),
 }
 
@@ -145,6 +165,7 @@ def teacher_cells(profile: Profile, sizes: list[str]) -> list[SearchCell]:
 def lowres_kd(profile: Profile) -> Study:
     grid: Grid = profile.grid["grid"]
     base = dict(profile.fixed)
+    lows = grid.lows(base["img_size"])
     n, b = profile.samples, profile.bounds
     teacher_sizes = list(dict.fromkeys(t for t, _ in _pairs(grid)))
 
@@ -158,10 +179,10 @@ def lowres_kd(profile: Profile) -> Study:
                 {**_vit(base, grid, size), "method": "vit_mtl", "low_res": low}, n, b,
             )
             for size in grid.sizes
-            for low in grid.lows
+            for low in lows
         ]  # fmt: skip
         for t, s in _pairs(grid):
-            for low in grid.lows:
+            for low in lows:
                 for approach in grid.approaches:
                     fixed = {
                         **_vit(base, grid, s),
@@ -186,27 +207,27 @@ def lowres_kd(profile: Profile) -> Study:
         for size in grid.sizes
         for task, metric in TASKS
         for col, cell in [(hr_teacher, registered(teacher_key(size))), (hr, teacher_key(size))]
-        + [(f"{low} px", base_key(size, low)) for low in grid.lows]
+        + [(f"{low} px", base_key(size, low)) for low in lows]
     ]
     table2 = [
         (pair_name(t, s), approach, task, f"{low} px", kd_key(t, s, low, approach), metric)
         for t, s in _pairs(grid)
         for approach in grid.approaches
         for task, metric in TASKS
-        for low in grid.lows
+        for low in lows
     ]
-    kd_cells = [kd_key(t, s, low, a) for t, s in _pairs(grid) for low in grid.lows
+    kd_cells = [kd_key(t, s, low, a) for t, s in _pairs(grid) for low in lows
                 for a in grid.approaches]  # fmt: skip
     # Each KD cell is tested against vit_mtl without KD at the student's size and resolution.
     baselines = {kd_key(t, s, low, a): base_key(s, low) for t, s in _pairs(grid)
-                 for low in grid.lows for a in grid.approaches}  # fmt: skip
+                 for low in lows for a in grid.approaches}  # fmt: skip
     findings = [((SIZES[size][1], hr_teacher, "teacher"), registered(teacher_key(size)))
                 for size in grid.sizes]  # fmt: skip
     findings += [((SIZES[size][1], hr, "no KD"), teacher_key(size)) for size in grid.sizes]
     findings += [((SIZES[size][1], f"{low} px", "no KD"), base_key(size, low))
-                 for size in grid.sizes for low in grid.lows]  # fmt: skip
+                 for size in grid.sizes for low in lows]  # fmt: skip
     findings += [((pair_name(t, s), f"{low} px", a), kd_key(t, s, low, a))
-                 for t, s in _pairs(grid) for low in grid.lows
+                 for t, s in _pairs(grid) for low in lows
                  for a in grid.approaches]  # fmt: skip
     return lowres_study(
         "lowres-kd",

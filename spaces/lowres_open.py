@@ -53,7 +53,7 @@ PROFILES = {
         teacher_samples=1,
         grace_period=1,
         teacher_fixed={"epochs": 6, "steps_per_epoch": 30},  # see lowres-kd's demo
-        grid={"grid": Grid(sizes=("tiny", "small"), lows=(16, 8), patch_size=8, depth=2)},
+        grid={"grid": Grid(sizes=("tiny", "small"), factors=(2, 4), patch_size=8, depth=2)},
         objectives=DEFAULT_OBJECTIVES,
     ),
     # The paper's sizes, resolutions and recipe (lowres-kd's paper profile, so the teachers
@@ -74,7 +74,7 @@ def open_cell(profile: Profile, state: StudyState) -> SearchCell:
     }
     choices = {
         "model": {SIZES[s][0]: {"teacher_path": state.teacher(teacher_key(s))} for s in grid.sizes},
-        "low_res": {low: {} for low in grid.lows},
+        "low_res": {low: {} for low in grid.lows(profile.fixed["img_size"])},
         "kd_approach": {a: {} for a in grid.approaches},
     }
     objectives = parse_objectives(profile.objectives)

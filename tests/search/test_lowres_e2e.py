@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture
 def two_cell_grid(monkeypatch):
     demo = lowres.PROFILES["demo"]
-    grid = lowres.Grid(sizes=("tiny",), lows=(8,), approaches=("mlcak",), patch_size=8, depth=2)
+    grid = lowres.Grid(sizes=("tiny",), factors=(2,), approaches=("mlcak",), patch_size=8, depth=2)
     monkeypatch.setitem(lowres.PROFILES, "demo", dataclasses.replace(demo, grid={"grid": grid}))
 
 

@@ -195,7 +195,7 @@ def test_stage_chooses_the_pareto_front_best_first():
 @pytest.fixture
 def tiny_open(monkeypatch):
     demo = lowres_open.PROFILES["demo"]
-    grid = lowres.Grid(sizes=("tiny", "small"), lows=(8, 4), approaches=("vanilla", "mlcak"),
+    grid = lowres.Grid(sizes=("tiny", "small"), factors=(2, 4), approaches=("vanilla", "mlcak"),
                        patch_size=8, depth=2)  # fmt: skip
     tiny = dataclasses.replace(demo, grid={"grid": grid})
     monkeypatch.setitem(lowres_open.PROFILES, "demo", tiny)

@@ -188,3 +188,30 @@ def test_demo_teachers_train_longer_than_students_unless_set_says_otherwise():
     (teacher,) = apply_overrides(pinned.stages[0].cells(StudyState()), {"epochs": 2})
     assert (teacher.fixed["epochs"], teacher.fixed["steps_per_epoch"]) == (2, 50)
     assert "2 epochs of 20 steps (teachers 2 epochs of 50 steps)" in pinned.profile.banner
+
+
+def _lowres_cells(profile: str, img_size: int | None = None) -> dict[str, dict]:
+    import dataclasses
+
+    import spaces.lowres_kd as lowres
+
+    prof = lowres.PROFILES[profile]
+    if img_size is not None:
+        prof = dataclasses.replace(prof, fixed={**prof.fixed, "img_size": img_size})
+    study = lowres.lowres_kd(prof)
+    state = StudyState(teachers={k: f"/t/{k}" for k in ("teacher_tiny", "teacher_small",
+                                                          "teacher_base")})  # fmt: skip
+    search = next(s for s in study.stages if s.role == "search")
+    return {c.key: c.fixed for c in search.cells(state)}
+
+
+def test_lowres_resolutions_follow_the_input_size_at_the_papers_ratios():
+    paper = _lowres_cells("paper")
+    assert {c["low_res"] for c in paper.values()} == {112, 56, 28}  # the paper's 224 px
+    assert "kd_base_28px_mlcak" in paper and paper["kd_base_28px_mlcak"]["low_res"] == 28
+    small = _lowres_cells("paper", img_size=32)  # a rehearsal with `--set img_size=32`
+    assert {c["low_res"] for c in small.values()} == {16, 8, 4}
+    assert "base_tiny_4px" in small and all(c["img_size"] == 32 for c in small.values())
+    assert {c["low_res"] for c in _lowres_cells("demo").values()} == {32, 16, 8}
+    with pytest.raises(CxrkdError, match="too small for low-resolution factors"):
+        _lowres_cells("paper", img_size=4)
