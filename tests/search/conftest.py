@@ -17,8 +17,16 @@ import pytest
 from trainables.data.importers import import_dataset
 from trainables.data.store import Manifest
 
-# Every trial of these tests: 16 px, 2 epochs of 2 steps of 8 images (seconds on a CPU).
-TINY = {"img_size": "16", "epochs": "2", "steps_per_epoch": "2", "batch_size": "8"}
+# Every trial of these tests: 16 px, 2 epochs of 2 steps of 8 images (seconds on a CPU), and
+# no pretrained weights: the demo profile's phantom backbones take a minute to build
+# (tests/trainables/test_phantom_backbones.py tests them).
+TINY = {
+    "img_size": "16",
+    "epochs": "2",
+    "steps_per_epoch": "2",
+    "batch_size": "8",
+    "pretrained": "false",
+}
 TINY_SETS = [f"{k}={v}" for k, v in TINY.items()]
 STORE = "tiny-pneumonia"
 # Small object stores: the dataset is ~100 KB and the machine is shared.

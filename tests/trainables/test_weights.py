@@ -22,6 +22,7 @@ from trainables.weights import (
     resolve_pretrained,
     weights_download,
 )
+from trainables.weights_folder import sha256_of
 
 
 @pytest.fixture(autouse=True)
@@ -30,6 +31,7 @@ def _empty_caches(tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.delenv(weights.WEIGHTS_ENV, raising=False)
+    monkeypatch.delenv(weights.ALLOW_RANDOM_ENV, raising=False)
 
 
 @pytest.fixture
@@ -40,6 +42,12 @@ def no_network(monkeypatch):
     monkeypatch.setattr(socket, "getaddrinfo", refuse)
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(weights, "_probe", refuse)
+
+
+@pytest.fixture
+def allow_random(monkeypatch):
+    """Load the random inits below as if pretrained (a run refuses them without this)."""
+    monkeypatch.setenv(weights.ALLOW_RANDOM_ENV, "1")
 
 
 @pytest.fixture
@@ -79,15 +87,16 @@ def test_download_writes_file_and_index(fake_resnet18):
     assert path == folder / "resnet18.safetensors"
     index = json.loads((folder / weights.INDEX_FILE).read_text())
     assert index["resnet18"]["file"] == "resnet18.safetensors"
-    assert index["resnet18"]["sha256"] == weights._sha256(path)
+    assert index["resnet18"]["sha256"] == sha256_of(path)
     assert index["resnet18"]["random_init"] is True
+    assert index["resnet18"]["origin"] == weights.ORIGIN_RANDOM
     # A second download merges into the index instead of replacing it.
     weights_download(["resnet10t"], folder, _random_init=True)
     index = json.loads((folder / weights.INDEX_FILE).read_text())
     assert set(index) == {"resnet18", "resnet10t"}
 
 
-def test_local_file_passes_the_check_and_is_loaded_exactly(fake_resnet18, no_network):
+def test_local_file_passes_the_check_and_is_loaded_exactly(fake_resnet18, no_network, allow_random):
     folder, path = fake_resnet18
     check_weights_available(["resnet18"], weights_dir=folder)  # no raise
     assert resolve_pretrained("resnet18", folder) == {
@@ -103,7 +112,9 @@ def test_local_file_passes_the_check_and_is_loaded_exactly(fake_resnet18, no_net
     assert model.fc.weight.shape == (1, 512)  # 1000-class head dropped, new head
 
 
-def test_weights_dir_comes_from_the_environment(fake_resnet18, monkeypatch, no_network):
+def test_weights_dir_comes_from_the_environment(
+    fake_resnet18, monkeypatch, no_network, allow_random
+):
     folder, path = fake_resnet18
     monkeypatch.setenv(weights.WEIGHTS_ENV, str(folder))
     check_weights_available(["resnet18"])
@@ -145,7 +156,7 @@ def test_online_check_probes_once_and_stops_when_nothing_answers(tmp_path, monke
     check_weights_available(["resnet18", "resnet50"], weights_dir=tmp_path)  # downloadable
 
 
-def test_vit_loads_local_weights_at_a_new_image_size(tmp_path, no_network):
+def test_vit_loads_local_weights_at_a_new_image_size(tmp_path, no_network, allow_random):
     folder = tmp_path / "weights"
     (path,) = weights_download(["vit_tiny_patch16_224"], folder, _random_init=True)
     saved = safetensors.torch.load_file(str(path))
