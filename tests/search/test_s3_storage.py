@@ -12,10 +12,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import tempfile
+import threading
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,8 +138,8 @@ def test_teacher_registry_on_s3(s3: S3, tmp_path, monkeypatch):
     uri = registry.register(key, _model_dir(tmp_path / "m", b"weights-1"), {"val_auc": 0.9})
     assert uri == f"{s3.root}/runs/teachers/{key.fingerprint}"
     assert registry.lookup(key) == uri
-    assert f"runs/teachers/{key.fingerprint}/model/state.pt" in s3.objects()
     record = teachers.read_record(uri, dataset_fingerprint="fp-data")
+    assert f"runs/teachers/{key.fingerprint}/{record['model_dir']}/state.pt" in s3.objects()
     assert record["fingerprint"] == key.fingerprint and record["metrics"] == {"val_auc": 0.9}
     with pytest.raises(TeacherError, match="fp-other"):
         teachers.read_record(uri, dataset_fingerprint="fp-other")
@@ -144,14 +147,139 @@ def test_teacher_registry_on_s3(s3: S3, tmp_path, monkeypatch):
         teachers.read_record(registry.uri("0" * 20), dataset_fingerprint="fp-data")
 
     local = teachers.fetch_model_dir(uri)
-    assert local.is_relative_to(tmp_path / "node-tmp")
+    # In this user's cache ($CXRKD_HOME/cache/teachers), not in the node's shared /tmp.
+    assert local == teachers.teacher_cache_dir() / record["content_sha256"]
+    assert not list((tmp_path / "node-tmp").iterdir())
     assert (local / "state.pt").read_bytes() == b"weights-1"
     assert teachers.fetch_model_dir(uri) == local  # downloaded once per node
-    # The same fingerprint on another storage is another teacher: never served from the
-    # first one's local copy.
+    # The same fingerprint on another storage with other weights is another teacher: never
+    # served from the first one's local copy.
     other = TeacherRegistry(f"{s3.root}/other-runs")
     other_uri = other.register(key, _model_dir(tmp_path / "m2", b"weights-2"), {})
     assert (teachers.fetch_model_dir(other_uri) / "state.pt").read_bytes() == b"weights-2"
+
+
+# --- the registry without races, and the node cache, on S3 --------------------------------
+
+
+def _registered(s3: S3, tmp_path, weights: bytes = b"weights-1") -> tuple[TeacherKey, str, dict]:
+    key = TeacherKey.from_config({"model": "resnet50", "img_size": 224, "seed": 0}, "fp-data")
+    uri = TeacherRegistry(f"{s3.root}/runs").register(
+        key, _model_dir(tmp_path / f"m-{uuid.uuid4().hex}", weights), {}
+    )
+    return key, uri, storage.read_json(f"{uri}/record.json")
+
+
+def test_create_exclusive_on_s3_is_a_conditional_put(s3: S3):
+    # pyarrow's S3 filesystem drops If-None-Match, so this goes through boto3; moto (>= 5.0.x)
+    # answers a second conditional put of a key with 412 Precondition Failed, as AWS does.
+    uri = f"{s3.root}/runs/teachers/abc/record.json"
+    assert storage.create_exclusive(uri, "first") is True
+    assert storage.create_exclusive(uri, "second") is False
+    assert storage.read_text(uri) == "first"
+    assert [k for k in s3.objects() if not k.endswith("/")] == ["runs/teachers/abc/record.json"]
+
+    n = 6
+    barrier = threading.Barrier(n, timeout=30)
+
+    def create(i: int) -> bool:
+        barrier.wait()
+        return storage.create_exclusive(f"{s3.root}/runs/race.json", f"writer {i}")
+
+    with ThreadPoolExecutor(n) as pool:
+        results = list(pool.map(create, range(n)))
+    assert results.count(True) == 1
+    assert storage.read_text(f"{s3.root}/runs/race.json") == f"writer {results.index(True)}"
+
+
+def test_create_exclusive_on_s3_without_boto3_names_the_fix(s3: S3, monkeypatch):
+    monkeypatch.setitem(sys.modules, "boto3", None)  # import boto3 -> ImportError
+    monkeypatch.setattr(storage, "_S3_CLIENTS", {})
+    with pytest.raises(StorageError, match="needs boto3.*pip install boto3"):
+        storage.create_exclusive(f"{s3.root}/runs/x.json", "x")
+
+
+def test_check_writable_refuses_a_server_that_ignores_conditional_puts(s3: S3, monkeypatch):
+    monkeypatch.setattr(storage, "_create_exclusive_s3", lambda uri, data: True)
+    with pytest.raises(StorageError, match=r"ignores conditional puts \(If-None-Match: \*\)"):
+        storage.check_writable(f"{s3.root}/runs")
+
+
+def test_concurrent_registrations_on_s3_leave_one_record_and_the_winners_files(
+    s3: S3, tmp_path, monkeypatch
+):
+    key = TeacherKey.from_config({"model": "resnet50", "img_size": 224, "seed": 0}, "fp-data")
+    registry = TeacherRegistry(f"{s3.root}/runs")
+    names = ["a", "b", "c"]
+    folders = {who: _model_dir(tmp_path / who, f"weights-{who}".encode()) for who in names}
+    barrier = threading.Barrier(len(names), timeout=60)
+    upload = storage.upload_dir
+
+    def upload_then_wait(local, uri) -> None:  # all have uploaded before any commits
+        upload(local, uri)
+        barrier.wait()
+
+    monkeypatch.setattr(storage, "upload_dir", upload_then_wait)
+    with ThreadPoolExecutor(len(names)) as pool:
+        uris = list(pool.map(lambda who: registry.register(key, folders[who], {"who": who}), names))
+    teacher = f"runs/teachers/{key.fingerprint}"
+    assert uris == [f"{s3.root}/{teacher}"] * len(names)
+    files = [k for k in s3.objects(teacher) if not k.endswith("/")]
+    record = storage.read_json(f"{uris[0]}/record.json")
+    winner = record["metrics"]["who"]
+    # One record; only the winner's upload is left, and it is what every trial gets.
+    assert files == sorted(
+        [f"{teacher}/record.json"]
+        + [f"{teacher}/{record['model_dir']}/{n}" for n in ("config.json", "state.pt")]
+    )
+    local = teachers.fetch_model_dir(uris[0])
+    assert (local / "state.pt").read_bytes() == f"weights-{winner}".encode()
+
+
+def test_teacher_cache_is_private_and_named_by_the_content_hash(s3: S3, tmp_path):
+    cache_root = Path(os.environ["CXRKD_HOME"]) / "cache" / "teachers"
+    cache_root.mkdir(parents=True, mode=0o755)
+    os.chmod(cache_root, 0o755)
+    os.chmod(cache_root.parent, 0o755)
+    _, uri, record = _registered(s3, tmp_path)
+    local = teachers.fetch_model_dir(uri)
+    assert local == cache_root / record["content_sha256"]
+    assert cache_root.stat().st_mode & 0o777 == 0o700  # tightened: only this user
+    assert cache_root.parent.stat().st_mode & 0o777 == 0o700
+    assert local.stat().st_mode & 0o077 == 0
+    # Content-addressed: the same files registered on another storage share the copy.
+    key = TeacherKey.from_config({"model": "resnet50", "img_size": 224, "seed": 0}, "fp-data")
+    again = TeacherRegistry(f"{s3.root}/other-runs").register(key, local, {})
+    assert teachers.fetch_model_dir(again) == local
+    assert sorted(p.name for p in cache_root.iterdir()) == [record["content_sha256"]]
+
+
+def test_a_tampered_cache_is_detected_and_fetched_again(s3: S3, tmp_path):
+    _, uri, _ = _registered(s3, tmp_path)
+    local = teachers.fetch_model_dir(uri)
+    (local / "state.pt").write_bytes(b"planted weights")
+    (local / "extra.py").write_text("import os")
+    again = teachers.fetch_model_dir(uri)
+    assert (again / "state.pt").read_bytes() == b"weights-1"
+    assert sorted(p.name for p in again.iterdir()) == ["config.json", "state.pt"]
+
+
+def test_tampered_files_on_s3_are_refused(s3: S3, tmp_path):
+    _, uri, record = _registered(s3, tmp_path)
+    key = f"{uri.removeprefix(s3.root + '/')}/{record['model_dir']}/state.pt"
+    s3.client.put_object(Bucket=s3.bucket, Key=key, Body=b"other weights")
+    with pytest.raises(TeacherError, match=r"state.pt does not match its sha256"):
+        teachers.fetch_model_dir(uri)
+    assert [p.name for p in teachers.teacher_cache_dir().iterdir()] == []  # nothing kept
+
+
+def test_a_record_whose_model_folder_is_missing_on_s3_is_a_clear_error(s3: S3, tmp_path):
+    _, uri, record = _registered(s3, tmp_path)
+    prefix = f"{uri.removeprefix(s3.root + '/')}/{record['model_dir']}/"
+    for k in s3.objects(prefix):
+        s3.client.delete_object(Bucket=s3.bucket, Key=k)
+    with pytest.raises(TeacherError, match=r"model folder .* is missing; delete .*record.json"):
+        teachers.fetch_model_dir(uri)
 
 
 def test_teacher_outputs_round_trip_on_s3(s3: S3):
@@ -172,7 +300,8 @@ def test_teacher_outputs_round_trip_on_s3(s3: S3):
 def s3_ray(s3: S3, monkeypatch, tmp_path):
     """A private 2-CPU Ray started after ``s3`` set the AWS variables, so that the trial
     processes (which inherit Ray's environment) reach the same server. The trials' temporary
-    files (checkpoints before upload, downloaded teachers) go to ``<tmp_path>/node-tmp``."""
+    files (checkpoints before upload) go to ``<tmp_path>/node-tmp``, the teachers they
+    download to this test's ``$CXRKD_HOME/cache/teachers``."""
     import ray
 
     (tmp_path / "node-tmp").mkdir()
@@ -228,7 +357,8 @@ def test_a_study_runs_end_to_end_on_s3_storage(s3_ray: S3, tiny_store, tiny, tmp
     teacher_uri = f"{s3.root}/{teacher[0].removesuffix('/record.json')}"
     assert list(state["teachers"].values()) == [teacher_uri]
     # A Ray worker downloaded the teacher from S3 and wrote its outputs back there.
-    assert list((tmp_path / "node-tmp" / "cxrkd-teachers").glob("*/config.json"))
+    cache = Path(os.environ["CXRKD_HOME"]) / "cache" / "teachers"  # the workers' CXRKD_HOME
+    assert list(cache.glob("*/config.json"))
     assert any(k.startswith(f"{teacher[0].removesuffix('record.json')}outputs/") for k in keys)
 
     trials = storage.read_parquet(f"{run_uri}/trials.parquet")
