@@ -10,11 +10,16 @@ An importer only says *what* to import: one metadata row per source image and a 
   than ``max_unreadable`` of them fail, the import stops, naming the first 20 and writing all
   of them to ``.partial-NAME/unreadable.txt`` (decoded chunks are kept for the retry);
 - the finished store is renamed into place in one step, so a crash never leaves a store that
-  looks complete.
+  looks complete;
+- disk space is checked before decoding and the image array's blocks are allocated for real
+  before it is memory-mapped, so a full disk is a :class:`DiskSpaceError` naming the bytes
+  needed and free, never a SIGBUS from writing through the mapping (the decoded chunks are kept
+  for the retry).
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -48,6 +53,16 @@ from trainables.data.store import (
 UNREADABLE_FILE = "unreadable.txt"  # in the staging folder, when too many files fail
 Decoder = Callable[[dict, int], tuple[np.ndarray, int, int]]
 REQUIRED_COLUMNS = ("image_id", "patient_id", "split", "source_path")
+# Free space kept beyond the image bytes: metadata, manifest, filesystem overhead.
+DISK_MARGIN = 64 * 2**20
+_FULL = (errno.ENOSPC, errno.EDQUOT)  # "the disk is full" and "the disk quota is used up"
+# posix_fallocate errors meaning "this filesystem cannot do it": write zeros instead.
+_NO_FALLOCATE = {errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL, errno.ENOSYS}
+_ZEROS = 8 * 2**20  # bytes per write in the zero-filling fallback
+
+
+class DiskSpaceError(DatasetError):
+    """Not enough free disk space for an import; no store became visible."""
 
 
 @dataclass(frozen=True)
@@ -158,6 +173,16 @@ def _decode_all(plan, size, chunks, chunk_size, workers, progress) -> list[Path]
     starts = range(0, len(records), chunk_size)
     paths = [chunks / f"{i // chunk_size:06d}.npz" for i in starts]
     todo = [(s, p) for s, p in zip(starts, paths, strict=True) if not _chunk_is_final(p)]
+    # Fail now, not hours into decoding: the chunks still to write and the image array exist
+    # together until the store is assembled (chunks already written are no longer free space).
+    per_image = size * size
+    to_decode = sum(len(records[s : s + chunk_size]) for s, _ in todo)
+    _check_free(
+        plan.name,
+        chunks.parent,
+        (to_decode + len(records)) * per_image,
+        f"decoding {to_decode:,} image(s) and assembling {len(records):,}",
+    )
     bar = _progress(len(records), f"import {plan.name}", progress)
     bar.update(len(records) - sum(len(records[s : s + chunk_size]) for s, _ in todo))
     if workers <= 1:
@@ -183,6 +208,86 @@ def _decode_all(plan, size, chunks, chunk_size, workers, progress) -> list[Path]
                 raise
     bar.close()
     return paths
+
+
+def _human(n: int) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.2f} {unit}"
+        n /= 1024
+    raise AssertionError  # unreachable
+
+
+def _disk_full(name: str, staging: Path, needed: int, free: int, what: str) -> DiskSpaceError:
+    return DiskSpaceError(
+        f"not enough disk space to import {name!r}: {what} needs {_human(needed)} "
+        f"({needed:,} bytes) in {staging.parent}, but only {_human(free)} ({free:,} bytes) are "
+        "free there. Free up space on that disk, or point CXRKD_HOME at a folder on a bigger "
+        f"disk, then run the same command again (images decoded so far are kept in {staging} "
+        "and reused when you retry with the same CXRKD_HOME)."
+    )
+
+
+def _free_bytes(folder: Path) -> int:
+    return int(shutil.disk_usage(folder).free)
+
+
+def _check_free(name: str, staging: Path, nbytes: int, what: str) -> None:
+    """Raise :class:`DiskSpaceError` unless ``nbytes`` plus a margin are free at ``staging``."""
+    free = _free_bytes(staging)
+    if free < nbytes + DISK_MARGIN:
+        raise _disk_full(name, staging, nbytes + DISK_MARGIN, free, what)
+
+
+def _allocate(fd: int, offset: int, length: int) -> None:
+    """Give bytes ``[offset, offset + length)`` of ``fd`` real disk blocks (OSError if full)."""
+    if length <= 0:
+        return
+    fallocate = getattr(os, "posix_fallocate", None)  # not on macOS or Windows
+    if fallocate is not None:
+        try:
+            fallocate(fd, offset, length)
+            return
+        except OSError as exc:
+            if exc.errno not in _NO_FALLOCATE:
+                raise
+    # The filesystem cannot preallocate: write the zeros, then make it report a full disk now.
+    zeros = bytes(min(_ZEROS, length))
+    os.lseek(fd, offset, os.SEEK_SET)
+    left = length
+    while left:
+        left -= os.write(fd, zeros[: min(left, len(zeros))])
+    os.fsync(fd)
+
+
+def _reserved_memmap(path: Path, shape: tuple[int, ...], name: str) -> np.memmap:
+    """Create the ``.npy`` file at ``path`` with all its blocks allocated, then map it.
+
+    Writing through a mapping of a sparse file on a full disk kills the process with SIGBUS;
+    writing to allocated blocks cannot fail that way. A full disk raises DiskSpaceError here,
+    and ``path`` is removed.
+    """
+    path.unlink(missing_ok=True)  # from an earlier attempt: its blocks would count as used
+    nbytes = int(np.prod(shape))
+    _check_free(name, path.parent, nbytes, f"the {shape[0]:,}-image array")
+    header = {
+        "descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)),
+        "fortran_order": False,
+        "shape": tuple(shape),
+    }
+    try:
+        with open(path, "wb") as f:
+            np.lib.format.write_array_header_1_0(f, header)
+            f.flush()
+            _allocate(f.fileno(), f.tell(), nbytes)  # the header stays as written
+    except OSError as exc:
+        path.unlink(missing_ok=True)
+        if exc.errno in _FULL:
+            raise _disk_full(
+                name, path.parent, nbytes, _free_bytes(path.parent), f"the {shape[0]:,}-image array"
+            ) from exc
+        raise
+    return np.load(path, mmap_mode="r+")
 
 
 def _progress(total: int, desc: str, enabled: bool):
@@ -219,10 +324,17 @@ def write_store(
     workers = workers or min(os.cpu_count() or 1, 8)
     try:
         paths = _decode_all(plan, size, chunks, chunk_size, workers, progress)
+        return _assemble(plan, size, staging, final, paths, max_unreadable, log)
     except KeyboardInterrupt:
         log(f"interrupted; decoded chunks are kept in {staging}: run the same command to resume")
         raise
-    return _assemble(plan, size, staging, final, paths, max_unreadable, log)
+    except OSError as exc:
+        if exc.errno not in _FULL:
+            raise
+        # The disk filled up anyway (another program wrote to it meanwhile): the same error.
+        needed = len(plan.rows) * size * size + DISK_MARGIN
+        free = _free_bytes(root)
+        raise _disk_full(plan.name, staging, needed, free, "the import (an estimate)") from exc
 
 
 def _assemble(plan, size, staging, final, paths, max_unreadable, log) -> Manifest:
@@ -260,9 +372,7 @@ def _assemble(plan, size, staging, final, paths, max_unreadable, log) -> Manifes
     meta["orig_width"], meta["orig_height"] = orig[:, 0], orig[:, 1]
     meta = meta.reset_index(drop=True)
 
-    images = np.lib.format.open_memmap(
-        staging / IMAGES_FILE, mode="w+", dtype=np.uint8, shape=(len(meta), size, size)
-    )
+    images = _reserved_memmap(staging / IMAGES_FILE, (len(meta), size, size), plan.name)
     digest = hashlib.blake2b(digest_size=16)
     at = 0
     for p, keep in zip(paths, oks, strict=True):
