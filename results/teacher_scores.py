@@ -21,6 +21,7 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
+from results.test_scores import read_test_scores
 from spaces.studies import REGISTERED_PREFIX
 from trainables import storage
 from trainables.errors import CxrkdError
@@ -86,20 +87,12 @@ def _cache_uris(run_uri: str, teacher_uri: str) -> tuple[str, str]:
     return f"{base}.json", f"{base}.npz"
 
 
-def _read_npz(uri: str) -> dict[str, np.ndarray]:
-    fs, path = storage.filesystem(uri)
-    with fs.open_input_file(path) as f:
-        data = io.BytesIO(f.read())
-    with np.load(data, allow_pickle=False) as npz:
-        return {key: npz[key] for key in npz.files}
-
-
 def cached_teacher_scores(run_uri: str, teacher_uri: str, load_data: Callable[[], object]):
     """:func:`score_teacher`, computed once per run and teacher (``load_data()`` is called
     only when the cache is empty)."""
     meta_uri, npz_uri = _cache_uris(run_uri, teacher_uri)
     if storage.exists(meta_uri) and storage.exists(npz_uri):
-        return storage.read_json(meta_uri)["metrics"], _read_npz(npz_uri)
+        return storage.read_json(meta_uri)["metrics"], read_test_scores(npz_uri)
     metrics, scores = score_teacher(teacher_uri, load_data())
     buf = io.BytesIO()
     np.savez(buf, **scores)

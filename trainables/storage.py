@@ -85,11 +85,7 @@ def durable_replace(tmp: str | Path, path: str | Path) -> None:
     finally:
         os.close(fd)
     os.replace(tmp, path)
-    folder = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
+    _fsync_folder(path)
 
 
 def write_text(uri: str, text: str) -> None:
