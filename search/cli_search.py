@@ -60,6 +60,11 @@ def add_search_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_run)
     p = ssub.add_parser("resume", help="continue an interrupted run")
     p.add_argument("run", help="run folder, URI, or name under the default storage")
+    p.add_argument(
+        "--address",
+        help="Ray cluster address (default: RAY_ADDRESS, else a private local Ray; never the "
+        "address the run was started with)",
+    )
     p.set_defaults(func=cmd_resume)
     p = ssub.add_parser("status", help="where a run stands")
     p.add_argument("run")
@@ -121,7 +126,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_resume(args: argparse.Namespace) -> int:
     from search.runner import resume_study
 
-    resume_study(args.run)
+    resume_study(args.run, address=args.address)
     return 0
 
 

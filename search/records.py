@@ -17,6 +17,7 @@ import pandas as pd
 import pyarrow.fs as pafs
 from ray.tune import Callback
 
+from search.run_state import read_records_file
 from trainables import storage
 from trainables.trainable import CELL_KEY
 
@@ -141,7 +142,7 @@ def write_records(run_uri: str, kind: str, stage: str, cell: str, frame: pd.Data
     """Merge with what an earlier (interrupted) driver wrote; the newest row wins."""
     uri = records_uri(run_uri, kind, stage, cell)
     if storage.exists(uri):
-        frame = pd.concat([storage.read_parquet(uri), frame], ignore_index=True)
+        frame = pd.concat([read_records_file(uri), frame], ignore_index=True)
     keys = ["trial_id", "epoch"] if kind == "epochs" else ["trial_id"]
     frame = frame.drop_duplicates(subset=keys, keep="last")
     storage.write_parquet(uri, frame)
@@ -159,7 +160,7 @@ def prune_records(run_uri: str, stage: str, known: set[str]) -> None:
             f"epochs-{stage}",
         ):
             uri = storage.join(run_uri, "records", name)
-            frame = storage.read_parquet(uri)
+            frame = read_records_file(uri)
             keep = frame["trial_id"].isin(known)
             if not keep.all():
                 storage.write_parquet(uri, frame[keep])

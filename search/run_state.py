@@ -39,6 +39,27 @@ class RunOptions:
             raise CxrkdError(f"--gpus-per-trial must be >= 0, got {self.gpus_per_trial}")
         if self.cpus_per_trial <= 0:
             raise CxrkdError(f"--cpus-per-trial must be > 0, got {self.cpus_per_trial}")
+        if self.name is not None:
+            check_run_name(self.name)
+
+
+# Folders the storage layout keeps under the storage root beside the runs (the teacher
+# registry: trainables.teachers.TeacherRegistry); a run may not take their names.
+RESERVED_RUN_NAMES = frozenset({"teachers"})
+
+
+def check_run_name(name: str) -> str:
+    """A run name is one folder under the storage root: the dataset-name rule
+    (:func:`trainables.data.store.check_name`), and not a folder the layout uses itself."""
+    from trainables.data.store import check_name
+
+    check_name(name, what="run", example="pneumonia-kd-demo-1")
+    if name.lower() in RESERVED_RUN_NAMES:
+        raise CxrkdError(
+            f"run name {name!r} is reserved (the storage root's {name.lower()}/ folder is "
+            "shared by all runs); pass another --name, e.g. --name pneumonia-kd-demo-1"
+        )
+    return name
 
 
 def default_storage() -> str:
@@ -93,24 +114,66 @@ def read_run(run_uri: str) -> dict:
         raw = storage.read_json(uri)
         unknown = sorted(set(raw["options"]) - {f.name for f in dataclasses.fields(RunOptions)})
     except (ValueError, KeyError, TypeError) as exc:
-        raise CxrkdError(
-            f"{uri} is damaged ({type(exc).__name__}: {exc}); restore it from a backup or "
-            "start a new run"
-        ) from None
+        raise damaged(uri, exc) from None
     if unknown:
         raise CxrkdError(
             f"{uri} has options this cxrkd does not know: {unknown}; the run was started by "
             "another cxrkd version: resume it with that version"
         )
+    # Resume, status and report all start here: a damaged state.json or records file stops
+    # them before anything is written (resume rewrites run.json, report writes tables).
+    read_state(run_uri)
+    check_records(run_uri)
     return raw
+
+
+def damaged(uri: str, exc: BaseException) -> CxrkdError:
+    """The error for a run file that cannot be read: which file, what is wrong, the fix."""
+    return CxrkdError(
+        f"{uri} is damaged ({type(exc).__name__}: {exc}); restore it from a backup or "
+        "start a new run"
+    )
 
 
 def read_state(run_uri: str) -> tuple[StudyState, list[str]]:
     uri = storage.join(run_uri, "state.json")
     if not storage.exists(uri):
         return StudyState(), []
-    raw = storage.read_json(uri)
-    return StudyState(teachers=raw["teachers"], best=raw["best"]), raw["done"]
+    try:
+        raw = storage.read_json(uri)
+        teachers, best, done = raw["teachers"], raw["best"], raw["done"]
+        if not (isinstance(teachers, dict) and isinstance(best, dict)):
+            raise TypeError("'teachers' and 'best' must be objects")
+        if not (isinstance(done, list) and all(isinstance(d, str) for d in done)):
+            raise TypeError("'done' must be a list of stage names")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise damaged(uri, exc) from None
+    return StudyState(teachers=teachers, best=best), done
+
+
+def read_records_file(uri: str):
+    """One ``records/*.parquet`` file as a frame; a truncated or foreign file is a
+    :func:`damaged` error, not pyarrow's."""
+    try:
+        return storage.read_parquet(uri)
+    except ValueError as exc:  # pyarrow.ArrowInvalid: not parquet, truncated
+        raise damaged(uri, exc) from None
+
+
+def check_records(run_uri: str) -> None:
+    """Every ``records/*.parquet`` file has a readable parquet footer (cheap: no rows read)."""
+    import pyarrow.fs as pafs
+    import pyarrow.parquet as pq
+
+    fs, root = storage.filesystem(storage.join(run_uri, "records"))
+    for info in fs.get_file_info(pafs.FileSelector(root, allow_not_found=True)):
+        if info.type != pafs.FileType.File or not info.base_name.endswith(".parquet"):
+            continue
+        try:
+            with fs.open_input_file(info.path) as f:
+                pq.read_metadata(f)
+        except ValueError as exc:
+            raise damaged(storage.join(run_uri, "records", info.base_name), exc) from None
 
 
 def write_state(run_uri: str, state: StudyState, done: list[str]) -> None:

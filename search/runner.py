@@ -54,10 +54,12 @@ def run_study(options: RunOptions) -> str:
     return _drive(study, options, store, run_uri)
 
 
-def resume_study(run: str) -> str:
+def resume_study(run: str, address: str | None = None) -> str:
     run_uri = run_uri_of(run)
     raw = read_run(run_uri)
-    options = RunOptions(**raw["options"])
+    # Where the driver connects comes from the command line or RAY_ADDRESS, never from the run
+    # folder (any node may write it: DESIGN.md, "Running").
+    options = dataclasses.replace(RunOptions(**raw["options"]), address=address)
     study = setup.study_with_options(options)
     store = setup.open_dataset(study, options.dataset)
     if store.manifest.fingerprint != raw["dataset_fingerprint"]:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from ray import exceptions as ray_errors
 from ray import tune
+from ray.tune.experiment import Trial
 from ray.tune.search import ConcurrencyLimiter
 
 from results.figures import nondominated
@@ -27,7 +30,9 @@ from trainables.errors import CxrkdError
 from trainables.teachers import TeacherKey, TeacherRegistry
 from trainables.trainable import CELL_KEY
 
-# Retries after a worker dies (node loss, OOM-kill); a deterministic error repeats quickly.
+# Retries of a trial whose worker process died (a lost node, an OOM-kill): only those, as
+# an error the trial raised itself (a CxrkdError, a non-finite loss, CUDA out of memory)
+# would recur on every retry; see `retry_lost_workers_only`.
 MAX_FAILURES = 2
 # Not 1: Tune deletes the older checkpoint as soon as a newer one is registered, before the
 # experiment snapshot naming the newer one is saved; a driver killed in between resumes the
@@ -107,7 +112,8 @@ def run_stage(ctx: StageContext, stage: Stage, cells: list[Cell]):
 
 
 def _fit(tuner, *, budget: int, stage: str, run_uri: str):
-    results = tuner.fit()
+    with retry_lost_workers_only():
+        results = tuner.fit()
     # On SIGINT Tune saves the experiment and returns as if it had finished: a stage with
     # trials still to run must not be marked done and handed to the next stage.
     finished = results.num_terminated + results.num_errors
@@ -120,6 +126,52 @@ def _fit(tuner, *, budget: int, stage: str, run_uri: str):
         )
         raise KeyboardInterrupt
     return results
+
+
+def worker_lost(exc: BaseException | None) -> bool:
+    """Whether a trial failed because its process or node went away (worth a retry), not
+    because of what it computed (which a retry would compute again). Tune hands over an
+    error the trial raised as a ``RayTaskError`` whose ``cause`` is the original one."""
+    lost = (
+        ray_errors.RayActorError,  # ActorDiedError, ActorUnavailableError: the actor is gone
+        ray_errors.WorkerCrashedError,
+        ray_errors.NodeDiedError,
+        ray_errors.LocalRayletDiedError,
+        ray_errors.OutOfMemoryError,  # Ray's memory monitor killed the worker to save its node
+        ray_errors.ObjectLostError,  # the data bundle's copy went down with a node
+    )
+    seen = 0
+    while exc is not None and seen < 8:  # a cause chain, bounded
+        if isinstance(exc, lost):
+            return True
+        exc = exc.cause if isinstance(exc, ray_errors.RayTaskError) else None
+        seen += 1
+    return False
+
+
+@contextlib.contextmanager
+def retry_lost_workers_only():
+    """While Tune runs: a trial retries (``FailureConfig.max_failures``) only when
+    :func:`worker_lost` says so, and ends at once on any error it raised itself.
+
+    Tune has no such setting: ``Trial.handle_error`` counts every failure alike and
+    ``Trial.should_recover`` compares the count with ``max_failures`` right after (Ray 2.60,
+    ``ray/tune/experiment/trial.py``). Wrapping ``handle_error``, the one place Tune hands a
+    trial its exception, sets that trial's ``max_failures`` to 0 for a deterministic error,
+    so Tune errors it with the trial's own reason. The trial is finished then, so the 0
+    that Tune's experiment snapshot keeps for it changes nothing on a resume."""
+    tune_handle_error = Trial.handle_error
+
+    def handle_error(trial, exc=None):
+        tune_handle_error(trial, exc)
+        if not worker_lost(exc):
+            trial.max_failures = 0
+
+    Trial.handle_error = handle_error
+    try:
+        yield
+    finally:
+        Trial.handle_error = tune_handle_error
 
 
 def choose(results, *, metric: str, cells: list[Cell] = ()) -> dict[str, object]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from search.run_state import read_run, read_state, run_uri_of
+from search.run_state import read_records_file, read_run, read_state, run_uri_of
 from trainables import storage
 
 
@@ -14,7 +14,7 @@ def load_trial_records(run_uri: str) -> pd.DataFrame:
 
     infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
     frames = [
-        pd.read_parquet(info.path, filesystem=fs)
+        read_records_file(storage.join(run_uri, "records", info.base_name))
         for info in infos
         if info.base_name.startswith("trials-") and info.base_name.endswith(".parquet")
     ]

@@ -80,12 +80,21 @@ def run_trial(flat: dict, data: DataBundle, *, reporter: Reporter) -> dict:
         task = task.to(memory_format=torch.channels_last)
     try:
         return _train(cfg, task, data, ctx, reporter)
-    except torch.cuda.OutOfMemoryError as exc:
+    except RuntimeError as exc:
+        if not out_of_memory(exc):
+            raise
         raise TrialError(
-            f"CUDA out of memory with batch_size={cfg.train.batch_size}, "
+            f"out of memory with batch_size={cfg.train.batch_size}, "
             f"img_size={cfg.train.img_size}, model={cfg.train.model}: lower batch_size or give "
             f"trials more GPU (--gpus-per-trial). ({exc})"
         ) from None
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """CUDA's out-of-memory error, or the plain ``RuntimeError("CUDA error: out of memory")``
+    of allocations outside PyTorch's caching allocator (cuDNN workspaces, CUDA's own set-up):
+    a retry with the same config would run out again."""
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
 def _train(cfg: TrialConfig, task: Task, data: DataBundle, ctx: TrialContext, reporter) -> dict:

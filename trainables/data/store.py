@@ -49,12 +49,14 @@ class DatasetError(CxrkdError):
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
-def check_name(name: str) -> str:
-    """A store name is one path component: letters, digits, '.', '_', '-' (no '/', no '..')."""
-    if not NAME_PATTERN.fullmatch(name) or ".." in name:
+def check_name(name: str, *, what: str = "dataset", example: str = "kaggle-pneumonia-224") -> str:
+    """A store (or run) name is one path component: letters, digits, '.', '_', '-' (no '/',
+    no '\\', no '..', nothing outside ASCII, no control characters; 1 to 100 characters).
+    ``search.run_state.check_run_name`` uses it for run names."""
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name) or ".." in name:
         raise DatasetError(
-            f"bad dataset name {name!r}: use letters, digits, '.', '_' and '-' (at most 100, "
-            "starting with a letter or digit), e.g. --name kaggle-pneumonia-224"
+            f"bad {what} name {name!r}: use letters, digits, '.', '_' and '-' (at most 100, "
+            f"starting with a letter or digit, no '..'), e.g. --name {example}"
         )
     return name
 
