@@ -155,8 +155,8 @@ def _save_state_dict(model: nn.Module, stem: Path) -> Path:
 
 def _layout(model: nn.Module) -> dict[str, Any]:
     """The saved layout timm adapts on load: input channels of the first conv, classes."""
-    cfg = getattr(model, "pretrained_cfg", {}) or {}
-    first = cfg.get("first_conv")
+    timm_cfg = getattr(model, "pretrained_cfg", {}) or {}  # timm's metadata, not a trial config
+    first = timm_cfg.get("first_conv")
     first = first[0] if isinstance(first, (list, tuple)) else first
     weight = model.state_dict().get(f"{first}.weight") if first else None
     return {
