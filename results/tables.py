@@ -72,6 +72,11 @@ def _fmt_value(value: object) -> str:
 def _hyperparameter_string(sel: pd.DataFrame, keys: list[str], short: Mapping[str, str]) -> str:
     parts = []
     for key in keys:
+        column = f"config/{key}"
+        # A conditional parameter (T only for vanilla KD, gamma only for MLCAK, ...) is absent
+        # from the frame when no trial drew it, and empty in the rows of trials that did not.
+        if column not in sel or sel[column].isna().all():
+            continue
         values = list(dict.fromkeys(_fmt_value(v) for v in sel[f"config/{key}"]))
         name = short.get(key, key)
         if len(values) == 1:
@@ -88,6 +93,23 @@ def _check_columns(trials: pd.DataFrame, wanted: list[str], what: str) -> None:
         raise TableError(
             f"{what} {missing} not in the trials frame; pick from its columns: {have} "
             "(or rerun the final stage, which records test_*, params and latency_ms)"
+        )
+
+
+def _check_config_keys(keys: set[str]) -> None:
+    """Hyperparameters to show must be config fields of some method (a typo fails); a field no
+    trial drew has no column and is left out of the string."""
+    from trainables.config import TrainConfig, field_names
+    from trainables.methods import METHODS
+
+    known = set(field_names(TrainConfig))
+    for method in METHODS.all().values():
+        known |= set(field_names(method.config_cls))
+    unknown = sorted(keys - known)
+    if unknown:
+        raise TableError(
+            f"hyperparameters {[f'config/{k}' for k in unknown]} are no config field of any "
+            f"method; pick from {sorted(known)}"
         )
 
 
@@ -128,8 +150,7 @@ def comparison_table(
     done = trials[(trials["stage"] == stage) & (trials["status"] == "completed")]
     if len(done):  # a partial run may not have these columns yet; a finished one must
         _check_columns(trials, [c for c, _ in metrics] + ["params", "latency_ms"], "metrics")
-        keys = sorted({f"config/{k}" for ks in hyperparams.values() for k in ks})
-        _check_columns(trials, keys, "hyperparameters")
+        _check_config_keys({k for ks in hyperparams.values() for k in ks})
     out = []
     for key, model in rows:
         sel = done[done["cell"] == key]

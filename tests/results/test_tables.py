@@ -111,6 +111,14 @@ def test_hyperparameters_that_differ_across_seeds_are_shown():
     assert out.loc[0, "hyperparameters"] == "lr differs across seeds (3.2e-4, 2e-3), wd=1e-5"
 
 
+def test_a_conditional_hyperparameter_no_trial_drew_is_left_out():
+    # The open search's table lists T, which only vanilla KD draws: a run that never chose
+    # vanilla has no config/temperature column at all.
+    trials = _trials().drop(columns=["config/temperature"])
+    out = comparison_table(trials, rows=ROWS, metrics=METRICS, hyperparams=HYPER)
+    assert out["hyperparameters"].tolist()[2] == "lr=1e-3, alpha=0.62"
+
+
 def test_params_that_differ_across_seeds_fail_naming_the_row():
     trials = _trials()
     trials.loc[1, "params"] = 42
