@@ -37,7 +37,6 @@ import torch
 from trainables import checkpoint
 from trainables.config import parse_config
 from trainables.context import DataBundle, TrialContext
-from trainables.data.augment import Pipeline
 from trainables.data.pipeline import BatchLoader, DatasetInfo, SplitData
 from trainables.loop import _train_epoch, seed_everything  # the loop's own step, not a copy
 from trainables.methods import get_method
