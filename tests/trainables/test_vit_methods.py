@@ -283,7 +283,8 @@ def test_cached_targets_follow_the_loops_shuffled_batches(data, teacher_uri, mon
         lambda self, *a, **k: {n: np.roll(v, 1, axis=0) for n, v in arrays(self, *a, **k).items()},
     )
     shifted = first_step(flat, data, tmp_path / "shifted")
-    assert shifted["train_kd"] != pytest.approx(online["train_kd"], rel=0.05)
+    # Beyond the tolerance the match above is held to (shifted rows: ~1.4% off at 0.5/0.5).
+    assert shifted["train_kd"] != pytest.approx(online["train_kd"], rel=2e-3)
 
 
 def test_cache_key_names_what_changes_the_targets(storage, data, teacher_uri):
