@@ -14,24 +14,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import ray
+from cli_checks import fails
 from probes import probe_profile
 
-from search.cli import main
 from search.run_state import RunOptions
 from search.runner import run_study
 from spaces.studies import STUDIES, FixedCell, Profile, Stage, Study, TableSpec, final_cells
-
-
-def _fails(capsys, argv: list[str], *patterns: str) -> str:
-    """Run the CLI; it must exit 2 with every pattern (a regex) in its error message."""
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("cxrkd: error: "), err
-    for pattern in patterns:
-        assert re.search(pattern, err), f"{pattern!r} not in {err!r}"
-    assert not ray.is_initialized(), "Ray was started before the input was checked"
-    return err
 
 
 @pytest.fixture
@@ -44,33 +32,33 @@ def run_args(tiny_store, tmp_path, tiny) -> list[str]:
 
 
 def test_unknown_study_lists_the_known_ones(capsys):
-    _fails(capsys, ["search", "run", "pneumonia-kdd"], r"unknown study 'pneumonia-kdd'",
+    fails(capsys, ["search", "run", "pneumonia-kdd"], r"unknown study 'pneumonia-kdd'",
            r"did you mean pneumonia-kd", r"known studies: \[.*'pneumonia-kd'")  # fmt: skip
 
 
 def test_unknown_profile_lists_the_known_ones(capsys):
-    _fails(capsys, ["search", "run", "pneumonia-kd", "--profile", "huge"],
+    fails(capsys, ["search", "run", "pneumonia-kd", "--profile", "huge"],
            r"unknown profile 'huge'", r"known profiles: \['demo', 'paper'\]")  # fmt: skip
 
 
 def test_unknown_set_key_lists_the_valid_keys(capsys):
-    err = _fails(capsys, ["search", "run", "pneumonia-kd", "--set", "epoch=3"],
+    err = fails(capsys, ["search", "run", "pneumonia-kd", "--set", "epoch=3"],
                  r"unknown --set key\(s\) \['epoch'\]", r"valid keys: ")  # fmt: skip
     assert "'epochs'" in err and "'temperature'" in err  # a KD key of this study is valid
 
 
 def test_set_without_equals_sign(capsys):
-    _fails(capsys, ["search", "run", "pneumonia-kd", "--set", "epochs5"],
+    fails(capsys, ["search", "run", "pneumonia-kd", "--set", "epochs5"],
            r"--set takes key=value, got 'epochs5'")  # fmt: skip
 
 
 def test_set_method_is_refused(capsys):
-    _fails(capsys, ["search", "run", "pneumonia-kd", "--set", "method=kd_logit"],
+    fails(capsys, ["search", "run", "pneumonia-kd", "--set", "method=kd_logit"],
            r"--set method=\.\.\. is not allowed")  # fmt: skip
 
 
 def test_set_value_of_the_wrong_type(capsys):
-    _fails(capsys, ["search", "run", "pneumonia-kd", "--set", "lr=fast"],
+    fails(capsys, ["search", "run", "pneumonia-kd", "--set", "lr=fast"],
            r"bad value lr='fast': expected float")  # fmt: skip
 
 
@@ -84,24 +72,24 @@ def test_set_value_of_the_wrong_type(capsys):
     ],
 )
 def test_bad_values_fail_before_the_run_is_created(capsys, run_args, tmp_path, setting, pattern):
-    _fails(capsys, [*run_args, "--set", setting], pattern)
+    fails(capsys, [*run_args, "--set", setting], pattern)
     assert not (tmp_path / "runs" / "R" / "run.json").exists()
 
 
 def test_bad_numbers_of_trials(capsys, run_args):
-    _fails(capsys, [*run_args, "--num-samples", "0"], r"--num-samples must be at least 1, got 0")
-    _fails(capsys, [*run_args, "--max-concurrent", "0"], r"--max-concurrent must be at least 1")
+    fails(capsys, [*run_args, "--num-samples", "0"], r"--num-samples must be at least 1, got 0")
+    fails(capsys, [*run_args, "--max-concurrent", "0"], r"--max-concurrent must be at least 1")
 
 
 def test_bad_trial_resources(capsys, run_args):
-    _fails(capsys, [*run_args, "--cpus-per-trial", "0"], r"--cpus-per-trial must be > 0, got 0\.0")
-    _fails(capsys, [*run_args, "--gpus-per-trial", "-1"], r"--gpus-per-trial must be >= 0, got -1")
+    fails(capsys, [*run_args, "--cpus-per-trial", "0"], r"--cpus-per-trial must be > 0, got 0\.0")
+    fails(capsys, [*run_args, "--gpus-per-trial", "-1"], r"--gpus-per-trial must be >= 0, got -1")
 
 
 def test_unknown_dataset_lists_the_known_ones(capsys, run_args):
     args = [*run_args]
     args[args.index("--dataset") + 1] = "nope"
-    _fails(capsys, args, r"unknown dataset 'nope'", r"known datasets: \['tiny-pneumonia'\]",
+    fails(capsys, args, r"unknown dataset 'nope'", r"known datasets: \['tiny-pneumonia'\]",
            r"cxrkd data import")  # fmt: skip
 
 
@@ -109,7 +97,7 @@ def test_binary_study_on_a_multilabel_dataset(capsys, run_args, store_maker):
     store_maker(name="tiny-findings", preset="findings")
     args = [*run_args]
     args[args.index("--dataset") + 1] = "tiny-findings"
-    _fails(capsys, args, r"study 'pneumonia-kd' needs a binary dataset",
+    fails(capsys, args, r"study 'pneumonia-kd' needs a binary dataset",
            r"'tiny-findings' is multilabel", r"--dataset")  # fmt: skip
 
 
@@ -118,14 +106,14 @@ def test_storage_that_cannot_be_written(capsys, run_args, tmp_path):
     blocker.write_text("not a folder")  # root can write anywhere, but not under a file
     args = [*run_args]
     args[args.index("--storage") + 1] = str(blocker / "runs")
-    _fails(capsys, args, r"storage '.*a-file/runs' is not writable", r"pass a writable --storage")
+    fails(capsys, args, r"storage '.*a-file/runs' is not writable", r"pass a writable --storage")
 
 
 def test_existing_run_name_says_resume(capsys, run_args, tmp_path):
     run = tmp_path / "runs" / "R"
     run.mkdir(parents=True)
     (run / "run.json").write_text("{}")
-    _fails(capsys, run_args, r"run 'R' already exists", rf"cxrkd search resume {run}",
+    fails(capsys, run_args, r"run 'R' already exists", rf"cxrkd search resume {run}",
            r"another --name")  # fmt: skip
 
 
@@ -140,7 +128,7 @@ def _nothing_created(home: Path, tmp_path: Path, stores: set[str]) -> None:
 def test_unknown_model_is_refused_with_close_matches_even_untrained(capsys, run_args, home,
                                                                       tmp_path):  # fmt: skip
     # The demo profile has no pretrained weights, so the weights check never saw the name.
-    err = _fails(capsys, [*run_args, "--set", "model=resnet1800"],
+    err = fails(capsys, [*run_args, "--set", "model=resnet1800"],
                  r"unknown model 'resnet1800' in cell '\w+'", r"close matches: \[.*'resnet18'",
                  r"--set model=")  # fmt: skip
     assert "cnn_baseline" in err  # cxrkd's own models are listed as valid
@@ -158,14 +146,14 @@ def test_custom_models_pass_the_model_check():
 )
 def test_non_finite_values_are_refused_with_the_key(capsys, run_args, home, tmp_path, setting):
     key, value = setting.split("=")
-    _fails(capsys, [*run_args, "--set", setting],
+    fails(capsys, [*run_args, "--set", setting],
            rf"bad value {key}='{value}': expected a finite number")  # fmt: skip
     _nothing_created(home, tmp_path, {"tiny-pneumonia"})
 
 
 def test_paper_profile_refuses_the_builtin_synthetic_data(capsys, home, tmp_path):
     storage = str(tmp_path / "runs")
-    _fails(capsys, ["search", "run", "pneumonia-kd", "--profile", "paper", "--name", "R",
+    fails(capsys, ["search", "run", "pneumonia-kd", "--profile", "paper", "--name", "R",
                     "--storage", storage],
            r"profile 'paper' of study 'pneumonia-kd' is meant for real data",
            r"'phantom-pneumonia' is SYNTHETIC", r"cxrkd data import kaggle-pneumonia",
@@ -177,7 +165,7 @@ def test_paper_profile_refuses_the_builtin_synthetic_data(capsys, home, tmp_path
 def test_paper_profile_refuses_an_imported_builtin_phantom_too(capsys, home, tmp_path,
                                                                store_maker):  # fmt: skip
     store_maker(name="phantom-findings", preset="findings")  # as a demo run leaves it
-    _fails(capsys, ["search", "run", "lowres-kd", "--profile", "paper", "--name", "R",
+    fails(capsys, ["search", "run", "lowres-kd", "--profile", "paper", "--name", "R",
                     "--storage", str(tmp_path / "runs")],
            r"'phantom-findings' is SYNTHETIC", r"cxrkd data import vindr")  # fmt: skip
     _nothing_created(home, tmp_path, {"phantom-findings"})
@@ -199,7 +187,7 @@ def test_lowres_study_on_a_binary_dataset_names_the_labels_it_needs(capsys, run_
                                                                      tmp_path):  # fmt: skip
     args = [*run_args]
     args[args.index("pneumonia-kd")] = "lowres-kd"
-    _fails(capsys, args, r"study 'lowres-kd' needs a multilabel dataset",
+    fails(capsys, args, r"study 'lowres-kd' needs a multilabel dataset",
            r"several local finding labels \(the MLCT task\) and a global abnormal label",
            r"'tiny-pneumonia' is binary with labels \[", r"cxrkd data import vindr",
            r"--dataset")  # fmt: skip
@@ -211,13 +199,13 @@ def test_binary_study_on_a_multilabel_dataset_names_the_labels_it_needs(capsys, 
     store_maker(name="tiny-findings", preset="findings")
     args = [*run_args]
     args[args.index("--dataset") + 1] = "tiny-findings"
-    _fails(capsys, args, r"one positive label \(e\.g\. PNEUMONIA\) against normal",
+    fails(capsys, args, r"one positive label \(e\.g\. PNEUMONIA\) against normal",
            r"'tiny-findings' is multilabel with labels \[.*\] \(global label",
            r"cxrkd data import kaggle-pneumonia")  # fmt: skip
 
 
 def test_only_that_matches_no_cell_lists_the_cells(capsys, run_args, home, tmp_path):
-    _fails(capsys, [*run_args, "--only", "resnet18_kd", "--only", "*tiny*"],
+    fails(capsys, [*run_args, "--only", "resnet18_kd", "--only", "*tiny*"],
            r"--only \['\*tiny\*'\] matches no cell of study 'pneumonia-kd'",
            r"its cells: \['resnet50_teacher', 'baseline_cnn', 'resnet18_finetuned', "
            r"'resnet18_frozen', 'resnet18_kd'\]")  # fmt: skip
@@ -227,9 +215,9 @@ def test_only_that_matches_no_cell_lists_the_cells(capsys, run_args, home, tmp_p
 @pytest.mark.parametrize("command", ["resume", "status"])
 def test_resume_and_status_of_a_run_that_does_not_exist(capsys, tmp_path, command):
     missing = tmp_path / "runs" / "nope"
-    _fails(capsys, ["search", command, str(missing)], rf"no run at {missing} \(no run.json\)")
+    fails(capsys, ["search", command, str(missing)], rf"no run at {missing} \(no run.json\)")
     # A bare name is looked up under the default storage ($CXRKD_HOME/runs).
-    _fails(capsys, ["search", command, "nope"], r"no run at .*/runs/nope", r"--name")
+    fails(capsys, ["search", command, "nope"], r"no run at .*/runs/nope", r"--name")
 
 
 @pytest.fixture
@@ -263,7 +251,7 @@ def test_a_damaged_run_record_is_named_and_left_as_it_was(capsys, made_run, comm
     spoil, pattern = SPOILED_RUNS[spoiled]
     text = spoil(json.loads((made_run / "run.json").read_text()))
     (made_run / "run.json").write_text(text)
-    _fails(capsys, [*command, str(made_run)], pattern)
+    fails(capsys, [*command, str(made_run)], pattern)
     assert (made_run / "run.json").read_text() == text
     assert [p.name for p in made_run.iterdir()] == ["run.json"]
 
@@ -271,7 +259,7 @@ def test_a_damaged_run_record_is_named_and_left_as_it_was(capsys, made_run, comm
 def test_resume_after_the_dataset_changed(capsys, made_run):
     raw = json.loads((made_run / "run.json").read_text())
     (made_run / "run.json").write_text(json.dumps({**raw, "dataset_fingerprint": "f0"}))
-    _fails(capsys, ["search", "resume", str(made_run)],
+    fails(capsys, ["search", "resume", str(made_run)],
            r"dataset 'tiny-pneumonia' changed since the run started \(fingerprint \w+, was f0\)",
            r"re-import the original data or start a new run")  # fmt: skip
     assert [p.name for p in made_run.iterdir()] == ["run.json"]

@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import ray
+from cli_checks import fails
 
 from search.cli import main
 from search.run_state import RESERVED_RUN_NAMES, RunOptions, check_run_name, write_options
@@ -39,15 +40,6 @@ def ray_init_spy(monkeypatch) -> list[dict]:
     return calls
 
 
-def _fails(capsys, argv: list[str], *patterns: str) -> str:
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("cxrkd: error: "), err
-    for pattern in patterns:
-        assert re.search(pattern, err), f"{pattern!r} not in {err!r}"
-    return err
-
-
 # --- 1. run names -------------------------------------------------------------------------
 
 BAD_NAMES = ["..", "a/../b", "a/b", "/abs", "a\\b", "a?b", "a#b", "a\x01b", "tab\tname",
@@ -60,7 +52,7 @@ def test_a_bad_run_name_exits_2_with_the_fix_and_creates_nothing(
 ):
     storage = tmp_path / "runs"
     # A store that does not exist: the name must be refused before the dataset is opened.
-    _fails(capsys, ["search", "run", "pneumonia-kd", "--dataset", "no-such-store",
+    fails(capsys, ["search", "run", "pneumonia-kd", "--dataset", "no-such-store",
                     f"--name={name}", "--storage", str(storage)],
            r"bad run name", r"letters, digits", r"e\.g\. --name ")  # fmt: skip
     assert not storage.exists()
@@ -70,7 +62,7 @@ def test_a_bad_run_name_exits_2_with_the_fix_and_creates_nothing(
 @pytest.mark.parametrize("name", ["teachers", "Teachers", "TEACHERS"])
 def test_a_name_the_storage_layout_uses_is_reserved(name, capsys, tmp_path, ray_init_spy):
     storage = tmp_path / "runs"
-    _fails(capsys, ["search", "run", "pneumonia-kd", "--dataset", "no-such-store",
+    fails(capsys, ["search", "run", "pneumonia-kd", "--dataset", "no-such-store",
                     f"--name={name}", "--storage", str(storage)],
            rf"run name '{name}' is reserved", r"pass another --name")  # fmt: skip
     assert not storage.exists()
@@ -174,7 +166,7 @@ def _snapshot(run: Path) -> dict[str, bytes]:
 def test_a_damaged_state_json_is_a_clear_error(command, damage, run_folder, capsys, ray_init_spy):
     (run_folder / "state.json").write_text(damage)
     before = _snapshot(run_folder)
-    _fails(capsys, [*command, str(run_folder)], re.escape(str(run_folder / "state.json")),
+    fails(capsys, [*command, str(run_folder)], re.escape(str(run_folder / "state.json")),
            r"is damaged \(\w+: ", r"restore it from a backup or start a new run")  # fmt: skip
     assert _snapshot(run_folder) == before
     assert not ray_init_spy
@@ -187,7 +179,7 @@ def test_a_truncated_records_file_is_a_clear_error(command, kind, run_folder, ca
     whole = (run_folder / "records" / "trials-teacher--c.parquet").read_bytes()
     path.write_bytes(whole[: len(whole) // 2])
     before = _snapshot(run_folder)
-    _fails(capsys, [*command, str(run_folder)], re.escape(str(path)),
+    fails(capsys, [*command, str(run_folder)], re.escape(str(path)),
            r"is damaged \(ArrowInvalid: .*[Pp]arquet",
            r"restore it from a backup or start a new run")  # fmt: skip
     assert _snapshot(run_folder) == before
