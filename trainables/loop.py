@@ -224,6 +224,11 @@ def test_metrics(task, pipeline, data, device, threshold) -> tuple[dict, dict]:
     return {f"test_{k}": v for k, v in test.items()}, per_image_scores(data.info, out, y)
 
 
+# Seconds each of latency and throughput may take at the end of a trial: on a GPU the full 50
+# (10) calls fit easily; on a CPU a large model is timed over fewer calls (at least 5).
+COST_BUDGET_S = 1.0
+
+
 def cost_metrics(task, pipeline, device, batch) -> dict:
     """The deployed model's cost: parameters, FLOPs, latency (one image), throughput."""
     model = task.model.eval()
@@ -231,8 +236,8 @@ def cost_metrics(task, pipeline, device, batch) -> dict:
     total, trainable = count_parameters(model)
     many = one.expand(batch, -1, -1, -1).contiguous()
     with autocast(device):
-        latency = measure_latency_ms(model, one)
-        throughput = measure_throughput(model, many)
+        latency = measure_latency_ms(model, one, budget_s=COST_BUDGET_S)
+        throughput = measure_throughput(model, many, budget_s=COST_BUDGET_S)
     return {
         "params": total,
         "params_trainable": trainable,

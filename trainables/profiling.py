@@ -21,6 +21,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from trainables.errors import CxrkdError
 
+# The fewest timed calls a time budget leaves (their median is the figure).
+MIN_REPEATS = 5
+
 
 class ProfilingError(CxrkdError, ValueError):
     """Bad arguments to a profiling function."""
@@ -74,39 +77,68 @@ def _check_counts(warmup: int, repeats: int) -> None:
         raise ProfilingError(f"repeats must be an int >= 1, got {repeats!r}")
 
 
-def _timed_calls(model: nn.Module, x: Tensor, *, warmup: int, repeats: int) -> list[float]:
-    """Seconds per forward call, ``repeats`` of them after ``warmup`` untimed calls."""
+def _timed_calls(
+    model: nn.Module, x: Tensor, *, warmup: int, repeats: int, budget_s: float | None = None
+) -> list[float]:
+    """Seconds per forward call, ``repeats`` of them after ``warmup`` untimed calls.
+
+    With ``budget_s``, the measurement stops early once that many seconds have gone by (warm-up
+    included), keeping at least one warm-up call and ``MIN_REPEATS`` timed ones: a ViT-Base
+    on a CPU core takes ~0.4 s a call, so 60 calls would cost every trial half a minute."""
     _check_counts(warmup, repeats)
+    if budget_s is not None and not budget_s > 0:
+        raise ProfilingError(f"budget_s must be > 0 seconds, got {budget_s!r}")
     cuda = x.device.type == "cuda"
-    times = []
+    times: list[float] = []
+    began = time.perf_counter()
+    done_warming = warmup == 0
     with _eval_mode(model), torch.inference_mode():
-        for i in range(warmup + repeats):
+        calls = 0
+        while len(times) < repeats:
+            over = budget_s is not None and time.perf_counter() - began > budget_s
+            if not done_warming and (calls >= warmup or (over and calls >= 1)):
+                done_warming = True
+            if done_warming and over and len(times) >= min(MIN_REPEATS, repeats):
+                break
             if cuda:
                 torch.cuda.synchronize(x.device)
             start = time.perf_counter()
             model(x)
             if cuda:
                 torch.cuda.synchronize(x.device)
-            if i >= warmup:
+            calls += 1
+            if done_warming:
                 times.append(time.perf_counter() - start)
     return times
 
 
 def measure_latency_ms(
-    model: nn.Module, example_input: Tensor, *, warmup: int = 10, repeats: int = 50
+    model: nn.Module,
+    example_input: Tensor,
+    *,
+    warmup: int = 10,
+    repeats: int = 50,
+    budget_s: float | None = None,
 ) -> float:
-    """Median forward time of one image (batch size 1) in milliseconds."""
+    """Median forward time of one image (batch size 1) in milliseconds (over fewer calls when
+    ``budget_s`` runs out first; see :func:`_timed_calls`)."""
     _one_image("measure_latency_ms", example_input)
-    times = _timed_calls(model, example_input, warmup=warmup, repeats=repeats)
+    times = _timed_calls(model, example_input, warmup=warmup, repeats=repeats, budget_s=budget_s)
     return statistics.median(times) * 1000.0
 
 
 def measure_throughput(
-    model: nn.Module, batch: Tensor, *, warmup: int = 3, repeats: int = 10
+    model: nn.Module,
+    batch: Tensor,
+    *,
+    warmup: int = 3,
+    repeats: int = 10,
+    budget_s: float | None = None,
 ) -> float:
     """Images per second at ``batch``'s batch size: ``batch_size / median seconds per call``."""
     if batch.ndim == 0 or batch.shape[0] < 1:
         raise ProfilingError(f"batch must hold at least one image, got {tuple(batch.shape)}")
-    seconds = statistics.median(_timed_calls(model, batch, warmup=warmup, repeats=repeats))
+    calls = _timed_calls(model, batch, warmup=warmup, repeats=repeats, budget_s=budget_s)
+    seconds = statistics.median(calls)
     # A call faster than the clock's resolution would give inf; report that as it is.
     return batch.shape[0] / seconds if seconds > 0 else math.inf

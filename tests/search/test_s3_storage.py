@@ -296,6 +296,9 @@ def test_teacher_outputs_round_trip_on_s3(s3: S3):
     assert files == [storage.join("runs/teachers/abc/outputs", "train-224.npz")]
 
 
+KD_CELL = "resnet18_kd"
+
+
 @pytest.fixture
 def s3_ray(s3: S3, monkeypatch, tmp_path):
     """A private 2-CPU Ray started after ``s3`` set the AWS variables, so that the trial
@@ -340,6 +343,10 @@ def test_a_study_runs_end_to_end_on_s3_storage(s3_ray: S3, tiny_store, tiny, tmp
             num_samples=1,
             max_concurrent=2,
             overrides=tiny,
+            # The KD cell and the teacher it needs: every path through S3 (teacher upload,
+            # download by a worker, its outputs written back, records, tables) in 4 trials;
+            # the whole study's 15 run on local storage in test_study_e2e and the rehearsal.
+            only=[KD_CELL],
         )
     )
     assert run_uri == f"{s3.root}/runs/s3run"
@@ -365,7 +372,7 @@ def test_a_study_runs_end_to_end_on_s3_storage(s3_ray: S3, tiny_store, tiny, tmp
     assert set(trials["stage"]) == {"teacher", "search", "final"}
     assert (trials["status"] != "errored").all(), trials[["cell", "error"]]
     # The KD student read the teacher from S3 (errored trials would show up above).
-    assert "resnet18_kd" in set(trials["cell"])
+    assert set(trials["cell"]) == {KD_CELL, "resnet50_teacher"}
     epochs = storage.read_parquet(f"{run_uri}/epochs.parquet")
     assert len(epochs) >= 2 * len(trials[trials["stage"] == "final"])
     assert any("stages done: teacher, search, final" in line for line in status_lines(run_uri))

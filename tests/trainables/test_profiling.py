@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 import pytest
 import torch
@@ -79,3 +80,37 @@ def test_cuda_timings_are_synchronised_and_positive():
     assert count_flops(model, x) == 120
     assert 0 < measure_latency_ms(model, x, warmup=2, repeats=5) < 10_000
     assert measure_throughput(model, x.expand(64, -1).contiguous(), warmup=2, repeats=5) > 0
+
+
+class _Slow(nn.Module):
+    """A forward pass of ~20 ms that counts its calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        time.sleep(0.02)
+        return x
+
+
+def test_a_time_budget_caps_the_calls_but_keeps_a_median_of_at_least_five():
+    model = _Slow()
+    # Without a budget: all 10 warm-up and 50 timed calls (~1.2 s).
+    ms = measure_latency_ms(model, torch.zeros(1, 3))
+    assert model.calls == 60 and 15 < ms < 1000
+    # A budget of 0.1 s: warm-up calls until it is spent (~5), then the 5 timed calls the
+    # median needs, not 60.
+    model.calls = 0
+    ms = measure_latency_ms(model, torch.zeros(1, 3), budget_s=0.1)
+    assert 6 <= model.calls <= 12 and 15 < ms < 1000
+    model.calls = 0
+    ips = measure_throughput(model, torch.zeros(4, 3), warmup=3, repeats=10, budget_s=0.03)
+    assert 6 <= model.calls <= 8 and 0 < ips < 4 / 0.015
+    # A budget the calls fit in changes nothing.
+    model.calls = 0
+    measure_latency_ms(model, torch.zeros(1, 3), warmup=2, repeats=3, budget_s=60)
+    assert model.calls == 5
+    with pytest.raises(ProfilingError, match="budget_s must be > 0"):
+        measure_latency_ms(model, torch.zeros(1, 3), budget_s=0)
