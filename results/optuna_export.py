@@ -69,7 +69,7 @@ def study_distributions(study) -> dict[CellKey, Distributions]:
     Cells whose stage cannot be built without a finished earlier stage are left out (their
     distributions are then inferred from the trials).
     """
-    from search.cells import CellSpace  # the driver's view of a cell: pins and bounds
+    from spaces.cell_space import CellSpace  # the driver's view of a cell: pins and bounds
     from spaces.studies import SearchCell, StudyState
 
     out: dict[CellKey, Distributions] = {}

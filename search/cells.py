@@ -6,98 +6,31 @@ worker idles while any cell has work. :class:`CellScheduler` keeps one ASHA per 
 trial is only ever stopped against trials of its own cell. Each suggested config carries its
 cell key under ``"cell"`` (stripped before the trial parses its config). A cell with several
 objectives gets a multi-objective Optuna study and no ASHA (it cannot rank several metrics).
+
+Their state crosses a driver restart as JSON (:meth:`CellSearcher.save`,
+:meth:`SchedulerState.get_state`), so reading it back runs no code (DESIGN.md, "Running").
 """
 
 from __future__ import annotations
 
-import dataclasses
-import pickle
+import json
 
 from ray.tune import Callback
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from spaces import get_space
+from search.searcher_json import (
+    SEARCHER_FORMAT,
+    asha_state,
+    optuna_state,
+    restore_asha,
+    restore_optuna,
+)
+from spaces.cell_space import CellSpace
 from spaces.studies import Cell, SearchCell
 from trainables.errors import CxrkdError
 from trainables.trainable import CELL_KEY
-
-
-class FixingTrial:
-    """An Optuna trial seen through a space function, with some parameters pinned or narrowed.
-
-    A pinned parameter (fixed by the study or by ``--set``) is returned as is and never
-    suggested, so Optuna models only what is really searched. ``bounds`` replace the range of
-    a numeric parameter (a profile's budget-sized range, e.g. higher learning rates for a few
-    hundred steps from scratch) without another space function.
-    """
-
-    def __init__(self, trial, fixed: dict, bounds: dict | None = None) -> None:
-        self._trial, self._fixed, self._bounds = trial, fixed, bounds or {}
-
-    def _pinned(self, kind: str, name: str, *args, **kwargs):
-        if name in self._fixed:
-            return self._fixed[name]
-        return getattr(self._trial, kind)(name, *args, **kwargs)
-
-    def _ranged(self, kind: str, name: str, low, high, **kwargs):
-        low, high = self._bounds.get(name, (low, high))
-        return self._pinned(kind, name, low, high, **kwargs)
-
-    def suggest_float(self, name, low, high, **kwargs):
-        return self._ranged("suggest_float", name, low, high, **kwargs)
-
-    def suggest_int(self, name, low, high, **kwargs):
-        return self._ranged("suggest_int", name, low, high, **kwargs)
-
-    def suggest_categorical(self, name, *args, **kwargs):
-        return self._pinned("suggest_categorical", name, *args, **kwargs)
-
-
-class CellSpace:
-    """Picklable define-by-run space for OptunaSearch: the cell's choices, then its space,
-    on top of its fixed values."""
-
-    def __init__(self, cell: SearchCell) -> None:
-        self.key, self.space_name, self.fixed = cell.key, cell.space, dict(cell.fixed)
-        self.bounds, self.choices = dict(cell.bounds), dict(cell.choices)
-
-    def __call__(self, trial) -> dict:
-        pinned = dict(self.fixed)
-        for name, options in self.choices.items():
-            # Through the view: a value pinned by `--set` is taken, not suggested.
-            value = FixingTrial(trial, self.fixed).suggest_categorical(name, list(options))
-            pinned.update({name: value, **linked_values(self.key, name, value, options)})
-        view = FixingTrial(trial, pinned, self.bounds)
-        suggested = get_space(self.space_name)(view) or {}
-        return {**suggested, **pinned}
-
-
-def linked_values(key: str, name: str, value, options: dict) -> dict:
-    """What choosing ``name=value`` pins with it; a value outside the choices is an error."""
-    if value not in options:
-        raise CxrkdError(
-            f"{name}={value!r} is not one of cell {key!r}'s choices {list(options)}; pick one "
-            f"of them (or leave {name} unset to search it)"
-        )
-    return options[value]
-
-
-def expand_choices(cell: SearchCell) -> list[SearchCell]:
-    """One cell per combination of the cell's choices, each pinned in ``fixed`` (what the
-    driver checks or warms up once per combination); the cell itself when it has none."""
-    cells = [cell]
-    for name, options in cell.choices.items():
-        if name in cell.fixed:  # pinned by --set: that one value, with what it brings
-            value = cell.fixed[name]
-            options = {value: linked_values(cell.key, name, value, options)}
-        cells = [
-            dataclasses.replace(c, fixed={**c.fixed, name: value, **linked}, choices={})
-            for c in cells
-            for value, linked in options.items()
-        ]
-    return cells
 
 
 def cell_objectives(cell: Cell, *, metric: str, mode: str) -> tuple[tuple[str, str], ...]:
@@ -166,12 +99,39 @@ class CellSearcher(Searcher):
             searcher.on_trial_complete(trial_id, result=result, error=error)
 
     def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as f:
-            pickle.dump(self.__dict__, f)
+        """Tune snapshots the searcher with the experiment (``searcher-state-*.pkl``, its
+        name): what was issued, and each cell's Optuna study and sampler as JSON."""
+        state = {
+            "format": SEARCHER_FORMAT,
+            "issued": self.issued,
+            "trial_cell": self.trial_cell,
+            "studies": {key: optuna_state(s) for key, s in self.optuna.items()},
+        }
+        with open(checkpoint_path, "w", encoding="utf-8") as f:
+            json.dump(state, f)
 
     def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as f:
-            self.__dict__.update(pickle.load(f))
+        """Into the searcher ``Tuner.restore`` unpickled from the (signed) ``tuner.pkl``,
+        built from the same cells: fresh studies refilled trial by trial, samplers at the
+        random state they had, so the search goes on as if never interrupted."""
+        try:
+            with open(checkpoint_path, encoding="utf-8") as f:
+                state = json.load(f)
+            if state.get("format") != SEARCHER_FORMAT:
+                raise ValueError(f"format {state.get('format')!r}, not {SEARCHER_FORMAT!r}")
+            unknown = sorted(set(state["studies"]) - set(self.optuna))
+            if unknown or set(state["issued"]) != set(self.issued):
+                raise ValueError(f"its cells {sorted(state['issued'])} are not this stage's")
+            for key, saved in state["studies"].items():
+                restore_optuna(self.optuna[key], saved)
+            self.issued = {k: int(v) for k, v in state["issued"].items()}
+            self.trial_cell = {str(k): str(v) for k, v in state["trial_cell"].items()}
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise CxrkdError(
+                f"the searcher snapshot {checkpoint_path} cannot be read "
+                f"({type(exc).__name__}: {exc}); it was written by another cxrkd version: "
+                "resume the run with that version, or start a new run"
+            ) from None
 
 
 class CellScheduler(FIFOScheduler):
@@ -253,12 +213,14 @@ class SchedulerState(Callback):
         self.scheduler = scheduler
 
     def get_state(self) -> dict | None:
+        """Each cell's ASHA rungs as plain values (no objects, so nothing to unpickle but
+        numbers and names): per bracket, each rung's milestone and recorded results."""
         asha = self.scheduler.asha
         if not asha:
             return None
-        return {"asha": pickle.dumps({key: a.__dict__ for key, a in asha.items()})}
+        return {"asha": {key: asha_state(a) for key, a in asha.items()}}
 
     def set_state(self, state: dict) -> None:
-        for key, saved in pickle.loads(state["asha"]).items():
+        for key, saved in state["asha"].items():
             if key in self.scheduler.asha:
-                self.scheduler.asha[key].__dict__.update(saved)
+                restore_asha(self.scheduler.asha[key], saved)

@@ -1,7 +1,8 @@
 """``cxrkd report RUN [--out DIR]``: a run's tables, ``dashboard.html`` and ``optuna.db``.
 
 Also written at the end of every study; on demand it works on a run that is still going or
-was interrupted (it reads whatever records exist), on local and ``s3://`` storage.
+was interrupted (it reads whatever records exist), on local and ``s3://`` storage. It first
+compacts the run's records (``results.frames.compact_records``).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ def manifest_of(dataset: str):
 
 def cmd_report(args: argparse.Namespace) -> int:
     from results.dashboard import DASHBOARD
+    from results.frames import compact_records, load_raw_records, repeated_epochs
     from results.optuna_export import OPTUNA_DB
     from results.report import write_report
     from search import setup
@@ -53,6 +55,17 @@ def cmd_report(args: argparse.Namespace) -> int:
     study = setup.study_with_options(options)
     out = storage.normalize(args.out) if args.out else run_uri
     tables = storage.join(out, "tables")
+    # The driver adds its records as small objects; one per cell reads faster (also mid-run:
+    # nothing is lost if the driver adds more meanwhile).
+    compact_records(run_uri)
+    twice = repeated_epochs(load_raw_records(run_uri)[1])
+    if len(twice):
+        print(
+            f"cxrkd: warning: {len(twice)} epoch(s) were run by more than one attempt (the "
+            f"newest is reported), e.g. trial {twice['trial_id'].iloc[0]} epoch "
+            f"{twice['epoch'].iloc[0]}: {', '.join(twice['attempts'].iloc[0])}",
+            file=sys.stderr,
+        )
     write_report(run_uri, study, manifest_of(options.dataset), out=tables, dashboard_dir=out)
     db = storage.join(out, OPTUNA_DB)
     print(f"tables     {tables}")

@@ -1,10 +1,19 @@
 """The driver's own record of every trial and epoch, and the live progress line.
 
-Tune's result files can lose rows across a restore, so the driver keeps its own: one
-``epochs`` row per reported epoch (deduplicated by ``(trial_id, epoch)`` when read) and one
-``trials`` row per trial, written to ``<run>/records/`` as
-``{trials,epochs}-<stage>--<cell>.parquet``: epochs as they are reported, trials after each
-finished trial and at the end of a stage.
+Tune's result files can lose rows across a restore, so the driver keeps its own, under
+``<run>/records/`` (the layout: :mod:`results.frames`): one ``epochs`` row per epoch a trial
+ran, with the attempt that ran it (``attempt``: this driver's session, the worker's host and
+process id), and one ``trials`` row per trial when it finishes, and for every trial at the end
+of the stage. Rows are only ever added, one new object per cell and batch.
+
+**Exactly once.** A stage continues from Tune's last uploaded experiment snapshot
+(:mod:`search.snapshots`), so a row is published only once such a snapshot covers it; a row
+published earlier could be of an epoch that the resumed trial then runs again. An epoch row
+first waits for its checkpoint (Tune registers it after the result: a snapshot in between
+would resume the trial before that epoch), then for the next snapshot, which holds the rows
+it covers as this callback's state: a driver killed between the upload and the publishing
+leaves them to the driver that resumes the stage, and nothing a killed driver published is
+run or written again.
 """
 
 from __future__ import annotations
@@ -12,12 +21,18 @@ from __future__ import annotations
 import os
 import sys
 import time
+import uuid
 
-import pandas as pd
 import pyarrow.fs as pafs
 from ray.tune import Callback
 
-from search.run_state import read_records_file
+from results.frames import (
+    cell_folder,
+    compact_records,
+    read_record_file,
+    record_files,
+    write_record_object,
+)
 from trainables import storage
 from trainables.trainable import CELL_KEY
 
@@ -37,6 +52,8 @@ SKIP_RESULT_KEYS = {
     "done",
     "trial_id",
 }
+# Which worker process ran an epoch (Tune adds them to every result); an epoch row keeps them.
+ATTEMPT_KEYS = ("hostname", "node_ip", "pid")
 
 
 def _error_text(trial) -> str | None:
@@ -66,6 +83,14 @@ class RecordsCallback(Callback):
         self.run_uri, self.study, self.stage = run_uri, study, stage
         self.trials: dict[str, object] = {}
         self.errors: dict[str, str | None] = {}
+        self.session = ""  # this driver's, in every attempt it records (setup)
+        self._unsaved: dict[str, dict] = {}  # trial -> epoch row, its checkpoint not registered
+        self._pending: list[tuple[str, dict]] = []  # (kind, row) for the next snapshot
+        self._staged: list[tuple[str, dict]] = []  # what the snapshot being uploaded holds
+        self._restored: list[tuple[str, dict]] | None = None  # set_state, until a first step
+
+    def setup(self, **info) -> None:
+        self.session = uuid.uuid4().hex[:12]  # a pid may come back in a later driver
 
     def _ids(self, trial) -> dict:
         config = trial.config
@@ -77,52 +102,135 @@ class RecordsCallback(Callback):
             "trial_id": trial.trial_id,
         }
 
+    # --- what happens ------------------------------------------------------------------
+
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-        row = {**self._ids(trial), **{k: v for k, v in result.items() if k not in SKIP_RESULT_KEYS}}
-        # Written at once, not when the trial ends: a driver killed mid-trial would lose the
-        # epochs its checkpoint already covers (the resumed trial goes on after them).
-        cell = trial.config[CELL_KEY]
-        write_records(self.run_uri, "epochs", self.stage, cell, pd.DataFrame([row]))
         self.trials[trial.trial_id] = trial
+        row = {**self._ids(trial), **{k: v for k, v in result.items() if k not in SKIP_RESULT_KEYS}}
+        row.update({k: result.get(k) for k in ATTEMPT_KEYS})
+        host, pid = result.get("hostname"), result.get("pid")
+        row.update(attempt=f"{self.session}/{host}/{pid}", recorded_at=time.time())
+        if result.get("should_checkpoint"):
+            self._unsaved[trial.trial_id] = row  # until Tune registers its checkpoint
+        else:
+            self._pending.append(("epochs", row))
+
+    def on_trial_save(self, iteration, trials, trial, **info) -> None:
+        row = self._unsaved.pop(trial.trial_id, None)
+        if row is not None:
+            self._pending.append(("epochs", row))
+
+    def on_trial_recover(self, iteration, trials, trial, **info) -> None:
+        # Retried from its registered checkpoint: an epoch whose checkpoint never was runs again.
+        self._unsaved.pop(trial.trial_id, None)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         self.trials[trial.trial_id] = trial
-        self.flush()
+        # Tune marks the trial TERMINATED only after its callbacks.
+        self._pending.append(("trials", self.trial_row(trial, status="TERMINATED")))
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         self.trials[trial.trial_id] = trial
+        self._unsaved.pop(trial.trial_id, None)
         self.errors[trial.trial_id] = _error_line(trial)
-        self.flush()
+        self._pending.append(("trials", self.trial_row(trial, status="ERROR")))
+
+    # --- the snapshot: Tune saves this state with it, search.snapshots says when it is up ----
+
+    def get_state(self) -> dict | None:
+        self._staged = list(self._pending)
+        return {"unpublished": [list(item) for item in self._staged]} if self._staged else None
+
+    def set_state(self, state: dict) -> None:
+        """The snapshot a stage continues from: the rows it covered, perhaps not published.
+        They are published when the restored trials are known (:meth:`on_step_begin`)."""
+        self._restored = [(kind, row) for kind, row in state.get("unpublished", [])]
+
+    def on_step_begin(self, iteration, trials, **info) -> None:
+        if self._restored is not None:
+            self._publish_restored(trials)
+
+    def _publish_restored(self, trials) -> None:
+        restored, self._restored = self._restored or [], None
+        # Tune restores the trials from the newest experiment state on the run storage but
+        # this state from the driver's staging folder, where a killed driver attached to the
+        # same Ray may have left a newer one that never reached the storage. Rows ahead of
+        # the restored trials are run again (and recorded then); in a consistent snapshot
+        # there are none.
+        covered = {t.trial_id: _covered(t) for t in trials}
+        keep = [
+            (kind, row)
+            for kind, row in restored
+            if row["trial_id"] in covered
+            and (row["epoch"] <= covered[row["trial_id"]][0] if kind == "epochs"
+                 else covered[row["trial_id"]][1])
+        ]  # fmt: skip
+        self._pending = self._publish(keep) + self._pending
+
+    def uncommitted(self) -> bool:
+        """Whether rows wait for a snapshot (``search.snapshots`` then takes one sooner)."""
+        return bool(self._pending)
+
+    def on_snapshot_saved(self) -> None:
+        staged, self._staged = self._staged, []
+        left = self._publish(staged)  # what could not be written: in the next snapshot too
+        done = {id(item) for item in staged} - {id(item) for item in left}
+        self._pending = [item for item in self._pending if id(item) not in done]
+
+    def _publish(self, items: list[tuple[str, dict]]) -> list[tuple[str, dict]]:
+        """One object per (kind, cell); returns the items that could not be written."""
+        groups: dict[tuple[str, str], list[tuple[str, dict]]] = {}
+        for item in items:
+            groups.setdefault((item[0], item[1]["cell"]), []).append(item)
+        left = []
+        for (kind, cell), group in groups.items():
+            try:
+                write_record_object(self.run_uri, kind, self.stage, cell, [r for _, r in group])
+            except Exception as exc:  # storage away for a moment: the next snapshot retries
+                print(f"[{self.stage}] could not write records ({type(exc).__name__}: {exc}); "
+                      "retrying with the next snapshot", file=sys.stderr, flush=True)  # fmt: skip
+                left.extend(group)
+        return left
 
     def on_experiment_end(self, trials, **info) -> None:
+        if self._restored is not None:  # a restored stage with nothing left to run
+            self._publish_restored(trials)
         for trial in trials:
             self.trials[trial.trial_id] = trial
             if trial.status == "ERROR" and not self.errors.get(trial.trial_id):
                 self.errors[trial.trial_id] = _error_line(trial)
-        self.flush()
-        prune_records(self.run_uri, self.stage, {trial.trial_id for trial in trials})
+        if self._pending:
+            return  # Tune stopped without its final snapshot: the resumed stage redoes it
+        # The final snapshot is up: every trial as it ends this experiment (on Ctrl-C some
+        # are still running), then each cell's objects merged into one.
+        self._publish([("trials", self.trial_row(t)) for t in trials])
+        compact_records(self.run_uri, stage=self.stage)
+        prune_legacy_records(self.run_uri, self.stage, {trial.trial_id for trial in trials})
 
-    def trial_row(self, trial) -> dict:
+    def trial_row(self, trial, *, status: str | None = None) -> dict:
+        """The trial's row; ``status``: Tune's, when the trial does not have it yet."""
         last = trial.last_result or {}
         reached = int(last.get("epoch", 0))
         planned = int(trial.config["epochs"])
         status = {
             "TERMINATED": "stopped" if reached < planned else "completed",
             "ERROR": "errored",
-        }.get(trial.status, "running")
+        }.get(status or trial.status, "running")
         row = {**self._ids(trial), "status": status, "error": self.errors.get(trial.trial_id)}
         row.update({f"config/{k}": v for k, v in trial.config.items() if k != CELL_KEY})
         row.update({k: v for k, v in last.items() if k not in SKIP_RESULT_KEYS})
         # The report reads the final models' test scores from here (results/test_scores.py).
         row["checkpoint_uri"] = checkpoint_uri(trial.checkpoint)
+        row["recorded_at"] = time.time()  # the newest row of a trial is its state
         return row
 
-    def flush(self) -> None:
-        by_cell: dict[str, list[dict]] = {}
-        for trial in self.trials.values():
-            by_cell.setdefault(trial.config[CELL_KEY], []).append(self.trial_row(trial))
-        for cell, rows in by_cell.items():
-            write_records(self.run_uri, "trials", self.stage, cell, pd.DataFrame(rows))
+
+def _covered(trial) -> tuple[int, bool]:
+    """What a restored trial has done: the epoch of the checkpoint it resumes from, and
+    whether it is finished."""
+    latest = trial.latest_checkpoint_result
+    epoch = int((latest.metrics if latest else {}).get("epoch", 0))
+    return epoch, trial.status in ("TERMINATED", "ERROR")
 
 
 def checkpoint_uri(checkpoint) -> str | None:
@@ -135,35 +243,21 @@ def checkpoint_uri(checkpoint) -> str | None:
 
 
 def records_uri(run_uri: str, kind: str, stage: str, cell: str) -> str:
-    return storage.join(run_uri, "records", f"{kind}-{stage}--{cell}.parquet")
+    """The folder of one cell's ``kind`` records (only the driver writes there)."""
+    return cell_folder(run_uri, kind, stage, cell)
 
 
-def write_records(run_uri: str, kind: str, stage: str, cell: str, frame: pd.DataFrame) -> None:
-    """Merge with what an earlier (interrupted) driver wrote; the newest row wins."""
-    uri = records_uri(run_uri, kind, stage, cell)
-    if storage.exists(uri):
-        frame = pd.concat([read_records_file(uri), frame], ignore_index=True)
-    keys = ["trial_id", "epoch"] if kind == "epochs" else ["trial_id"]
-    frame = frame.drop_duplicates(subset=keys, keep="last")
-    storage.write_parquet(uri, frame)
-
-
-def prune_records(run_uri: str, stage: str, known: set[str]) -> None:
-    """Drop the stage's rows of trials its experiment does not know: ones a killed driver
-    started after Tune's last snapshot. The resumed experiment never saw them and its
-    searcher hands their budget out again, under new trial ids."""
-    fs, root = storage.filesystem(storage.join(run_uri, "records"))
-    for info in fs.get_file_info(pafs.FileSelector(root, allow_not_found=True)):
-        name = info.base_name
-        if name.endswith(".parquet") and name.split("--")[0] in (
-            f"trials-{stage}",
-            f"epochs-{stage}",
-        ):
-            uri = storage.join(run_uri, "records", name)
-            frame = read_records_file(uri)
+def prune_legacy_records(run_uri: str, stage: str, known: set[str]) -> None:
+    """Files of the old layout (a run started by an earlier cxrkd): drop the stage's rows of
+    trials its experiment does not know, ones a killed driver started after Tune's last
+    snapshot (the resumed searcher hands their budget out again, under new trial ids). The
+    new layout never holds such rows: they are published after the snapshot."""
+    for record in record_files(run_uri, stage=stage):
+        if record.legacy:
+            frame = read_record_file(record.uri)
             keep = frame["trial_id"].isin(known)
             if not keep.all():
-                storage.write_parquet(uri, frame[keep])
+                storage.write_parquet(record.uri, frame[keep])
 
 
 class ProgressCallback(Callback):

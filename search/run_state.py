@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from dataclasses import dataclass, field
 
@@ -78,17 +79,31 @@ def run_uri_of(run: str) -> str:
 
 def write_options(run_uri: str, options: RunOptions, extra: dict) -> None:
     """``run.json``: the options (what ``resume`` starts from) and what produced the run
-    (package versions, the code's commit: :mod:`search.provenance`)."""
+    (package versions, the code's commit: :mod:`search.provenance`). Created exclusively
+    (:func:`trainables.storage.create_exclusive`): of two ``search run`` of one name, one
+    starts the run and the other is refused."""
     from search.provenance import provenance
 
-    storage.write_json(
-        storage.join(run_uri, "run.json"),
+    text = json.dumps(
         {
             "options": dataclasses.asdict(options),
             "created": time.time(),
             "provenance": provenance(),
             **extra,
         },
+        indent=2,
+        sort_keys=True,
+        default=str,
+    )
+    if not storage.create_exclusive(storage.join(run_uri, "run.json"), text):
+        raise run_exists(run_uri)
+
+
+def run_exists(run_uri: str) -> CxrkdError:
+    name = run_uri.rstrip("/").rsplit("/", 1)[-1]
+    return CxrkdError(
+        f"run {name!r} already exists at {run_uri}; continue it with "
+        f"`cxrkd search resume {run_uri}` or pass another --name"
     )
 
 
@@ -161,19 +176,20 @@ def read_records_file(uri: str):
 
 
 def check_records(run_uri: str) -> None:
-    """Every ``records/*.parquet`` file has a readable parquet footer (cheap: no rows read)."""
-    import pyarrow.fs as pafs
+    """Every records file (both layouts: :func:`results.frames.record_files`) has a readable
+    parquet footer (cheap: no rows read)."""
     import pyarrow.parquet as pq
 
-    fs, root = storage.filesystem(storage.join(run_uri, "records"))
-    for info in fs.get_file_info(pafs.FileSelector(root, allow_not_found=True)):
-        if info.type != pafs.FileType.File or not info.base_name.endswith(".parquet"):
-            continue
+    from results.frames import record_files
+
+    for record in record_files(run_uri):
+        fs, path = storage.filesystem(record.uri)
         try:
-            with fs.open_input_file(info.path) as f:
+            with fs.open_input_file(path) as f:
                 pq.read_metadata(f)
-        except ValueError as exc:
-            raise damaged(storage.join(run_uri, "records", info.base_name), exc) from None
+        except (OSError, ValueError) as exc:
+            if storage.exists(record.uri):  # else merged away by a compaction meanwhile
+                raise damaged(record.uri, exc) from None
 
 
 def write_state(run_uri: str, state: StudyState, done: list[str]) -> None:

@@ -4,6 +4,10 @@
 the options it was started with. Finished stages are recorded in ``state.json`` and skipped;
 an interrupted stage's experiment is restored by Tune (finished trials stay finished,
 unfinished ones continue from their last checkpoint, the searcher keeps its state).
+
+One driver at a time: a run is driven under its lease (:mod:`search.lease`), and Tune's
+state in the run folder is signed by the driver and checked before it is restored
+(:mod:`search.signing`).
 """
 
 from __future__ import annotations
@@ -12,13 +16,14 @@ import dataclasses
 import sys
 import time
 
-from search import setup
+from search import lease, setup, signing
 from search.run_state import (
     RunOptions,
     default_storage,
     read_run,
     read_state,
     record_resume,
+    run_exists,
     run_uri_of,
     write_options,
     write_state,
@@ -41,17 +46,15 @@ def run_study(options: RunOptions) -> str:
     name = options.name or f"{study.name}-{options.profile}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_uri = storage.join(storage_uri, name)
     if storage.exists(storage.join(run_uri, "run.json")):
-        raise CxrkdError(
-            f"run {name!r} already exists at {run_uri}; continue it with "
-            f"`cxrkd search resume {run_uri}` or pass another --name"
-        )
+        raise run_exists(run_uri)
     overrides = setup.typed_overrides(study, options.overrides)
     setup.check_cells(study, store, overrides)
     options = dataclasses.replace(
         options, name=name, storage=storage_uri, dataset=store.manifest.name, overrides=overrides
     )
     write_options(run_uri, options, {"dataset_fingerprint": store.manifest.fingerprint})
-    return _drive(study, options, store, run_uri)
+    with lease.hold(run_uri, log=log):  # one driver per run: search.lease
+        return _drive(study, options, store, run_uri)
 
 
 def resume_study(run: str, address: str | None = None) -> str:
@@ -61,6 +64,12 @@ def resume_study(run: str, address: str | None = None) -> str:
     # folder (any node may write it: DESIGN.md, "Running").
     options = dataclasses.replace(RunOptions(**raw["options"]), address=address)
     study = setup.study_with_options(options)
+    held = lease.Lease(run_uri, log=log)
+    held.check()  # another live driver is named before anything else is read or written
+    # Tune's state of every unfinished stage, before anything is written (the same checks
+    # run again where Tune reads it: search.signing.signed_tune_state).
+    _, done = read_state(run_uri)
+    signing.check_stages(run_uri, [s.name for s in study.stages if s.name not in done])
     store = setup.open_dataset(study, options.dataset)
     if store.manifest.fingerprint != raw["dataset_fingerprint"]:
         raise CxrkdError(
@@ -68,9 +77,10 @@ def resume_study(run: str, address: str | None = None) -> str:
             f"{store.manifest.fingerprint}, was {raw['dataset_fingerprint']}); re-import the "
             "original data or start a new run"
         )
-    record_resume(run_uri, raw)
-    log(f"resuming {run_uri}")
-    return _drive(study, options, store, run_uri)
+    with held:  # taken for good (a driver that came in between is refused here)
+        record_resume(run_uri, raw)
+        log(f"resuming {run_uri}")
+        return _drive(study, options, store, run_uri)
 
 
 def _drive(study: Study, options: RunOptions, store, run_uri: str) -> str:
@@ -132,6 +142,7 @@ def _drive(study: Study, options: RunOptions, store, run_uri: str) -> str:
             # ResNet-50 checkpoint is ~130 MB); final-stage models stay, for deployment.
             dead = ("state.pt",) if stage.role == "final" else ("state.pt", "model.pt")
             storage.delete_files_named(storage.join(run_uri, stage.name), dead)
+            storage.delete_dir(signing.signatures_uri(run_uri, stage.name))  # never restored
         write_report(run_uri, study, store.manifest)
     finally:
         if started:

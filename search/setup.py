@@ -10,9 +10,9 @@ import dataclasses
 import logging
 import os
 
-from search.cells import CellSpace, expand_choices
 from search.run_state import RunOptions
 from search.subset import restrict_study, select_cells
+from spaces.cell_space import CellSpace, expand_choices
 from spaces.studies import (
     STUDIES,
     FixedCell,

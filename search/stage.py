@@ -23,6 +23,8 @@ from search.cells import (
     cell_objectives,
 )
 from search.records import ProgressCallback, RecordsCallback
+from search.signing import Signer, signed_tune_state
+from search.snapshots import durable_snapshots
 from spaces.studies import Cell, FixedCell, Stage, Study, StudyState, front_key
 from trainables import storage
 from trainables.config import parse_config
@@ -34,10 +36,12 @@ from trainables.trainable import CELL_KEY
 # an error the trial raised itself (a CxrkdError, a non-finite loss, CUDA out of memory)
 # would recur on every retry; see `retry_lost_workers_only`.
 MAX_FAILURES = 2
-# Not 1: Tune deletes the older checkpoint as soon as a newer one is registered, before the
-# experiment snapshot naming the newer one is saved; a driver killed in between resumes the
-# trial from a deleted checkpoint (the trial errors). With 2, the snapshot (taken at least
-# every 10 s) still names a kept checkpoint unless two epochs finish within its period.
+# Checkpoints Tune keeps per trial (the newest ones). One is enough to resume from, because
+# Tune's deletion of the older ones waits (search.snapshots.durable_snapshots) until an
+# experiment snapshot naming a newer one is on the run storage: a driver killed at any moment
+# resumes every trial from a checkpoint that is still there. Two, not one: Tune forces a
+# snapshot whenever a trial has saved this many checkpoints since the last one; one would
+# force a snapshot (and its upload) after every epoch.
 KEEP_CHECKPOINTS = 2
 
 
@@ -65,7 +69,16 @@ def stage_epochs(cells: list[Cell], *, default: int) -> int:
 
 
 def run_stage(ctx: StageContext, stage: Stage, cells: list[Cell]):
-    """Fit (or continue) the stage's experiment; returns Tune's ResultGrid."""
+    """Fit (or continue) the stage's experiment; returns Tune's ResultGrid. Tune's pickles
+    in the run folder are signed as written and checked before ``Tuner.restore`` unpickles
+    them (:mod:`search.signing`)."""
+    signer = Signer(ctx.run_uri, stage.name)
+    signer.repair(log=lambda msg: print(msg, file=sys.stderr, flush=True))
+    with signed_tune_state(signer):
+        return _run_stage(ctx, stage, cells)
+
+
+def _run_stage(ctx: StageContext, stage: Stage, cells: list[Cell]):
     study, profile = ctx.study, ctx.study.profile
     epochs = stage_epochs(cells, default=int(profile.fixed["epochs"]))
     exp_uri = storage.join(ctx.run_uri, stage.name)
@@ -112,7 +125,7 @@ def run_stage(ctx: StageContext, stage: Stage, cells: list[Cell]):
 
 
 def _fit(tuner, *, budget: int, stage: str, run_uri: str):
-    with retry_lost_workers_only():
+    with retry_lost_workers_only(), durable_snapshots():
         results = tuner.fit()
     # On SIGINT Tune saves the experiment and returns as if it had finished: a stage with
     # trials still to run must not be marked done and handed to the next stage.

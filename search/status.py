@@ -2,23 +2,11 @@
 
 from __future__ import annotations
 
-import pandas as pd
+import json
+import math
 
-from search.run_state import read_records_file, read_run, read_state, run_uri_of
-from trainables import storage
-
-
-def load_trial_records(run_uri: str) -> pd.DataFrame:
-    fs, path = storage.filesystem(storage.join(run_uri, "records"))
-    from pyarrow import fs as pafs
-
-    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
-    frames = [
-        read_records_file(storage.join(run_uri, "records", info.base_name))
-        for info in infos
-        if info.base_name.startswith("trials-") and info.base_name.endswith(".parquet")
-    ]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+from results.frames import load_trials
+from search.run_state import read_run, read_state, run_uri_of
 
 
 def status_lines(run_uri: str) -> list[str]:
@@ -34,7 +22,7 @@ def status_lines(run_uri: str) -> list[str]:
         lines.insert(2, f"  only the cells matching {opts['only']} and their teachers")
     for key, uri in state.teachers.items():
         lines.append(f"  teacher {key}: {uri}")
-    trials = load_trial_records(run_uri)
+    trials = load_trials(run_uri)  # one row per trial, its newest (both layouts)
     if trials.empty:
         lines.append("  no trial has reported yet")
         return lines
@@ -50,3 +38,104 @@ def status_lines(run_uri: str) -> list[str]:
 
 def print_status(run: str) -> None:
     print("\n".join(status_lines(run_uri_of(run))))
+
+
+# --- `search status RUN --json` -------------------------------------------------------------
+
+
+def _study_of(opts: dict):
+    """The run's study with its own objectives: ``search.setup.study_with_options`` without
+    what does not change a metric (budgets, ``--set``, ``--only``), and without importing
+    Ray and torch, which that module needs and a status line does not."""
+    import dataclasses
+
+    from spaces.studies import STUDIES, get_study
+
+    study = get_study(opts["study"], opts["profile"])
+    if opts.get("objectives"):
+        factory, _ = STUDIES.get(study.name)
+        study = factory(dataclasses.replace(study.profile, objectives=tuple(opts["objectives"])))
+    return study
+
+
+def _cell_metrics(study) -> dict[tuple[str, str], tuple[str, str]]:
+    """``{(stage, cell): (metric, mode)}`` of the cells searched on objectives of their own
+    (an open search: the first, as ``search.cells.cell_objectives`` ranks them); every other
+    cell is ranked by the study's metric."""
+    from spaces.studies import SearchCell, StudyState
+    from trainables.errors import CxrkdError
+
+    out = {}
+    for stage in study.stages:
+        try:  # stages that need an earlier stage's choices have no objectives of their own
+            cells = stage.cells(StudyState(placeholder=True))
+        except CxrkdError:
+            continue
+        for cell in cells:
+            if isinstance(cell, SearchCell) and cell.objectives:
+                out[(stage.name, cell.key)] = cell.objectives[0]
+    return out
+
+
+def _number(value) -> float | None:
+    """A finite float, else None (JSON has no NaN)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def status_record(run_uri: str) -> dict:
+    """Where a run stands as one JSON-ready object: its options, stages, teachers, and per
+    (stage, cell) the trials by status and the best trial by the study's own metric (an open
+    search cell: its first objective)."""
+    raw = read_run(run_uri)
+    opts = raw["options"]
+    state, done = read_state(run_uri)
+    study = _study_of(opts)
+    metrics = _cell_metrics(study)
+    trials = load_trials(run_uri)
+    cells = []
+    for (stage, cell), rows in trials.groupby(["stage", "cell"], sort=False):
+        metric, mode = metrics.get((stage, cell), (study.metric, study.mode))
+        values = [_number(v) for v in rows[metric]] if metric in rows else [None] * len(rows)
+        ranked = sorted(
+            (v if mode == "min" else -v, str(t))
+            for v, t in zip(values, rows["trial_id"], strict=True)
+            if v is not None
+        )
+        best = None
+        if ranked:
+            key, trial_id = ranked[0]
+            best = {"trial_id": trial_id, "value": key if mode == "min" else -key}
+        errors = rows.loc[rows["status"] == "errored", "error"].dropna().unique()[:3]
+        cells.append({
+            "stage": stage,
+            "cell": cell,
+            "method": str(rows["method"].iloc[0]),
+            "trials": len(rows),
+            "status": {str(s): int(n) for s, n in rows["status"].value_counts().items()},
+            "metric": metric,
+            "mode": mode,
+            "best": best,
+            "errors": [str(e) for e in errors],
+        })  # fmt: skip
+    return {
+        "run": run_uri,
+        "name": opts.get("name"),
+        "study": opts["study"],
+        "profile": opts["profile"],
+        "dataset": opts["dataset"],
+        "only": opts.get("only"),
+        "metric": study.metric,
+        "mode": study.mode,
+        "stages": [s.name for s in study.stages],
+        "stages_done": done,
+        "teachers": dict(state.teachers),
+        "cells": cells,
+    }
+
+
+def print_status_json(run: str) -> None:
+    print(json.dumps(status_record(run_uri_of(run)), sort_keys=False))

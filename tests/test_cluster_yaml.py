@@ -445,7 +445,9 @@ def _driver_written() -> list[str]:
     from ray.tune.search.search_generator import SearchGenerator
     from ray.tune.search.searcher import Searcher
 
+    from search.lease import _lease_uri as lease_record_uri
     from search.records import records_uri
+    from search.signing import signatures_uri
     from trainables.teachers import TeacherRegistry
 
     stage = f"{RUN}/teacher"
@@ -458,12 +460,16 @@ def _driver_written() -> list[str]:
         "arn:aws:s3:::" + records_uri("YOUR-BUCKET/runs/pneumonia-paper", "epochs", "kd", "b"),
         f"{RUN}/tables/summary.md",
         f"{stage}/{_TUNER_PKL}",
+        f"{stage}/{_TUNER_PKL}.prev",  # search.signing.BACKUP
         f"{stage}/{TuneController.CKPT_FILE_TMPL.format(session)}",
         f"{stage}/{Searcher.CKPT_FILE_TMPL.format(session)}",
         f"{stage}/{SearchGenerator.CKPT_FILE_TMPL.format(session)}",
         f"{stage}/{BasicVariantGenerator.CKPT_FILE_TMPL.format(session)}",
         f"{stage}/{CallbackList.CKPT_FILE_TMPL.format(session)}",
         f"{stage}/tune_trainable_a1b2_00000/{EXPR_PARAM_PICKLE_FILE}",
+        f"{stage}/tune_trainable_a1b2_00000/error.pkl",  # Tune's, written by the driver
+        "arn:aws:s3:::" + signatures_uri("YOUR-BUCKET/runs/pneumonia-paper", "teacher") + "/ab12",
+        "arn:aws:s3:::" + lease_record_uri("YOUR-BUCKET/runs/pneumonia-paper", 1),
         teacher.replace("s3://", "arn:aws:s3:::") + "/record.json",
         teacher.replace("s3://", "arn:aws:s3:::") + "/model/model.pt",
     ]

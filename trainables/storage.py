@@ -91,17 +91,22 @@ def durable_replace(tmp: str | Path, path: str | Path) -> None:
 def write_text(uri: str, text: str) -> None:
     """Write a small file; local writes are atomic and durable (tmp, fsync, rename, fsync of
     the folder), S3 puts are atomic."""
+    write_bytes(uri, text.encode("utf-8"))
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """:func:`write_text` for bytes."""
     fs, path = filesystem(uri)
     fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
     if isinstance(fs, pafs.LocalFileSystem):
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are read by other users
         durable_replace(tmp, path)
         return
     with fs.open_output_stream(path) as f:
-        f.write(text.encode("utf-8"))
+        f.write(data)
 
 
 def create_exclusive(uri: str, text: str) -> bool:

@@ -19,11 +19,12 @@ import spaces.lowres_kd as lowres
 import spaces.lowres_open as lowres_open
 from results.figures import nondominated
 from search import setup
-from search.cells import CellScheduler, CellSearcher, CellSpace, expand_choices
+from search.cells import CellScheduler, CellSearcher
 from search.cli import main
 from search.run_state import RunOptions
 from search.runner import run_study
 from search.stage import choose
+from spaces.cell_space import CellSpace, expand_choices
 from spaces.studies import StudyState, front_key, get_study, parse_objectives
 from trainables.config import parse_config
 from trainables.errors import CxrkdError

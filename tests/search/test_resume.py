@@ -1,5 +1,8 @@
 """An interrupted run continues with nothing lost or repeated: the real CLI in a subprocess,
 killed mid-stage (SIGKILL in the search stage, Ctrl-C in the final stage), then resumed.
+The raw records show it: no epoch was run by two attempts (drivers, worker processes), and
+every row recorded before the kill and before the Ctrl-C is there unchanged at the end.
+Many kills at random moments: test_torture.py.
 
 The driver runs in its own session, so a kill reaches it and every Ray process it started
 (they share its process group) and nothing else on the machine.
@@ -21,6 +24,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from results.frames import load_raw_records, load_trials, repeated_epochs
 from search.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
@@ -44,13 +48,16 @@ BUDGET = {  # num_samples=2: trials per (stage, cell)
 
 
 class Driver:
-    """``python -m search.cli ARGS`` in a new session, its output in a log file."""
+    """``python -m search.cli ARGS`` (or ``python PYTHON_ARGS ARGS``) in a new session, its
+    output in a log file."""
 
-    def __init__(self, args: list[str], *, env: dict, log: Path) -> None:
+    def __init__(
+        self, args: list[str], *, env: dict, log: Path, python_args: tuple = ("-m", "search.cli")
+    ) -> None:
         self.log = log
         self.out = log.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "search.cli", *args],
+            [sys.executable, *python_args, *args],
             cwd=REPO,
             env=env,
             stdout=self.out,
@@ -100,13 +107,15 @@ class Driver:
 
 def finished(run: Path, stage: str) -> int:
     """Trials of ``stage`` the driver has recorded as finished (completed or stopped)."""
-    n = 0
-    for path in (run / "records").glob(f"trials-{stage}--*.parquet"):
-        try:
-            n += pd.read_parquet(path)["status"].isin(["completed", "stopped"]).sum()
-        except (OSError, ValueError):  # being replaced right now
-            continue
-    return n
+    trials = load_trials(str(run))
+    return int(((trials["stage"] == stage) & trials["status"].isin(["completed", "stopped"])).sum())
+
+
+def rows_of(run: Path) -> pd.Series:
+    """Every epoch row recorded so far, as text (what must never change once written)."""
+    raw = load_raw_records(str(run))[1]
+    columns = ["stage", "trial_id", "epoch", "attempt", "val_auc", "recorded_at", "pid"]
+    return raw[columns].astype(str).agg("|".join, axis=1).drop_duplicates()
 
 
 def wait_until(driver: Driver, ready, what: str, timeout: float = 400) -> None:
@@ -163,6 +172,7 @@ def test_killed_then_interrupted_run_resumes_without_loss_or_repeats(
         first.signal(signal.SIGKILL)
         first.wait(30)
         first.wait_gone()
+        before_kill = rows_of(run)
         state = json.loads((run / "state.json").read_text())
         assert state["done"] == ["teacher"]
         teacher = Path(state["teacher_uri"])
@@ -176,6 +186,7 @@ def test_killed_then_interrupted_run_resumes_without_loss_or_repeats(
         second.signal(signal.SIGINT)
         assert second.wait(120) == 130, second.text()[-3000:]
         second.wait_gone()
+        before_interrupt = rows_of(run)
         assert f"continue with `cxrkd search resume {run}`" in second.text()
         state = json.loads((run / "state.json").read_text())
         assert state["done"] == ["teacher", "search"], "an interrupted stage was marked done"
@@ -200,6 +211,16 @@ def test_killed_then_interrupted_run_resumes_without_loss_or_repeats(
     assert not epochs.duplicated(["trial_id", "epoch"]).any()
     for trial_id, rows in epochs.groupby("trial_id"):
         assert sorted(rows["epoch"]) == list(range(1, len(rows) + 1)), trial_id
+    # The raw records (not deduplicated): no epoch was run by two attempts, and what the
+    # killed and the interrupted driver had recorded is there as it was.
+    raw = load_raw_records(str(run))[1]
+    assert repeated_epochs(raw).empty, repeated_epochs(raw)
+    assert len(raw.drop_duplicates(["trial_id", "epoch", "attempt"])) == len(epochs)
+    after = rows_of(run)
+    for earlier in (before_kill, before_interrupt):
+        assert len(earlier) and earlier.isin(after).all(), earlier[~earlier.isin(after)]
+    search = raw[raw["stage"] == "search"]
+    assert search["attempt"].str.split("/").str[0].nunique() == 2  # two drivers ran it
     # Trials a killed driver had started after Tune's last snapshot were re-run under new
     # ids; none of their rows is left behind.
     assert set(epochs["trial_id"]) == set(trials["trial_id"])

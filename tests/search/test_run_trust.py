@@ -7,6 +7,8 @@ No Ray is started: ``ray.init`` is replaced by a spy that records its arguments 
 
 from __future__ import annotations
 
+import json
+import pickle
 import re
 from pathlib import Path
 
@@ -190,3 +192,76 @@ def test_an_intact_run_folder_still_reads(run_folder, capsys):
     assert main(["search", "status", str(run_folder)]) == 0
     out = capsys.readouterr().out
     assert "[teacher] c" in out and "1 completed" in out
+
+
+# --- 4. Tune's pickles ----------------------------------------------------------------------
+
+
+class Plant:
+    """Unpickling it creates ``marker``: what a hostile node would put in a run folder."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def _plant_everywhere(stage: Path, marker: Path) -> None:
+    """A pickle that runs code in every file of ``stage`` that Tune would unpickle."""
+    from ray._common.utils import binary_to_hex
+
+    bomb = pickle.dumps(Plant(marker))
+    session = "2026-11-30_16-00-00"
+    stage.mkdir(parents=True, exist_ok=True)
+    (stage / "tuner.pkl").write_bytes(bomb)
+    for name in [f"searcher-state-{session}.pkl", f"callback-states-{session}.pkl",
+                 f"search_gen_state-{session}.json"]:  # fmt: skip
+        (stage / name).write_bytes(bomb)
+    blob = {"_type": "CLOUDPICKLE_FALLBACK", "value": binary_to_hex(bomb)}
+    (stage / f"experiment_state-{session}.json").write_text(json.dumps({"runner_data": blob}))
+
+
+@pytest.mark.parametrize("file", ["tuner.pkl", "searcher-state-2026-11-30_16-00-00.pkl"])
+def test_resume_never_unpickles_planted_tune_state(file, run_folder, capsys, ray_init_spy):
+    from search.signing import Signer
+
+    marker = run_folder.parent / "PWNED"
+    stage = run_folder / "search"
+    if file == "tuner.pkl":
+        _plant_everywhere(stage, marker)
+    else:  # the driver's own tuner.pkl, and a planted searcher snapshot beside it
+        genuine = b"tuner state the driver wrote"
+        stage.mkdir()
+        (stage / "tuner.pkl").write_bytes(genuine)
+        Signer(str(run_folder), "search").sign("tuner.pkl", genuine)
+        (stage / file).write_bytes(pickle.dumps(Plant(marker)))
+    before = _snapshot(run_folder)
+    fails(capsys, ["search", "resume", str(run_folder)], re.escape(str(stage / file)),
+           r"was not written by this run's driver", r"nothing was changed",
+           r"resume with the CXRKD_HOME \(signing key\) of the driver that started the run",
+           rf"move {re.escape(str(stage))} away")  # fmt: skip
+    assert not marker.exists()
+    assert _snapshot(run_folder) == before
+    assert not ray_init_spy
+
+
+def test_a_signed_stage_resumes_and_a_finished_stage_is_not_read(
+    planted_run, ray_init_spy, tmp_path
+):
+    from search.run_state import write_state
+    from search.signing import Signer
+    from spaces.studies import StudyState
+
+    marker = tmp_path / "PWNED"
+    _plant_everywhere(planted_run / "teacher", marker)  # a finished stage: never restored
+    write_state(str(planted_run), StudyState(), ["teacher"])
+    signer = Signer(str(planted_run), "search")
+    (planted_run / "search").mkdir()
+    for name, data in [("tuner.pkl", b"tuner"), ("experiment_state-2026-11-30_16-00-00.json",
+                                                 b'{"trial_data": []}')]:  # fmt: skip
+        (planted_run / "search" / name).write_bytes(data)
+        signer.sign(name, data)
+    with pytest.raises(RayInitCalled):  # past every check, the driver starts
+        main(["search", "resume", str(planted_run)])
+    assert not marker.exists()

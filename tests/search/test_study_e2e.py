@@ -270,9 +270,10 @@ def test_pneumonia_kd_runs_across_nodes_and_writes_the_contract(
     assert str(home) not in trials.to_json(), "a trial config names the driver's CXRKD_HOME"
 
     # Records and tables.
-    assert sorted(p.name for p in (run / "records").glob("trials-*")) == sorted(
-        f"trials-{s}--{c}.parquet" for s, c in sizes
-    )
+    # One trials object per (stage, cell), compacted at the end of its stage.
+    assert sorted(
+        str(p.parent.relative_to(run / "records")) for p in (run / "records").rglob("*.parquet")
+    ) == sorted(f"{kind}/{s}--{c}" for s, c in sizes for kind in ("epochs", "trials"))
     for ext in ("md", "csv", "tex", "html"):
         assert (run / "tables" / f"pneumonia_kd.{ext}").is_file(), ext
     md = (run / "tables" / "pneumonia_kd.md").read_text()

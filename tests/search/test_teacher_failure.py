@@ -19,6 +19,7 @@ import pytest
 from probes import probe_profile
 from trial_spy import Spy, install
 
+from results.frames import load_records
 from search.run_state import RunOptions
 from search.runner import resume_study, run_study
 from spaces.studies import STUDIES, FixedCell, Profile, Stage, Study
@@ -126,18 +127,18 @@ def test_when_every_teacher_trial_fails_no_student_starts_and_the_error_says_why
     def nothing_of_the_students() -> None:
         assert {r[0] for r in spy.results} == {"teacher"}
         assert not (run / "search").exists()  # no Tune experiment for the student stage
-        assert sorted(p.name for p in (run / "records").iterdir()) == [
-            "epochs-teacher--cnn_teacher.parquet",
-            "trials-teacher--cnn_teacher.parquet",
-        ]
+        assert sorted(
+            str(p.parent.relative_to(run / "records")) for p in (run / "records").rglob("*")
+            if p.is_file()
+        ) == ["epochs/teacher--cnn_teacher", "trials/teacher--cnn_teacher"]  # fmt: skip
         assert not (run / "state.json").exists()  # no stage was marked done
 
     nothing_of_the_students()
     # What the teacher did is kept, with its reason (for `cxrkd search status`).
-    teacher = pd.read_parquet(run / "records" / "trials-teacher--cnn_teacher.parquet")
+    teacher, epochs = load_records(str(run))
     assert teacher["status"].tolist() == ["errored"]
     assert "training loss became nan" in teacher["error"].iloc[0]
-    assert len(pd.read_parquet(run / "records" / "epochs-teacher--cnn_teacher.parquet")) >= 1
+    assert len(epochs) >= 1
 
     # A resume does not start students against a missing teacher either.
     with pytest.raises(CxrkdError, match="no student trial was started"):

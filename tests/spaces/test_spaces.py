@@ -6,8 +6,8 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from search.cells import CellSpace
 from spaces import get_space, load_spaces
+from spaces.cell_space import CellSpace
 from spaces.studies import STUDIES, FixedCell, SearchCell, StudyState, get_study
 from trainables.config import field_names, parse_config
 from trainables.errors import CxrkdError

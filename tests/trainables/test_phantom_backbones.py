@@ -14,8 +14,8 @@ import safetensors.torch
 import torch
 from helpers import binary_bundle
 
-from search.cells import CellSpace
 from search.cli import main
+from spaces.cell_space import CellSpace
 from spaces.studies import SearchCell, StudyState, get_study
 from trainables import phantom_backbones as pb
 from trainables.config import parse_config

@@ -19,8 +19,8 @@ import torch
 from helpers import binary_bundle, multilabel_bundle
 from weights_fixture import ALLOW_RANDOM_ENV, make_weights_dir
 
-from search.cells import CellSpace
 from search.cli import main
+from spaces.cell_space import CellSpace
 from spaces.studies import SearchCell, StudyState, get_study
 from trainables import weights
 from trainables.config import parse_config
