@@ -8,8 +8,19 @@ import sys
 from trainables.errors import CxrkdError
 
 
+def cxrkd_version() -> str:
+    """The installed distribution's version (``pyproject.toml``)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("cxrkd")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed: pip install -e .)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     from search.cli_data import add_data_commands
+    from search.cli_export import add_export_commands
     from search.cli_report import add_report_commands
     from search.cli_search import add_search_commands
 
@@ -18,10 +29,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Hyperparameter search for chest X-ray transfer learning and knowledge "
         "distillation (Ray Tune + Optuna). Datasets live in $CXRKD_HOME (default ~/.cxrkd).",
     )
+    parser.add_argument("--version", action="version", version=f"cxrkd {cxrkd_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_data_commands(sub)
     add_search_commands(sub)
     add_report_commands(sub)
+    add_export_commands(sub)
     return parser
 
 

@@ -73,8 +73,9 @@ def add_data_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="train", choices=["train", "val", "test"])
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_preview)
-    p = dsub.add_parser("rm", help="delete a dataset store")
+    p = dsub.add_parser("rm", help="delete a dataset store (asks first)")
     p.add_argument("name")
+    p.add_argument("--yes", action="store_true", help="delete without asking")
     p.set_defaults(func=cmd_rm)
 
 
@@ -146,6 +147,17 @@ def cmd_preview(args: argparse.Namespace) -> int:
 
 def cmd_rm(args: argparse.Namespace) -> int:
     store = DatasetStore.open(args.name)
+    if not args.yes:
+        m = store.manifest
+        if not sys.stdin.isatty():
+            raise DatasetError(
+                f"`cxrkd data rm {args.name}` asks before it deletes, but there is no terminal "
+                f"to ask on; pass --yes to delete {store.path}"
+            )
+        answer = input(f"delete dataset {m.title} ({m.n_images} images) at {store.path}? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("nothing deleted")
+            return 1
     shutil.rmtree(store.path)
     print(f"removed {store.path}")
     return 0

@@ -19,10 +19,35 @@ def parse_sets(items: list[str]) -> dict[str, str]:
     return out
 
 
+def studies_epilog() -> str:
+    """``search run --help``'s list of the studies and their profiles (from the registry)."""
+    from spaces.studies import STUDIES, get_study
+
+    lines = ["studies (STUDY) and their profiles (--profile):"]
+    for name, (_, profiles) in STUDIES.all().items():
+        study = get_study(name, next(iter(profiles)))
+        lines.append(f"  {name}: {study.task} dataset (default {study.default_dataset})")
+        for pname, profile in profiles.items():
+            f = profile.fixed
+            size = f"{f['img_size']} px, {f['epochs']} epochs"
+            where = f", {profile.device_hint}" if profile.device_hint else ""
+            lines.append(
+                f"    {pname:<6} {size}, {profile.samples} trials per cell, "
+                f"{profile.seeds} seeds{where}"
+            )
+    lines.append("one GPU: --gpus-per-trial 0.25 runs four small trials on it side by side")
+    return "\n".join(lines)
+
+
 def add_search_commands(sub: argparse._SubParsersAction) -> None:
     search = sub.add_parser("search", help="run, resume and watch hyperparameter searches")
     ssub = search.add_subparsers(dest="search_cmd", required=True, metavar="COMMAND")
-    p = ssub.add_parser("run", help="run a study (e.g. pneumonia-kd)")
+    p = ssub.add_parser(
+        "run",
+        help="run a study (e.g. pneumonia-kd)",
+        epilog=studies_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("study")
     p.add_argument("--dataset", help="dataset store name (default: the study's built-in one)")
     p.add_argument("--profile", default="demo", help="demo (CPU, minutes) or paper")
@@ -68,7 +93,16 @@ def add_search_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_resume)
     p = ssub.add_parser("status", help="where a run stands")
     p.add_argument("run")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object: stages, teachers, and per cell the trials by status and "
+        "the best trial by the study's own metric",
+    )
     p.set_defaults(func=cmd_status)
+    from search.cli_plan import add_plan_command
+
+    add_plan_command(ssub)
 
     w = sub.add_parser("weights", help="pretrained weights for air-gapped sites")
     wsub = w.add_subparsers(dest="weights_cmd", required=True, metavar="COMMAND")
@@ -131,9 +165,12 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from search.status import print_status
+    from search.status import print_status, print_status_json
 
-    print_status(args.run)
+    if args.json:
+        print_status_json(args.run)
+    else:
+        print_status(args.run)
     return 0
 
 

@@ -96,6 +96,8 @@ def split_metrics(
         "auroc_mcct": glob["auc"],
         "auroc_mean": (macro + glob["auc"]) / 2,
         "auc": glob["auc"],
+        # The global label's decision threshold (the validation one): what an export uses.
+        "threshold": glob["threshold"],
     }
     # AUPRC and sensitivity at 95% specificity: macro over findings (T1) and global (T2).
     for name, metric in (("auprc", average_precision), ("sens_at_spec95", sensitivity_at_95)):

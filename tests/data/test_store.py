@@ -187,7 +187,7 @@ def test_cli_show_json_list_preview_rm(tmp_path, monkeypatch, capsys):
     out = tmp_path / "p.png"
     assert main(["data", "preview", "tiny", "--out", str(out), "--n", "4"]) == 0
     assert out.stat().st_size > 0
-    assert main(["data", "rm", "tiny"]) == 0
+    assert main(["data", "rm", "tiny", "--yes"]) == 0
     assert main(["data", "show", "tiny"]) == 2
     assert "unknown dataset 'tiny'" in capsys.readouterr().err
 

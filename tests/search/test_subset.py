@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from test_export import check_export_and_predict
+from test_plan import assert_plan_matches_run
 
 from search.cli import main
 from search.run_state import RunOptions, read_run
@@ -121,6 +123,12 @@ def test_only_runs_the_matched_cell_and_its_teacher(tiny_store, tiny, tmp_path, 
             "--only", "resnet18_k?", *sets]  # fmt: skip
     assert main(argv) == 0
     run = storage / "sub"
+    # `search plan` with the same arguments planned what ran (test_plan's check).
+    plan_args = ["pneumonia-kd", "--dataset", tiny_store.name, "--num-samples", "1",
+                 "--only", "resnet18_k?", *sets]  # fmt: skip
+    assert_plan_matches_run(plan_args, run, tmp_path, capsys)
+    # Its final KD student exported and applied to images (test_export's check).
+    check_export_and_predict(run, tiny_store, tmp_path, capsys)
     trials = pd.read_parquet(run / "trials.parquet")
     ran = trials.groupby("stage")["cell"].unique().map(sorted).to_dict()
     assert ran == {"teacher": ["resnet50_teacher"], "search": ["resnet18_kd"],
