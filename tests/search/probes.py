@@ -26,7 +26,7 @@ def probe_profile(epochs: int) -> Profile:
     )  # fmt: skip
 
 
-def kill_probe(profile: Profile) -> Study:
+def kill_probe(profile: Profile, *, name: str = KILL_PROBE) -> Study:
     """``profile.seeds`` trials of the baseline CNN, ``fixed["epochs"]`` epochs each."""
     base = {**profile.fixed, "method": "cnn_baseline", "model": "cnn_baseline"}
 
@@ -34,7 +34,7 @@ def kill_probe(profile: Profile) -> Study:
         return [FixedCell("cnn", tuple({**base, "seed": s} for s in range(profile.seeds)))]
 
     return Study(
-        name=KILL_PROBE,
+        name=name,
         task="binary",
         default_dataset="unused",
         default_import=("phantom", "pneumonia", {}),

@@ -15,17 +15,17 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from probes import probe_profile
+from probes import kill_probe, kill_probe_profile
 from trial_spy import Spy, install
 
 from search.run_state import RunOptions
 from search.runner import run_study
-from spaces.studies import STUDIES, FixedCell, Profile, Stage, Study
+from spaces.studies import STUDIES, Profile, Study
 
 STUDY = "node-loss-probe"
 OBJECT_STORE = 100 * 1024 * 1024  # per node; the tiny dataset is ~100 KB
 EPOCHS = 3
-PROFILE = probe_profile(EPOCHS)
+PROFILE = kill_probe_profile(trials=2, epochs=EPOCHS)  # two trials: seeds 0 and 1
 # The GCS declares a node dead after this many missed health checks (defaults: 5 of 3 s).
 FAST_NODE_DEATH = {
     "health_check_initial_delay_ms": 0,
@@ -36,20 +36,8 @@ FAST_NODE_DEATH = {
 
 
 def _node_loss_probe(profile: Profile) -> Study:
-    base = {**profile.fixed, "method": "cnn_baseline", "model": "cnn_baseline"}
-
-    def cells(state) -> list:
-        return [FixedCell("cnn", ({**base, "seed": 0}, {**base, "seed": 1}))]
-
-    return Study(
-        name=STUDY,
-        task="binary",
-        default_dataset="unused",
-        default_import=("phantom", "pneumonia", {}),
-        stages=[Stage("search", "search", cells, early_stopping=False)],
-        tables=[],
-        profile=profile,
-    )
+    """Two baseline-CNN trials (the profile's seeds: 2), so one can be on the lost node."""
+    return kill_probe(profile, name=STUDY)
 
 
 @pytest.fixture
