@@ -87,7 +87,7 @@ def register_study(args) -> None:
 
 class Marks:
     """Per trial: when Tune started it and when it completed, the driver's RSS then, and the
-    driver's time in the records callback (added to every stage's Tuner)."""
+    driver's time in the records callback (added to the study's Tuner)."""
 
     def __init__(self) -> None:
         self.start: dict[str, float] = {}
@@ -96,11 +96,11 @@ class Marks:
         self.records_s: dict[str, float] = {}
 
     def install(self) -> None:
-        from search import stage
+        from search import study_run
 
         marks = self
 
-        class Timed(stage.RecordsCallback):
+        class Timed(study_run.RecordsCallback):
             def _timed(self, name, trial, *args, **kwargs):
                 t0 = time.perf_counter()
                 getattr(super(), name)(*args, trial=trial, **kwargs)
@@ -118,7 +118,7 @@ class Marks:
                 marks.end[trial.trial_id] = time.perf_counter()
                 marks.rss_at_end.append(rss_mb())
 
-        stage.RecordsCallback = Timed
+        study_run.RecordsCallback = Timed
 
 
 def run_direct(configs: list[dict], store) -> list[float]:

@@ -12,12 +12,12 @@ Run: ``.venv/bin/python bench/tune_overhead.py`` (tiny trials: 16 px, 2 epochs o
   (+ test) inside the trial), divided by the concurrency: the wall time an ideal scheduler
   with no per-trial cost would need.
 
-``overhead = wall / train - 1``. The breakdown times each stage (Tuner set-up + fit), the
-teacher-cache task and the report; splits each stage's wall into training, cost inside
-trials (Tune starting a trial -> it completes, beyond its epochs: data from the object store,
-model build, checkpoint save + persist per epoch) and cost outside trials (Tuner set-up,
-actor start, slots idle when a stage has fewer trials left than slots); and lists the worker
-pids, which show whether ``reuse_actors=True`` runs trials of different cells in one actor.
+``overhead = wall / train - 1``. The breakdown times the study's one experiment (Tuner
+set-up + fit) and the report; splits the experiment's wall into training, cost inside trials
+(Tune starting a trial -> it completes, beyond its epochs: data from the object store, model
+build, checkpoint save + persist per epoch) and cost outside trials (Tuner set-up, actor
+start, slots idle with no trial ready to start); and lists the worker pids, which show
+whether ``reuse_actors=True`` runs trials of different stages in one actor.
 """
 
 from __future__ import annotations
@@ -55,13 +55,14 @@ class Timeline:
 
         return wrapper
 
-    def callback(self, stage: str):
+    def callback(self):
         from ray.tune import Callback
 
         store = self.trials
 
         class Marks(Callback):  # Tune calls callbacks with keyword arguments
             def on_trial_start(self, iteration, trials, trial, **info):
+                stage = trial.config["stage"]
                 store.setdefault(trial.trial_id, {"stage": stage, "starts": []})
                 store[trial.trial_id]["starts"].append(time.perf_counter())
 
@@ -80,21 +81,20 @@ class Timeline:
 
 
 def instrument(timeline: Timeline) -> None:
-    """Wrap the driver's phases and add a timing callback to each stage's Tuner."""
+    """Wrap the driver's phases and add a timing callback to the study's Tuner."""
     import results.report
     import search.runner
-    import search.setup
-    from search import stage as stage_mod
+    from search import study_run
 
-    run_stage = stage_mod.run_stage
+    run_experiment = study_run.run_experiment
 
-    def run_stage_timed(ctx, stage, cells):
-        original = stage_mod.RecordsCallback
+    def run_experiment_timed(ctx):
+        original = study_run.RecordsCallback
 
         class RecordsAndMarks(original):  # one more callback, same Tuner otherwise
             def __init__(self, **kwargs):
                 super().__init__(**kwargs)
-                self.marks = timeline.callback(stage.name)
+                self.marks = timeline.callback()
 
             def on_trial_start(self, *args, **kwargs):
                 self.marks.on_trial_start(*args, **kwargs)
@@ -107,17 +107,14 @@ def instrument(timeline: Timeline) -> None:
                 super().on_trial_complete(*args, **kwargs)
                 self.marks.on_trial_complete(*args, **kwargs)
 
-        stage_mod.RecordsCallback = RecordsAndMarks
-        timeline.stage_begin[stage.name] = time.perf_counter()
+        study_run.RecordsCallback = RecordsAndMarks
+        timeline.stage_begin["experiment"] = time.perf_counter()
         try:
-            return timeline.timed(f"stage {stage.name}", run_stage)(ctx, stage, cells)
+            return timeline.timed("experiment", run_experiment)(ctx)
         finally:
-            stage_mod.RecordsCallback = original
+            study_run.RecordsCallback = original
 
-    search.runner.run_stage = run_stage_timed
-    search.setup.warm_teacher_caches = timeline.timed(
-        "teacher cache task", search.setup.warm_teacher_caches
-    )
+    search.runner.run_experiment = run_experiment_timed
     results.report.write_report = timeline.timed("report", results.report.write_report)
 
 
@@ -148,7 +145,7 @@ def trial_costs(timeline: Timeline) -> pd.DataFrame:
         )
     frame = pd.DataFrame(rows)
     if len(frame):  # the first trial of each worker process paid for starting the actor
-        frame["new_actor"] = ~frame.duplicated(["stage", "pid"])
+        frame["new_actor"] = ~frame.duplicated(["pid"])
     return frame
 
 
@@ -163,16 +160,16 @@ def print_trial_costs(costs: pd.DataFrame, timeline: Timeline) -> None:
         if len(values):
             print(f"  {label:<26} {statistics.median(values):5.2f} "
                   f"[{values.min():5.2f}, {values.max():5.2f}] ({len(values)})")  # fmt: skip
-    print("\nstage start -> its first trial starts (Tuner set-up, actor scheduling) (s):")
-    for stage, begin in timeline.stage_begin.items():
-        first = costs.loc[costs["stage"] == stage, "started"].min()
-        print(f"  {stage:<8} {first - begin:5.2f}")
-    print("\nactor reuse (worker pids per stage; fewer pids than trials = reused):")
-    for stage, rows in costs.groupby("stage", sort=False):
-        by_pid = rows.groupby("pid")["cell"].apply(lambda c: sorted(set(c)))
-        mixed = sum(len(cells) > 1 for cells in by_pid)
-        print(f"  {stage:<8} {len(rows):3d} trials in {rows['pid'].nunique()} worker "
-              f"process(es); {mixed} process(es) ran trials of more than one cell")  # fmt: skip
+    begin = timeline.stage_begin["experiment"]
+    print(f"\nexperiment start -> its first trial starts (Tuner set-up, actor scheduling): "
+          f"{costs['started'].min() - begin:5.2f} s")  # fmt: skip
+    print("\nactor reuse (fewer worker pids than trials = reused):")
+    by_pid = costs.groupby("pid")["stage"].apply(lambda s: sorted(set(s)))
+    mixed = sum(len(stages) > 1 for stages in by_pid)
+    print(
+        f"  {len(costs)} trials in {costs['pid'].nunique()} worker process(es); {mixed} "
+        "process(es) ran trials of more than one stage"
+    )
 
 
 def main() -> None:
@@ -249,17 +246,18 @@ def main() -> None:
     rest = wall - sum(phases.values())
     print(f"  {'driver set-up, other':<24} {rest:7.1f}  (checks, data to object store, ...)")
     costs = trial_costs(timeline)
-    print("\nper stage (s): wall = train + in trials + outside trials")
+    print("\nexperiment (s): wall = train + in trials + outside trials")
     print("  (in trials: Tune starting a trial -> it completes, beyond its epochs' epoch_s;")
-    print("   outside: Tuner set-up, actor start, slots idle with no trial left to start)")
-    for stage, rows in epochs.groupby("stage", sort=False):
-        ideal = rows["epoch_s"].sum() / conc
-        stage_wall = phases.get(f"stage {stage}", float("nan"))
-        busy = costs.loc[costs["stage"] == stage, "span_s"].sum() / conc
-        n = trials[trials["stage"] == stage].shape[0]
-        print(f"  {stage:<8} {n:3d} trials  wall {stage_wall:6.1f} = train {ideal:6.1f} "
-              f"+ in {busy - ideal:5.1f} + outside {stage_wall - busy:5.1f}  "
-              f"overhead {stage_wall / ideal - 1:5.0%}")  # fmt: skip
+    print("   outside: Tuner set-up, actor start, slots idle with no trial ready to start)")
+    exp_wall = phases.get("experiment", float("nan"))
+    busy = costs["span_s"].sum() / conc
+    print(f"  {len(trials):3d} trials  wall {exp_wall:6.1f} = train {train:6.1f} "
+          f"+ in {busy - train:5.1f} + outside {exp_wall - busy:5.1f}  "
+          f"overhead {exp_wall / train - 1:5.0%}")  # fmt: skip
+    print("\nper stage: trials, first start -> last end (s) (stages overlap)")
+    for stage, rows in costs.groupby("stage", sort=False):
+        span = (rows["started"] + rows["span_s"]).max() - rows["started"].min()
+        print(f"  {stage:<8} {len(rows):3d} trials  {span:6.1f}")
     if len(costs):
         print_trial_costs(costs, timeline)
 

@@ -33,8 +33,9 @@ from results.frames import (
     record_files,
     write_record_object,
 )
+from search.cells import cell_budget, cell_epochs
 from trainables import storage
-from trainables.trainable import CELL_KEY
+from trainables.trainable import CELL_KEY, STAGE_KEY
 
 SKIP_RESULT_KEYS = {
     "config",
@@ -67,7 +68,7 @@ def _error_text(trial) -> str | None:
     return trial.get_error()
 
 
-def _error_line(trial) -> str | None:
+def error_line(trial) -> str | None:
     text = _error_text(trial)
     if not text:
         return None
@@ -79,8 +80,8 @@ def _error_line(trial) -> str | None:
 
 
 class RecordsCallback(Callback):
-    def __init__(self, *, run_uri: str, study: str, stage: str) -> None:
-        self.run_uri, self.study, self.stage = run_uri, study, stage
+    def __init__(self, *, run_uri: str, study: str) -> None:
+        self.run_uri, self.study = run_uri, study
         self.trials: dict[str, object] = {}
         self.errors: dict[str, str | None] = {}
         self.session = ""  # this driver's, in every attempt it records (setup)
@@ -96,7 +97,7 @@ class RecordsCallback(Callback):
         config = trial.config
         return {
             "study": self.study,
-            "stage": self.stage,
+            "stage": config[STAGE_KEY],
             "cell": config[CELL_KEY],
             "method": config["method"],
             "trial_id": trial.trial_id,
@@ -132,7 +133,7 @@ class RecordsCallback(Callback):
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         self.trials[trial.trial_id] = trial
         self._unsaved.pop(trial.trial_id, None)
-        self.errors[trial.trial_id] = _error_line(trial)
+        self.errors[trial.trial_id] = error_line(trial)
         self._pending.append(("trials", self.trial_row(trial, status="ERROR")))
 
     # --- the snapshot: Tune saves this state with it, search.snapshots says when it is up ----
@@ -179,15 +180,15 @@ class RecordsCallback(Callback):
 
     def _publish(self, items: list[tuple[str, dict]]) -> list[tuple[str, dict]]:
         """One object per (kind, cell); returns the items that could not be written."""
-        groups: dict[tuple[str, str], list[tuple[str, dict]]] = {}
+        groups: dict[tuple[str, str, str], list[tuple[str, dict]]] = {}
         for item in items:
-            groups.setdefault((item[0], item[1]["cell"]), []).append(item)
+            groups.setdefault((item[0], item[1]["stage"], item[1]["cell"]), []).append(item)
         left = []
-        for (kind, cell), group in groups.items():
+        for (kind, stage, cell), group in groups.items():
             try:
-                write_record_object(self.run_uri, kind, self.stage, cell, [r for _, r in group])
+                write_record_object(self.run_uri, kind, stage, cell, [r for _, r in group])
             except Exception as exc:  # storage away for a moment: the next snapshot retries
-                print(f"[{self.stage}] could not write records ({type(exc).__name__}: {exc}); "
+                print(f"[{stage}] could not write records ({type(exc).__name__}: {exc}); "
                       "retrying with the next snapshot", file=sys.stderr, flush=True)  # fmt: skip
                 left.extend(group)
         return left
@@ -198,14 +199,16 @@ class RecordsCallback(Callback):
         for trial in trials:
             self.trials[trial.trial_id] = trial
             if trial.status == "ERROR" and not self.errors.get(trial.trial_id):
-                self.errors[trial.trial_id] = _error_line(trial)
+                self.errors[trial.trial_id] = error_line(trial)
         if self._pending:
             return  # Tune stopped without its final snapshot: the resumed stage redoes it
         # The final snapshot is up: every trial as it ends this experiment (on Ctrl-C some
         # are still running), then each cell's objects merged into one.
         self._publish([("trials", self.trial_row(t)) for t in trials])
-        compact_records(self.run_uri, stage=self.stage)
-        prune_legacy_records(self.run_uri, self.stage, {trial.trial_id for trial in trials})
+        known = {trial.trial_id for trial in trials}
+        for stage in dict.fromkeys(t.config[STAGE_KEY] for t in trials):
+            compact_records(self.run_uri, stage=stage)
+            prune_legacy_records(self.run_uri, stage, known)
 
     def trial_row(self, trial, *, status: str | None = None) -> dict:
         """The trial's row; ``status``: Tune's, when the trial does not have it yet."""
@@ -217,7 +220,8 @@ class RecordsCallback(Callback):
             "ERROR": "errored",
         }.get(status or trial.status, "running")
         row = {**self._ids(trial), "status": status, "error": self.errors.get(trial.trial_id)}
-        row.update({f"config/{k}": v for k, v in trial.config.items() if k != CELL_KEY})
+        row.update({f"config/{k}": v for k, v in trial.config.items()
+                    if k not in (CELL_KEY, STAGE_KEY)})  # fmt: skip
         row.update({k: v for k, v in last.items() if k not in SKIP_RESULT_KEYS})
         # The report reads the final models' test scores from here (results/test_scores.py).
         row["checkpoint_uri"] = checkpoint_uri(trial.checkpoint)
@@ -261,13 +265,21 @@ def prune_legacy_records(run_uri: str, stage: str, known: set[str]) -> None:
 
 
 class ProgressCallback(Callback):
-    """One line per finished trial (and at most every ``every_s``): stage, counts, best, ETA."""
+    """One line per finished trial (and at most every ``every_s``): each stage's trials done
+    of those its open cells will run, the best value so far, and an upper bound of the time
+    left."""
 
-    def __init__(self, *, stage: str, total: int, epochs: int, metric: str, every_s: float = 20):
-        self.stage, self.total, self.epochs, self.metric = stage, total, epochs, metric
-        self.every_s, self.start, self.last_print = every_s, time.monotonic(), 0.0
+    def __init__(self, *, searcher, metric: str, every_s: float = 20):
+        self.searcher, self.metric = searcher, metric  # the study's CellSearcher
+        self.every_s, self.last_print = every_s, 0.0
         self.best: tuple[float, str] | None = None
         self.epoch_times: list[float] = []
+
+    def __getstate__(self) -> dict:
+        return {"searcher": self.searcher, "metric": self.metric, "every_s": self.every_s}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(**state)
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         if "epoch_s" in result:
@@ -283,8 +295,8 @@ class ProgressCallback(Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         print(
-            f"[{self.stage}] trial {trial.trial_id} ({trial.config[CELL_KEY]}) errored: "
-            f"{_error_line(trial)}",
+            f"[{trial.config[STAGE_KEY]}] trial {trial.trial_id} ({trial.config[CELL_KEY]}) "
+            f"errored: {error_line(trial)}",
             file=sys.stderr,
             flush=True,
         )
@@ -292,20 +304,29 @@ class ProgressCallback(Callback):
 
     def print_line(self, trials) -> None:
         self.last_print = time.monotonic()
-        done = sum(t.status in ("TERMINATED", "ERROR") for t in trials)
+        totals: dict[str, int] = {}
+        for cid, cell in self.searcher.cells.items():
+            stage = self.searcher.stage_of[cid]
+            totals[stage] = totals.get(stage, 0) + cell_budget(cell)
+        done = {stage: 0 for stage in totals}
+        for t in trials:
+            if t.status in ("TERMINATED", "ERROR"):
+                done[t.config[STAGE_KEY]] = done.get(t.config[STAGE_KEY], 0) + 1
         running = sum(t.status == "RUNNING" for t in trials)
+        counts = ", ".join(f"{stage} {done[stage]}/{n}" for stage, n in totals.items())
         best = f"best {self.metric}={self.best[0]:.3f} ({self.best[1]})" if self.best else ""
+        left = sum(totals.values()) - sum(done.values())
         print(
-            f"[{self.stage}] trials {done}/{self.total} done, {running} running  {best}  "
-            f"{self.eta(done, running)}",
+            f"[study] trials done: {counts}; {running} running  {best}  {self.eta(left, running)}",
             file=sys.stderr,
             flush=True,
         )
 
-    def eta(self, done: int, running: int) -> str:
-        if not self.epoch_times or done >= self.total:
+    def eta(self, left: int, running: int) -> str:
+        if not self.epoch_times or left <= 0:
             return ""
         per_epoch = sum(self.epoch_times) / len(self.epoch_times)
-        # Upper bound: remaining trials run every epoch; ASHA usually stops some early.
-        left = (self.total - done) * self.epochs * per_epoch / max(running, 1)
-        return f"~{left / 60:.1f} min left (at most)"
+        epochs = max(cell_epochs(c, default=1)[0] for c in self.searcher.cells.values())
+        # Upper bound: the open cells' remaining trials run every epoch; ASHA usually stops
+        # some early (and cells not open yet are not counted).
+        return f"~{left * epochs * per_epoch / max(running, 1) / 60:.1f} min left (at most)"

@@ -151,19 +151,28 @@ def damaged(uri: str, exc: BaseException) -> CxrkdError:
 
 
 def read_state(run_uri: str) -> tuple[StudyState, list[str]]:
+    state, done, _ = read_progress(run_uri)
+    return state, done
+
+
+def read_progress(run_uri: str) -> tuple[StudyState, list[str], list[str]]:
+    """What the run has chosen, the stages it finished, and the cells it finished (as
+    ``stage/key``: :func:`search.cells.cell_id`)."""
     uri = storage.join(run_uri, "state.json")
     if not storage.exists(uri):
-        return StudyState(), []
+        return StudyState(), [], []
     try:
         raw = storage.read_json(uri)
         teachers, best, done = raw["teachers"], raw["best"], raw["done"]
+        cells = raw.get("cells_done", [])
         if not (isinstance(teachers, dict) and isinstance(best, dict)):
             raise TypeError("'teachers' and 'best' must be objects")
-        if not (isinstance(done, list) and all(isinstance(d, str) for d in done)):
-            raise TypeError("'done' must be a list of stage names")
+        for name, value in (("done", done), ("cells_done", cells)):
+            if not (isinstance(value, list) and all(isinstance(d, str) for d in value)):
+                raise TypeError(f"{name!r} must be a list of names")
     except (ValueError, KeyError, TypeError) as exc:
         raise damaged(uri, exc) from None
-    return StudyState(teachers=teachers, best=best), done
+    return StudyState(teachers=teachers, best=best), done, cells
 
 
 def read_records_file(uri: str):
@@ -192,7 +201,9 @@ def check_records(run_uri: str) -> None:
                 raise damaged(record.uri, exc) from None
 
 
-def write_state(run_uri: str, state: StudyState, done: list[str]) -> None:
+def write_state(
+    run_uri: str, state: StudyState, done: list[str], cells_done: list[str] = ()
+) -> None:
     storage.write_json(
         storage.join(run_uri, "state.json"),
         {
@@ -200,5 +211,6 @@ def write_state(run_uri: str, state: StudyState, done: list[str]) -> None:
             "teacher_uri": state.teacher_uri,  # the first teacher, for single-teacher studies
             "best": state.best,
             "done": done,
+            "cells_done": list(cells_done),
         },
     )

@@ -1,9 +1,10 @@
-"""The study runner: stages in order, each one Tune experiment; resumable; ends in tables.
+"""The study runner: one Tune experiment per study (:mod:`search.study_run`); resumable; ends
+in tables.
 
 ``run_study(options)`` starts a run, ``resume_study(run)`` continues an interrupted one with
-the options it was started with. Finished stages are recorded in ``state.json`` and skipped;
-an interrupted stage's experiment is restored by Tune (finished trials stay finished,
-unfinished ones continue from their last checkpoint, the searcher keeps its state).
+the options it was started with. What finished cells chose is recorded in ``state.json``; an
+interrupted experiment is restored by Tune (finished trials stay finished, unfinished ones
+continue from their last checkpoint, the searcher and ASHA keep their state).
 
 One driver at a time: a run is driven under its lease (:mod:`search.lease`), and Tune's
 state in the run folder is signed by the driver and checked before it is restored
@@ -26,13 +27,11 @@ from search.run_state import (
     run_exists,
     run_uri_of,
     write_options,
-    write_state,
 )
-from search.stage import StageContext, choose, config_of, register_teacher, run_stage
+from search.study_run import EXPERIMENT, StudyContext, run_experiment
 from spaces.studies import Study
 from trainables import storage
 from trainables.errors import CxrkdError
-from trainables.trainable import CELL_KEY
 
 
 def log(msg: str) -> None:
@@ -69,7 +68,9 @@ def resume_study(run: str, address: str | None = None) -> str:
     # Tune's state of every unfinished stage, before anything is written (the same checks
     # run again where Tune reads it: search.signing.signed_tune_state).
     _, done = read_state(run_uri)
-    signing.check_stages(run_uri, [s.name for s in study.stages if s.name not in done])
+    if len(done) < len(study.stages):
+        check_layout(run_uri, study, done)
+        signing.check_stages(run_uri, [EXPERIMENT])
     store = setup.open_dataset(study, options.dataset)
     if store.manifest.fingerprint != raw["dataset_fingerprint"]:
         raise CxrkdError(
@@ -97,7 +98,7 @@ def _drive(study: Study, options: RunOptions, store, run_uri: str) -> str:
 
         from trainables.trainable import tune_trainable
 
-        ctx = StageContext(
+        ctx = StudyContext(
             study=study,
             run_uri=run_uri,
             storage_uri=options.storage,
@@ -107,42 +108,17 @@ def _drive(study: Study, options: RunOptions, store, run_uri: str) -> str:
             max_concurrent=setup.max_concurrent(options),
             seed=options.seed,
             dataset_fingerprint=store.manifest.fingerprint,
+            overrides=options.overrides,
         )
         log(f"study {study.name} ({study.profile.banner}) on {store.manifest.title}")
         if options.only:
             log(f"only the cells matching {options.only} and their teachers")
         log(f"run folder {run_uri}")
-        state, done = read_state(run_uri)
-        for stage in study.stages:
-            if stage.name in done:
-                log(f"[{stage.name}] already done")
-                continue
-            cells = setup.apply_overrides(stage.cells(state), options.overrides)
-            if not cells:  # --only selected none of this stage's cells
-                log(f"[{stage.name}] no selected cell (--only {' '.join(options.only or [])})")
-                done.append(stage.name)
-                write_state(run_uri, state, done)
-                continue
-            log(f"[{stage.name}] {len(cells)} cell(s): {', '.join(c.key for c in cells)}")
-            results = run_stage(ctx, stage, cells)
-            chosen = choose(results, metric=study.metric, cells=cells)
-            missing = [c.key for c in cells if c.key not in chosen]
-            if missing and stage.role != "final":
-                raise CxrkdError(_nothing_chosen(stage, missing, results, study.metric, run_uri))
-            for key, result in chosen.items():
-                state.best[key] = config_of(result)
-            if stage.role == "teacher":
-                for cell in cells:
-                    uri = register_teacher(ctx, cell.key, chosen[cell.key], state)
-                    log(f"[{stage.name}] teacher {cell.key} registered at {uri}")
-                setup.warm_teacher_caches(ctx, study, state, options.overrides)
-            done.append(stage.name)
-            write_state(run_uri, state, done)
-            # The stage can no longer be resumed, so its training state is dead weight (a
-            # ResNet-50 checkpoint is ~130 MB); final-stage models stay, for deployment.
-            dead = ("state.pt",) if stage.role == "final" else ("state.pt", "model.pt")
-            storage.delete_files_named(storage.join(run_uri, stage.name), dead)
-            storage.delete_dir(signing.signatures_uri(run_uri, stage.name))  # never restored
+        _, done = read_state(run_uri)
+        if len(done) < len(study.stages):
+            run_experiment(ctx)
+        # Tune's state can no longer be resumed: its signatures are never read again.
+        storage.delete_dir(signing.signatures_uri(run_uri, EXPERIMENT))
         write_report(run_uri, study, store.manifest)
     finally:
         if started:
@@ -150,28 +126,19 @@ def _drive(study: Study, options: RunOptions, store, run_uri: str) -> str:
     return run_uri
 
 
-def _nothing_chosen(stage, missing: list[str], results, metric: str, run_uri: str) -> str:
-    """The error that stops a study when a stage chose nothing for some cells: the later
-    stages need those choices (students need their teacher), so none of them starts."""
-    reasons: list[str] = []
-    for result in results:
-        if result.error is None or result.config[CELL_KEY] not in missing:
-            continue
-        lines = [ln.strip() for ln in str(result.error).splitlines() if ln.strip()] or [""]
-        line = next((ln for ln in reversed(lines) if "Error" in ln), lines[-1])[:300]
-        if line and line not in reasons:
-            reasons.append(line)
-    what = "teacher cell(s)" if stage.role == "teacher" else "cell(s)"
-    then = "no student trial was started" if stage.role == "teacher" else "no later stage started"
-    because = f" (errors: {'; '.join(reasons[:3])})" if reasons else ""
-    return (
-        f"stage {stage.name!r}: no trial of {what} {missing} finished with a finite {metric}, "
-        f"so {then}{because}. See `cxrkd search status {run_uri}` for every trial; fix the "
-        "cause and start a new run (`cxrkd search resume` keeps what finished but does not "
-        "retry errored trials, so it would stop here again)"
-    )
-
-
 def study_of_run(run_uri: str) -> Study:
     """The study as the run ran it (its profile, ``--set``, ``--only``)."""
     return setup.study_with_options(RunOptions(**read_run(run_uri)["options"]))
+
+
+def check_layout(run_uri: str, study: Study, done: list[str]) -> None:
+    """A run started by a cxrkd that ran one experiment per stage cannot be continued by this
+    one (its Tune state is laid out per stage): say so before anything is touched."""
+    for stage in study.stages:
+        if stage.name not in done and storage.exists(storage.join(run_uri, stage.name)):
+            raise CxrkdError(
+                f"{run_uri} was started by an earlier cxrkd, which ran each stage as its own "
+                f"experiment ({storage.join(run_uri, stage.name)}); this one runs a study as "
+                "one experiment and cannot continue it. Resume it with the cxrkd that started "
+                "it, or start a new run"
+            )

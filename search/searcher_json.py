@@ -9,7 +9,7 @@ import datetime
 from ray.tune.schedulers import AsyncHyperBandScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-SEARCHER_FORMAT = "cxrkd-cell-searcher/1"
+SEARCHER_FORMAT = "cxrkd-cell-searcher/2"  # /2: one experiment per study
 # The samplers' random states (TPESampler and the RandomSampler it starts with; Optuna 4-5).
 SAMPLER_RNGS = ("_rng", "_random_sampler._rng")
 

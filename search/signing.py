@@ -1,19 +1,20 @@
 """Tune's own pickles in a run folder are unpickled only when this driver signed them.
 
-Ray Tune keeps a stage's experiment state in the stage's folder of the run as pickles:
+Ray Tune keeps an experiment's state (a study is one experiment, ``RUN/study``: the
+``stage`` of the names below) in its folder of the run as pickles:
 ``tuner.pkl``, ``experiment_state-*.json`` (JSON with cloudpickles inside),
 ``search_gen_state-*.json``, ``searcher-state-*.pkl`` and ``callback-states-*.pkl``
 (:func:`tune_state_kind` lists them, from Tune's own names), and unpickles them when
-``Tuner.restore`` continues the stage. Any node may write the run folder (README, "Teacher
+``Tuner.restore`` continues the experiment. Any node may write the run folder (README, "Teacher
 registry and the trust boundary"), so unpickling a file from it could run any code.
 
 The driver signs every such file with HMAC-SHA256 under a key that never leaves the driver's
 ``$CXRKD_HOME`` (:func:`signing_key`) *before* the bytes reach the run folder, and Tune may
 unpickle a file only when its signature is there. A signature is an empty object named by
 the MAC, ``RUN/signatures/STAGE/<hex>``: the name is the proof (only the key holder can
-compute it), objects are only ever added while the stage can still be resumed, so a driver
-killed at any moment leaves every version of a file it may have uploaded signed, and a
-version once signed stays valid until the stage is done (then the folder is deleted).
+compute it), objects are only ever added while the experiment can still be resumed, so a
+driver killed at any moment leaves every version of a file it may have uploaded signed, and a
+version once signed stays valid until the study is done (then the folder is deleted).
 
 Where Tune reads and writes those files is patched in one place, :func:`signed_tune_state`,
 as ``search.stage.retry_lost_workers_only`` patches ``Trial.handle_error``.
@@ -157,7 +158,7 @@ class Signer:
             return
         if not storage.exists(self.folder):
             why = (
-                f"the stage has no signatures ({self.folder} is missing): the run was "
+                f"the experiment has no signatures ({self.folder} is missing): the run was "
                 "started by a cxrkd that did not sign Tune's state, or they were deleted"
             )
         else:
@@ -174,8 +175,8 @@ class Signer:
             f"({why}); Tune would unpickle it (run code from it), so it is not loaded and "
             "nothing was changed. Fixes: resume with the CXRKD_HOME (signing key) of the "
             "driver that started the run; if the file is not that driver's, find what else "
-            f"writes into {self.run_uri}, then move {self.exp_uri} away to run stage "
-            f"{self.stage!r} again from scratch (its trials are lost) or start a new run"
+            f"writes into {self.run_uri}, then move {self.exp_uri} away to run its trials "
+            "again from scratch (they are lost) or start a new run"
         )
 
     def _names(self) -> tuple[pafs.FileSystem, str, list[str]]:

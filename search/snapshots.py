@@ -1,6 +1,6 @@
-"""A stage's commit point: Tune's experiment snapshot, once it is on the run storage.
+"""A study's commit point: Tune's experiment snapshot, once it is on the run storage.
 
-A stage continues from the newest experiment snapshot in its folder (``Tuner.restore``):
+A study continues from the newest experiment snapshot in its folder (``Tuner.restore``):
 each unfinished trial from the checkpoint that snapshot names, the searcher and the scheduler
 as they were. Tune takes a snapshot every 10 s or so (``TUNE_GLOBAL_CHECKPOINT_S``, "auto":
 at most 5% of the driver's time) and uploads it in the background, so whatever happened after
@@ -13,6 +13,8 @@ uploaded:
   would resume the trial from a checkpoint that is gone (the trial errors).
 - **Publishing records.** An epoch recorded before the snapshot that covers it, and run again
   by the resumed trial, would be recorded twice, by two attempts (``search.records``).
+- **Choosing a cell's configuration** once its trials have ended (``search.study_run``): a
+  resumed driver must find them ended too.
 
 :func:`durable_snapshots` patches ``TuneController.checkpoint`` (where Tune takes and uploads
 its snapshots) so that each snapshot waits for its upload, then deletes the checkpoints Tune
@@ -54,7 +56,7 @@ def _uploaded(storage, *, since: float) -> bool:
 
 @contextlib.contextmanager
 def durable_snapshots():
-    """While Tune runs a stage: a checkpoint Tune drops is deleted, and ``on_snapshot_saved``
+    """While Tune runs a study: a checkpoint Tune drops is deleted, and ``on_snapshot_saved``
     callbacks are called, only after a snapshot taken later is on the run storage. Every
     snapshot waits for its upload (Tune waits only for the last one): a few milliseconds on
     local storage, about one request per file on S3."""
@@ -93,10 +95,27 @@ def durable_snapshots():
         for callback in listeners:
             callback.on_snapshot_saved()
 
+    tune_update = TuneController._update_trial_queue
+
+    def update_trial_queue(self, blocking: bool = False, timeout: float = 600) -> bool:
+        """Never block. With no trial pending or running and none from the searcher, Tune
+        waits here (up to ``timeout``, taking no snapshot and calling no callback); in a
+        study that is when cells wait for the snapshot that says their trials ended
+        (:class:`search.study_run.StudyDriver`): take it now, then ask again."""
+        if tune_update(self, blocking=False):
+            return True
+        listeners = [c for c in self._callbacks._callbacks if hasattr(c, "uncommitted")]
+        if blocking and any(c.uncommitted() for c in listeners):
+            self.checkpoint(force=True)
+            return tune_update(self, blocking=False)
+        return False
+
     TuneController.checkpoint = checkpoint
+    TuneController._update_trial_queue = update_trial_queue
     checkpoint_manager._delete_fs_path = defer_delete
     try:
         yield
     finally:
         TuneController.checkpoint = tune_checkpoint
+        TuneController._update_trial_queue = tune_update
         checkpoint_manager._delete_fs_path = tune_delete

@@ -1,36 +1,23 @@
-"""Run one stage of a study as one Tune experiment, then choose each cell's configuration."""
+"""Choosing each cell's configuration, registering a teacher, and retrying lost workers only
+(the study's experiment: :mod:`search.study_run`)."""
 
 from __future__ import annotations
 
 import contextlib
 import math
-import sys
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 from ray import exceptions as ray_errors
-from ray import tune
 from ray.tune.experiment import Trial
-from ray.tune.search import ConcurrencyLimiter
 
 from results.figures import nondominated
-from search.cells import (
-    CellScheduler,
-    CellSearcher,
-    SchedulerState,
-    cell_epochs,
-    cell_objectives,
-)
-from search.records import ProgressCallback, RecordsCallback
-from search.signing import Signer, signed_tune_state
-from search.snapshots import durable_snapshots
-from spaces.studies import Cell, FixedCell, Stage, Study, StudyState, front_key
-from trainables import storage
+from search.cells import cell_epochs, cell_objectives
+from spaces.studies import Cell, StudyState, front_key
 from trainables.config import parse_config
 from trainables.errors import CxrkdError
 from trainables.teachers import TeacherKey, TeacherRegistry
-from trainables.trainable import CELL_KEY
+from trainables.trainable import CELL_KEY, STAGE_KEY
 
 # Retries of a trial whose worker process died (a lost node, an OOM-kill): only those, as
 # an error the trial raised itself (a CxrkdError, a non-finite loss, CUDA out of memory)
@@ -45,100 +32,10 @@ MAX_FAILURES = 2
 KEEP_CHECKPOINTS = 2
 
 
-@dataclass(frozen=True)
-class StageContext:
-    study: Study
-    run_uri: str
-    storage_uri: str  # the teacher registry lives here, shared by runs on the same storage
-    data_ref: object  # ray.ObjectRef of the DataBundle
-    trainable: object  # tune.with_parameters(tune_trainable, data=...)
-    resources: dict
-    max_concurrent: int
-    seed: int
-    dataset_fingerprint: str
-
-
-def stage_budget(cells: list[Cell]) -> int:
-    return sum(len(c.configs) if isinstance(c, FixedCell) else c.num_samples for c in cells)
-
-
 def stage_epochs(cells: list[Cell], *, default: int) -> int:
-    """The most epochs any trial of the stage runs (ASHA's ``max_t``): a study may train its
-    teachers longer than the profile's students."""
+    """The most epochs any trial of these cells runs: a study may train its teachers longer
+    than the profile's students."""
     return max((e for c in cells for e in cell_epochs(c, default=default)), default=default)
-
-
-def run_stage(ctx: StageContext, stage: Stage, cells: list[Cell]):
-    """Fit (or continue) the stage's experiment; returns Tune's ResultGrid. Tune's pickles
-    in the run folder are signed as written and checked before ``Tuner.restore`` unpickles
-    them (:mod:`search.signing`)."""
-    signer = Signer(ctx.run_uri, stage.name)
-    signer.repair(log=lambda msg: print(msg, file=sys.stderr, flush=True))
-    with signed_tune_state(signer):
-        return _run_stage(ctx, stage, cells)
-
-
-def _run_stage(ctx: StageContext, stage: Stage, cells: list[Cell]):
-    study, profile = ctx.study, ctx.study.profile
-    epochs = stage_epochs(cells, default=int(profile.fixed["epochs"]))
-    exp_uri = storage.join(ctx.run_uri, stage.name)
-    trainable = tune.with_resources(ctx.trainable, ctx.resources)
-    if tune.Tuner.can_restore(exp_uri):
-        tuner = tune.Tuner.restore(
-            exp_uri, trainable=trainable, resume_unfinished=True, resume_errored=False
-        )
-        return _fit(tuner, budget=stage_budget(cells), stage=stage.name, run_uri=ctx.run_uri)
-    searcher = CellSearcher(cells, metric=study.metric, mode=study.mode, seed=ctx.seed)
-    scheduler = CellScheduler(
-        cells,
-        metric=study.metric,
-        mode=study.mode,
-        max_t=epochs,
-        grace_period=profile.grace_period,
-        reduction_factor=profile.reduction_factor,
-        early_stopping=stage.early_stopping,
-    )
-    tuner = tune.Tuner(
-        trainable,
-        tune_config=tune.TuneConfig(
-            search_alg=ConcurrencyLimiter(searcher, max_concurrent=ctx.max_concurrent),
-            scheduler=scheduler,
-            num_samples=-1,  # the searcher says when every cell has had its budget
-            reuse_actors=True,
-        ),
-        run_config=tune.RunConfig(
-            name=stage.name,
-            storage_path=ctx.run_uri,
-            verbose=0,
-            callbacks=[
-                SchedulerState(scheduler),
-                RecordsCallback(run_uri=ctx.run_uri, study=study.name, stage=stage.name),
-                ProgressCallback(
-                    stage=stage.name, total=stage_budget(cells), epochs=epochs, metric=study.metric
-                ),
-            ],
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS),
-            failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
-        ),
-    )
-    return _fit(tuner, budget=stage_budget(cells), stage=stage.name, run_uri=ctx.run_uri)
-
-
-def _fit(tuner, *, budget: int, stage: str, run_uri: str):
-    with retry_lost_workers_only(), durable_snapshots():
-        results = tuner.fit()
-    # On SIGINT Tune saves the experiment and returns as if it had finished: a stage with
-    # trials still to run must not be marked done and handed to the next stage.
-    finished = results.num_terminated + results.num_errors
-    if finished < budget:
-        print(
-            f"[{stage}] interrupted after {finished}/{budget} trials; continue with "
-            f"`cxrkd search resume {run_uri}`",
-            file=sys.stderr,
-            flush=True,
-        )
-        raise KeyboardInterrupt
-    return results
 
 
 def worker_lost(exc: BaseException | None) -> bool:
@@ -230,10 +127,10 @@ def _rank_key(result, pairs) -> tuple:
 
 
 def config_of(result) -> dict:
-    return {k: v for k, v in result.config.items() if k != CELL_KEY}
+    return {k: v for k, v in result.config.items() if k not in (CELL_KEY, STAGE_KEY)}
 
 
-def register_teacher(ctx: StageContext, cell: str, result, state: StudyState) -> str:
+def register_teacher(ctx, cell: str, result, state: StudyState) -> str:
     """Put the chosen teacher in the registry and compute its cached outputs once."""
     if result.checkpoint is None:
         raise CxrkdError("the chosen teacher trial has no checkpoint; cannot register it")

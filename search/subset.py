@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from spaces import studies
 from spaces.studies import (
@@ -105,23 +105,23 @@ class _SubsetState(StudyState):
     are dropped)."""
 
     keep: frozenset[str] = frozenset()
+    base: StudyState = field(default_factory=StudyState)  # the state seen (it may trace)
 
     def teacher(self, key: str) -> str:
         if key in self.keep or self.placeholder:
-            return super().teacher(key)
+            return self.base.teacher(key)
         return "<not selected>"
 
     def chosen(self, key: str) -> dict:
         if key in self.keep or key in self.best:
-            return super().chosen(key)
+            return self.base.chosen(key)
         return {}
 
 
 def _restrict_stage(stage: Stage, keep: Callable[[list[Cell]], list[Cell]], seen) -> Stage:
     def cells(state: StudyState) -> list[Cell]:
-        view = _SubsetState(
-            teachers=state.teachers, best=state.best, placeholder=state.placeholder, keep=seen
-        )
+        view = _SubsetState(teachers=state.teachers, best=state.best,
+                            placeholder=state.placeholder, keep=seen, base=state)  # fmt: skip
         return keep(stage.cells(view))
 
     return dataclasses.replace(stage, cells=cells)

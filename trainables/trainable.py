@@ -21,6 +21,7 @@ from trainables.loop import run_trial
 
 # The driver tags each trial's config with its cell; it is not a training setting.
 CELL_KEY = "cell"
+STAGE_KEY = "stage"  # with CELL_KEY: the driver's, stripped before a trial parses its config
 
 
 class TuneReporter:
@@ -99,7 +100,7 @@ def tune_trainable(config: dict, data: DataBundle) -> None:
         import torch
 
         torch.set_num_threads(int(threads))
-    config = {k: v for k, v in config.items() if k != CELL_KEY}
+    config = {k: v for k, v in config.items() if k not in (CELL_KEY, STAGE_KEY)}
     reporter = TuneReporter()
     try:
         run_trial(config, data, reporter=reporter)

@@ -265,6 +265,15 @@ def test_resume_after_the_dataset_changed(capsys, made_run):
     assert [p.name for p in made_run.iterdir()] == ["run.json"]
 
 
+def test_a_run_of_the_stage_by_stage_layout_is_refused_before_anything_changes(capsys, made_run):
+    (made_run / "teacher").mkdir()  # an earlier cxrkd's experiment of its first stage
+    (made_run / "teacher" / "tuner.pkl").write_bytes(b"x")
+    fails(capsys, ["search", "resume", str(made_run)],
+          r"was started by an earlier cxrkd, which ran each stage as its own experiment",
+          r"Resume it with the cxrkd that started it, or start a new run")  # fmt: skip
+    assert sorted(p.name for p in made_run.iterdir()) == ["run.json", "teacher"]
+
+
 # ---- a trial whose loss turns NaN ------------------------------------------------------
 
 NAN_STUDY = "nan-probe"

@@ -219,7 +219,7 @@ def test_a_second_resume_of_a_live_run_is_refused(tmp_path, capsys):
               rf"{re.escape(socket.gethostname())}, since ", r"one driver per run",
               rf"kill {os.getpid()}")  # fmt: skip
         assert sorted(p.name for p in (run / "lease").iterdir()) == before
-        assert not (run / "search").exists() and "resumed" not in json.loads(
+        assert not (run / "study").exists() and "resumed" not in json.loads(
             (run / "run.json").read_text()
         )
     assert Path(run / "run.json").is_file()

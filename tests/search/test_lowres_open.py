@@ -137,16 +137,18 @@ def test_multi_objective_cell_gets_an_optuna_study_per_objective_and_no_asha():
     so = dataclasses.replace(so, key="single")
     teacher = get_study("lowres-kd-open", "demo").stages[0].cells(StudyState())[0]
     cells = [teacher, mo, so]
-    searcher = CellSearcher(cells, metric="val_auroc_mean", mode="max", seed=0)
-    assert searcher.optuna["open"].metric == ["val_auroc_mcct", "params"]
-    assert searcher.optuna["single"].metric == "val_auroc_mcct"
-    assert searcher.optuna[teacher.key].metric == "val_auroc_mean"
-    scheduler = CellScheduler(
-        cells, metric="val_auroc_mean", mode="max", max_t=3, grace_period=1,
-        reduction_factor=2, early_stopping=True,
-    )  # fmt: skip
-    assert set(scheduler.asha) == {teacher.key, "single"}  # ASHA cannot rank two objectives
-    assert scheduler.asha["single"].metric == "val_auroc_mcct"
+    searcher = CellSearcher(metric="val_auroc_mean", mode="max", seed=0)
+    scheduler = CellScheduler(metric="val_auroc_mean", mode="max", grace_period=1,
+                              reduction_factor=2)  # fmt: skip
+    for i, cell in enumerate(cells):
+        searcher.add_cell("search", cell, order=(0, i))
+        scheduler.add_cell("search", cell, early_stopping=True, default_epochs=3)
+    assert searcher.optuna["search/open"].metric == ["val_auroc_mcct", "params"]
+    assert searcher.optuna["search/single"].metric == "val_auroc_mcct"
+    assert searcher.optuna[f"search/{teacher.key}"].metric == "val_auroc_mean"
+    # ASHA cannot rank two objectives
+    assert set(scheduler.asha) == {f"search/{teacher.key}", "search/single"}
+    assert scheduler.asha["search/single"].metric == "val_auroc_mcct"
     # Round robin: the teacher, then the open cell; completing it tells Optuna both values.
     searcher.suggest("t0")
     config = searcher.suggest("t1")
@@ -154,7 +156,7 @@ def test_multi_objective_cell_gets_an_optuna_study_per_objective_and_no_asha():
     result = {"val_auroc_mcct": 0.8, "params": 1234, "val_auroc_mean": 0.7, "epoch": 3}
     searcher.on_trial_result("t1", result)  # per-epoch results: ignored by a multi-objective
     searcher.on_trial_complete("t1", result=result)
-    (told,) = searcher.optuna["open"]._ot_study.get_trials()
+    (told,) = searcher.optuna["search/open"]._ot_study.get_trials()
     assert told.values == [0.8, 1234]
 
 

@@ -44,7 +44,8 @@ class FakeTrial:
 
     @property
     def config(self) -> dict:
-        return {"cell": CELL, "method": "cnn_baseline", "epochs": self.epochs, "lr": 0.01}
+        return {"cell": CELL, "stage": STAGE, "method": "cnn_baseline", "epochs": self.epochs,
+                "lr": 0.01}  # fmt: skip
 
     def get_error(self) -> None:
         return None
@@ -65,7 +66,7 @@ def result(epoch: int, *, pid: int = 100, auc: float | None = None) -> dict:
 
 
 def driver(run: str) -> RecordsCallback:
-    callback = RecordsCallback(run_uri=run, study="probe", stage=STAGE)
+    callback = RecordsCallback(run_uri=run, study="probe")
     callback.setup()
     return callback
 

@@ -111,6 +111,13 @@ def finished(run: Path, stage: str) -> int:
     return int(((trials["stage"] == stage) & trials["status"].isin(["completed", "stopped"])).sum())
 
 
+def _teacher_done(run: Path) -> bool:
+    try:
+        return "teacher" in json.loads((run / "state.json").read_text())["done"]
+    except (OSError, ValueError):  # not written yet, or being replaced
+        return False
+
+
 def rows_of(run: Path) -> pd.Series:
     """Every epoch row recorded so far, as text (what must never change once written)."""
     raw = load_raw_records(str(run))[1]
@@ -168,7 +175,9 @@ def test_killed_then_interrupted_run_resumes_without_loss_or_repeats(
         first = start(["search", "run", "pneumonia-kd", "--dataset", tiny_store.name,
                        "--name", "R", "--storage", str(storage), "--num-samples", "2",
                        "--max-concurrent", "2", *sets])  # fmt: skip
-        wait_until(first, lambda: finished(run, "search") >= 2, "2 finished search trials")
+        # Stages overlap (no barrier): baselines run beside the teacher, so wait for both.
+        wait_until(first, lambda: finished(run, "search") >= 2 and _teacher_done(run),
+                   "2 finished search trials and the registered teacher")  # fmt: skip
         first.signal(signal.SIGKILL)
         first.wait(30)
         first.wait_gone()
@@ -189,7 +198,9 @@ def test_killed_then_interrupted_run_resumes_without_loss_or_repeats(
         before_interrupt = rows_of(run)
         assert f"continue with `cxrkd search resume {run}`" in second.text()
         state = json.loads((run / "state.json").read_text())
-        assert state["done"] == ["teacher", "search"], "an interrupted stage was marked done"
+        assert state["done"][:1] == ["teacher"] and "final" not in state["done"], (
+            "an interrupted stage was marked done"
+        )
 
         # 3. Resume again, to the end.
         third = start(["search", "resume", str(run)])
@@ -200,7 +211,9 @@ def test_killed_then_interrupted_run_resumes_without_loss_or_repeats(
             driver.close()
 
     text = log.read_text()
-    assert text.count("[teacher] already done") == 2 and text.count("[search] already done") == 1
+    # Both resumes found the teacher done (and kept its choice); the search may have ended
+    # before the interruption or after it (its cells end one by one, beside final trials).
+    assert text.count("[teacher] already done") == 2 and text.count("[search] already done") <= 1
     trials = pd.read_parquet(run / "trials.parquet")
     epochs = pd.read_parquet(run / "epochs.parquet")
     # Every trial exactly once, each cell exactly its budget, every trial finished.

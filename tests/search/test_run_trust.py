@@ -227,14 +227,14 @@ def test_resume_never_unpickles_planted_tune_state(file, run_folder, capsys, ray
     from search.signing import Signer
 
     marker = run_folder.parent / "PWNED"
-    stage = run_folder / "search"
+    stage = run_folder / "study"
     if file == "tuner.pkl":
         _plant_everywhere(stage, marker)
     else:  # the driver's own tuner.pkl, and a planted searcher snapshot beside it
         genuine = b"tuner state the driver wrote"
         stage.mkdir()
         (stage / "tuner.pkl").write_bytes(genuine)
-        Signer(str(run_folder), "search").sign("tuner.pkl", genuine)
+        Signer(str(run_folder), "study").sign("tuner.pkl", genuine)
         (stage / file).write_bytes(pickle.dumps(Plant(marker)))
     before = _snapshot(run_folder)
     fails(capsys, ["search", "resume", str(run_folder)], re.escape(str(stage / file)),
@@ -254,13 +254,14 @@ def test_a_signed_stage_resumes_and_a_finished_stage_is_not_read(
     from spaces.studies import StudyState
 
     marker = tmp_path / "PWNED"
-    _plant_everywhere(planted_run / "teacher", marker)  # a finished stage: never restored
+    # A finished stage's folder (as a cxrkd before 2026-12 left it): never restored.
+    _plant_everywhere(planted_run / "teacher", marker)
     write_state(str(planted_run), StudyState(), ["teacher"])
-    signer = Signer(str(planted_run), "search")
-    (planted_run / "search").mkdir()
+    signer = Signer(str(planted_run), "study")
+    (planted_run / "study").mkdir()
     for name, data in [("tuner.pkl", b"tuner"), ("experiment_state-2026-11-30_16-00-00.json",
                                                  b'{"trial_data": []}')]:  # fmt: skip
-        (planted_run / "search" / name).write_bytes(data)
+        (planted_run / "study" / name).write_bytes(data)
         signer.sign(name, data)
     with pytest.raises(RayInitCalled):  # past every check, the driver starts
         main(["search", "resume", str(planted_run)])

@@ -33,7 +33,7 @@ from search.signing import (
     tune_state_kind,
 )
 from spaces.studies import FixedCell, SearchCell
-from trainables.trainable import CELL_KEY
+from trainables.trainable import CELL_KEY, STAGE_KEY
 
 SESSION = "2026-11-30_16-00-00"
 
@@ -258,11 +258,8 @@ def test_a_stage_signs_its_snapshots_and_a_planted_one_stops_the_restore(
             tuner.fit()
 
     def new_tuner():
-        searcher = CellSearcher(cells, metric="val_auc", mode="max", seed=0)
-        scheduler = CellScheduler(
-            cells, metric="val_auc", mode="max", max_t=1, grace_period=1,
-            reduction_factor=2, early_stopping=True,
-        )  # fmt: skip
+        searcher = _searcher(cells, seed=0, finishing=True)
+        scheduler = _scheduler(cells, epochs=1)
         return tune.Tuner(
             train,
             tune_config=tune.TuneConfig(
@@ -286,7 +283,7 @@ def test_a_stage_signs_its_snapshots_and_a_planted_one_stops_the_restore(
     assert len(kinds) == 5, sorted(p.name for p in stage.iterdir())  # tuner + 4 snapshots
     check_stages(str(run), ["search"])
     snapshot = next(stage.glob("searcher-state-*.pkl"))
-    assert json.loads(snapshot.read_text())["issued"] == {"cnn": 3}  # JSON, not a pickle
+    assert json.loads(snapshot.read_text())["issued"] == {"search/cnn": 3}  # JSON, not a pickle
 
     with signed_tune_state(Signer(str(run), "search")):
         restored = tune.Tuner.restore(str(stage), trainable=train)
@@ -305,6 +302,30 @@ def test_a_stage_signs_its_snapshots_and_a_planted_one_stops_the_restore(
 
 
 # --- the driver's own state is JSON ---------------------------------------------------------
+
+
+class _Finishing(CellSearcher):
+    """Without the study's driver (which says when every stage has ended): finished once
+    every cell has had its budget."""
+
+    def suggest(self, trial_id: str):
+        if not any(self.may_issue(c) for c in self.cells):
+            self.finish()
+        return super().suggest(trial_id)
+
+
+def _searcher(cells: list, *, seed: int, finishing: bool = False) -> CellSearcher:
+    searcher = (_Finishing if finishing else CellSearcher)(metric="val_auc", mode="max", seed=seed)
+    for i, cell in enumerate(cells):
+        searcher.add_cell("search", cell, order=(0, i))
+    return searcher
+
+
+def _scheduler(cells: list, *, epochs: int) -> CellScheduler:
+    scheduler = CellScheduler(metric="val_auc", mode="max", grace_period=1, reduction_factor=2)
+    for cell in cells:
+        scheduler.add_cell("search", cell, early_stopping=True, default_epochs=epochs)
+    return scheduler
 
 
 def _cells() -> list:
@@ -329,25 +350,29 @@ def test_a_restored_searcher_goes_on_exactly_as_an_uninterrupted_one(tmp_path):
     """Saved mid-search (one trial still running) as JSON, restored into the searcher a
     fresh ``tuner.pkl`` holds: the same suggestions follow, the running trial completes
     into its study, and the file holds nothing that unpickles."""
-    straight = CellSearcher(_cells(), metric="val_auc", mode="max", seed=3)
+    straight = _searcher(_cells(), seed=3, finishing=True)
     expected = [_step(straight, i) for i in range(8)]
 
-    first = CellSearcher(_cells(), metric="val_auc", mode="max", seed=3)
+    first = _searcher(_cells(), seed=3, finishing=True)
     got = [_step(first, i) for i in range(4)]
     path = tmp_path / f"searcher-state-{SESSION}.pkl"
     first.save(str(path))
     state = json.loads(path.read_text())  # plain JSON
     with pytest.raises(pickle.UnpicklingError):
         pickle.loads(path.read_bytes())
-    assert state["issued"] == {"cnn": 2, "fixed": 2}
-    restored = CellSearcher(_cells(), metric="val_auc", mode="max", seed=3)
+    assert state["issued"] == {"search/cnn": 2, "search/fixed": 2}
+    # Restored into the searcher of a fresh tuner.pkl, which has no cell yet: the driver
+    # opens them again after the restore.
+    restored = _searcher([], seed=3, finishing=True)
     restored.restore(str(path))
+    for i, cell in enumerate(_cells()):
+        restored.add_cell("search", cell, order=(0, i))
     got += [_step(restored, i) for i in range(4, 8)]
     assert got == expected
     assert restored.suggest("t99") == Searcher.FINISHED
 
     def told(searcher: CellSearcher) -> list[tuple]:
-        trials = searcher.optuna["cnn"]._ot_study.trials
+        trials = searcher.optuna["search/cnn"]._ot_study.trials
         return [(t.params, t.values, t.intermediate_values, t.state) for t in trials]
 
     assert told(restored) == told(straight)
@@ -356,19 +381,17 @@ def test_a_restored_searcher_goes_on_exactly_as_an_uninterrupted_one(tmp_path):
 def test_a_searcher_snapshot_from_elsewhere_is_a_clear_error(tmp_path):
     path = tmp_path / "searcher-state.pkl"
     path.write_bytes(pickle.dumps({"issued": {}}))  # what an older cxrkd wrote
-    searcher = CellSearcher(_cells(), metric="val_auc", mode="max", seed=0)
+    searcher = _searcher(_cells(), seed=0)
     with pytest.raises(Exception, match=r"cannot be read .*another cxrkd version"):
         searcher.restore(str(path))
 
 
 def test_asha_rungs_cross_a_restart_as_plain_json():
     def scheduler() -> CellScheduler:
-        return CellScheduler([SearchCell("a", "cnn_baseline", {}, 4)], metric="val_auc",
-                             mode="max", max_t=4, grace_period=1, reduction_factor=2,
-                             early_stopping=True)  # fmt: skip
+        return _scheduler([SearchCell("a", "cnn_baseline", {}, 4)], epochs=4)
 
     def trial(tid: str):
-        return type("T", (), {"trial_id": tid, "config": {CELL_KEY: "a"}})()
+        return type("T", (), {"trial_id": tid, "config": {CELL_KEY: "a", STAGE_KEY: "search"}})()
 
     def report(s, t, value, it=1) -> str:
         return s.on_trial_result(None, t, {"training_iteration": it, "val_auc": value})
@@ -383,7 +406,7 @@ def test_asha_rungs_cross_a_restart_as_plain_json():
     state = json.loads(json.dumps(SchedulerState(before).get_state(), allow_nan=False))
     after = scheduler()
     SchedulerState(after).set_state(state)
-    asha, old = after.asha["a"], before.asha["a"]
+    asha, old = after.asha["search/a"], before.asha["search/a"]
     assert asha._brackets[0]._rungs == old._brackets[0]._rungs
     assert (asha._num_stopped, asha._counter) == (old._num_stopped, old._counter) == (1, 0)
     assert set(asha._trial_info) == {"a1", "a2", "a3"}

@@ -24,26 +24,26 @@ from search.run_state import RunOptions
 from search.runner import run_study
 from search.stage import stage_epochs
 from spaces.studies import FixedCell, SearchCell
-from trainables.trainable import CELL_KEY
+from trainables.trainable import CELL_KEY, STAGE_KEY
 
 METRIC = "val_auc"
 BASE = {"img_size": 16, "epochs": 4, "pretrained": False}
 
 
+STAGE = "search"
+
+
 def _trial(trial_id: str, cell: str) -> SimpleNamespace:
-    return SimpleNamespace(trial_id=trial_id, config={CELL_KEY: cell})
+    return SimpleNamespace(trial_id=trial_id, config={CELL_KEY: cell, STAGE_KEY: STAGE})
 
 
-def _scheduler(cells: list[str], *, early_stopping: bool = True) -> CellScheduler:
-    return CellScheduler(
-        [SearchCell(c, "cnn_baseline", {}, 4) for c in cells],
-        metric=METRIC,
-        mode="max",
-        max_t=4,
-        grace_period=1,
-        reduction_factor=2,
-        early_stopping=early_stopping,
-    )
+def _scheduler(cells, *, early_stopping: bool = True, epochs: int = 4) -> CellScheduler:
+    scheduler = CellScheduler(metric=METRIC, mode="max", grace_period=1, reduction_factor=2)
+    for cell in cells:
+        if isinstance(cell, str):
+            cell = SearchCell(cell, "cnn_baseline", {}, 4)
+        scheduler.add_cell(STAGE, cell, early_stopping=early_stopping, default_epochs=epochs)
+    return scheduler
 
 
 def _report(scheduler: CellScheduler, trial, value: float, it: int = 1) -> str:
@@ -55,13 +55,8 @@ def test_each_cell_is_early_stopped_within_its_own_number_of_epochs():
     cells = [SearchCell("teacher", "vit_mtl", {"epochs": 8}, 2), SearchCell("s", "kd_vit", {}, 2)]
     assert stage_epochs(cells, default=4) == 8
     assert stage_epochs([FixedCell("f", ({"epochs": 3}, {"epochs": 6}))], default=4) == 6
-    scheduler = CellScheduler(cells, metric=METRIC, mode="max", max_t=8, grace_period=1,
-                              reduction_factor=2, early_stopping=True)  # fmt: skip
-    assert scheduler.asha["teacher"]._max_t == 8
-    assert scheduler.asha["s"]._max_t == 8  # no epochs of its own: the stage's
-    scheduler = CellScheduler(cells, metric=METRIC, mode="max", max_t=4, grace_period=1,
-                              reduction_factor=2, early_stopping=True)  # fmt: skip
-    assert (scheduler.asha["teacher"]._max_t, scheduler.asha["s"]._max_t) == (8, 4)
+    scheduler = _scheduler(cells, epochs=4)
+    assert (scheduler.asha["search/teacher"]._max_t, scheduler.asha["search/s"]._max_t) == (8, 4)
 
 
 def test_cell_scheduler_stops_a_trial_only_against_its_own_cell():
@@ -69,17 +64,21 @@ def test_cell_scheduler_stops_a_trial_only_against_its_own_cell():
     a1, a2, b1, b2 = _trial("a1", "a"), _trial("a2", "a"), _trial("b1", "b"), _trial("b2", "b")
     for trial in (a1, a2, b1, b2):
         scheduler.on_trial_add(None, trial)
-    assert set(scheduler.asha) == {"a", "b"} and scheduler.asha["a"] is not scheduler.asha["b"]
+    asha_a, asha_b = scheduler.asha["search/a"], scheduler.asha["search/b"]
+    assert set(scheduler.asha) == {"search/a", "search/b"} and asha_a is not asha_b
     # Cell a's rung fills with strong trials.
     assert _report(scheduler, a1, 0.95) == TrialScheduler.CONTINUE
     assert _report(scheduler, a2, 0.90) == TrialScheduler.STOP  # below a's median (0.95)
     # Cell b's first trial is far below cell a's rung: one shared ASHA would stop it.
     assert _report(scheduler, b1, 0.30) == TrialScheduler.CONTINUE
     assert _report(scheduler, b2, 0.20) == TrialScheduler.STOP  # below b's own rung (0.30)
-    assert scheduler.asha["a"]._num_stopped == 1 and scheduler.asha["b"]._num_stopped == 1
+    assert asha_a._num_stopped == 1 and asha_b._num_stopped == 1
     # A finished trial leaves its own cell's bookkeeping only.
     scheduler.on_trial_complete(None, b1, {"training_iteration": 4, METRIC: 0.5})
-    assert "b1" not in scheduler.asha["b"]._trial_info and "a1" in scheduler.asha["a"]._trial_info
+    assert "b1" not in asha_b._trial_info and "a1" in asha_a._trial_info
+    # A study that cannot go on stops every running trial at its next result.
+    scheduler.halt()
+    assert _report(scheduler, a1, 0.99, it=2) == TrialScheduler.STOP
 
 
 def test_asha_rungs_survive_a_driver_restart():
@@ -89,11 +88,16 @@ def test_asha_rungs_survive_a_driver_restart():
         scheduler.on_trial_add(None, trial)
     assert _report(scheduler, a1, 0.95) == TrialScheduler.CONTINUE
     state = SchedulerState(scheduler).get_state()
-    # The restored experiment's scheduler comes from tuner.pkl, pickled before any result.
-    restored = _scheduler(["a"])
-    SchedulerState(restored).set_state(pickle.loads(pickle.dumps(state)))
-    restored.on_trial_add(None, a2)  # Tune re-adds the unfinished trials after the callbacks
-    assert _report(restored, a2, 0.90) == TrialScheduler.STOP  # a1's 0.95 is still in the rung
+    # The restored experiment's scheduler comes from tuner.pkl, pickled before any result and
+    # perhaps before the cell was opened: the driver adds it again after the restore.
+    for opened_before in (True, False):
+        restored = _scheduler(["a"] if opened_before else [])
+        SchedulerState(restored).set_state(pickle.loads(pickle.dumps(state)))
+        if not opened_before:
+            restored.add_cell(STAGE, SearchCell("a", "cnn_baseline", {}, 4),
+                              early_stopping=True, default_epochs=4)  # fmt: skip
+        restored.on_trial_add(None, a2)  # Tune re-adds the unfinished trials after that
+        assert _report(restored, a2, 0.90) == TrialScheduler.STOP  # a1's 0.95 is in the rung
     fresh = _scheduler(["a"])
     fresh.on_trial_add(None, a2)
     assert _report(fresh, a2, 0.90) == TrialScheduler.CONTINUE  # what a restart used to do
@@ -118,25 +122,33 @@ def _cells() -> list:
     ]
 
 
+def _searcher(cells: list, *, seed: int = 0) -> CellSearcher:
+    searcher = CellSearcher(metric=METRIC, mode="max", seed=seed)
+    for i, cell in enumerate(cells):
+        searcher.add_cell(STAGE, cell, order=(0, i))
+    return searcher
+
+
 def _take(searcher: CellSearcher, start: int, n: int) -> list[tuple[str, dict]]:
-    """Up to ``n`` suggestions, fewer when the searcher says it is finished."""
+    """Up to ``n`` suggestions, fewer when the searcher has none to give now."""
     out = []
     for i in range(start, start + n):
         config = searcher.suggest(f"t{i}")
-        if config == Searcher.FINISHED:
+        if config in (Searcher.FINISHED, None):
             break
         out.append((f"t{i}", config))
     return out
 
 
 def test_cell_searcher_gives_each_cell_its_own_study_and_budget(tmp_path):
-    searcher = CellSearcher(_cells(), metric=METRIC, mode="max", seed=0)
-    assert set(searcher.optuna) == {"cnn", "tl"}  # a fixed cell needs no Optuna study
-    studies = {k: s._ot_study for k, s in searcher.optuna.items()}
+    searcher = _searcher(_cells())
+    assert set(searcher.optuna) == {"search/cnn", "search/tl"}  # a fixed cell: no Optuna study
+    studies = {k.split("/")[1]: s._ot_study for k, s in searcher.optuna.items()}
     assert studies["cnn"] is not studies["tl"]
     first = _take(searcher, 0, 3)
     # Round robin over cells with budget left: every cell starts before any gets a second.
     assert [c[CELL_KEY] for _, c in first] == ["cnn", "tl", "fixed"]
+    assert {c[STAGE_KEY] for _, c in first} == {STAGE}
     # A result reaches its own cell's study only.
     tid, config = first[0]
     assert config["method"] == "cnn_baseline" and config["epochs"] == 4  # fixed values kept
@@ -144,17 +156,41 @@ def test_cell_searcher_gives_each_cell_its_own_study_and_budget(tmp_path):
     searcher.on_trial_complete(tid, result={METRIC: 0.8, "training_iteration": 4})
     assert [t.value for t in studies["cnn"].trials if t.value is not None] == [0.8]
     assert all(t.value is None for t in studies["tl"].trials)
-    # Tune saves the searcher with the experiment; a restored one keeps what it issued.
+    # Tune saves the searcher with the experiment; a restored one keeps what it issued, for
+    # cells added before the restore and after it alike.
     searcher.save(str(tmp_path / "searcher.pkl"))
-    restored = CellSearcher(_cells(), metric=METRIC, mode="max", seed=0)
+    restored = _searcher(_cells()[:1])
     restored.restore(str(tmp_path / "searcher.pkl"))
+    for i, cell in enumerate(_cells()[1:], start=1):
+        restored.add_cell(STAGE, cell, order=(0, i))
     rest = _take(restored, 3, 20)
+    assert restored.suggest("t98") is None  # every open cell has had its budget: none now
+    restored.finish()  # the driver: every stage has ended
     assert restored.suggest("t99") == Searcher.FINISHED
     counts = pd.Series([c[CELL_KEY] for _, c in first + rest]).value_counts().to_dict()
     assert counts == {"cnn": 3, "tl": 1, "fixed": 2}
     assert sorted(c["seed"] for _, c in first + rest if c[CELL_KEY] == "fixed") == [0, 1]
     # The restored cnn study still holds the result told before the save.
-    assert [t.value for t in restored.optuna["cnn"]._ot_study.trials if t.value] == [0.8]
+    assert [t.value for t in restored.optuna["search/cnn"]._ot_study.trials if t.value] == [0.8]
+
+
+def test_earlier_stages_first_and_one_trial_computes_a_teachers_outputs():
+    cnn = {**BASE, "method": "cnn_baseline", "model": "cnn_baseline"}
+    searcher = CellSearcher(metric=METRIC, mode="max", seed=0)
+    searcher.add_cell("search", SearchCell("late", "cnn_baseline", cnn, 3), order=(1, 0))
+    searcher.add_cell("teacher", SearchCell("t", "cnn_baseline", cnn, 1), order=(0, 0))
+    assert searcher.suggest("t0")[CELL_KEY] == "t"  # a teacher is on its students' path
+    # Two cells with one teacher: the first trial runs alone until it has reported.
+    for key in ("kd_a", "kd_b"):
+        searcher.add_cell("search", SearchCell(key, "cnn_baseline", cnn, 2), order=(1, 1),
+                          gate="teachers/T")  # fmt: skip
+    taken = _take(searcher, 1, 10)
+    gated = [tid for tid, c in taken if c[CELL_KEY].startswith("kd_")]
+    assert len(gated) == 1 and [c[CELL_KEY] for _, c in taken].count("late") == 3
+    assert dict(taken)[gated[0]][CELL_KEY] == "kd_a"
+    searcher.on_trial_result(gated[0], {METRIC: 0.5, "training_iteration": 1})
+    rest = sorted(c[CELL_KEY] for _, c in _take(searcher, 20, 10))
+    assert rest == ["kd_a", "kd_b", "kd_b"]
 
 
 # ---- end to end on three Ray nodes -------------------------------------------------------
@@ -182,9 +218,9 @@ def test_pneumonia_kd_runs_across_nodes_and_writes_the_contract(
     )
     run = Path(run_uri)
     assert run == storage / "e2e"
-    # Tune restores a stage from tuner.pkl: the callback that carries the ASHA rungs must hold
+    # Tune restores the study from tuner.pkl: the callback that carries the ASHA rungs must hold
     # the very scheduler the restored experiment runs with.
-    with open(run / "search" / "tuner.pkl", "rb") as f:
+    with open(run / "study" / "tuner.pkl", "rb") as f:
         tuner = cloudpickle.load(f)
     (carrier,) = [c for c in tuner["_run_config"].callbacks if isinstance(c, SchedulerState)]
     assert carrier.scheduler is tuner["_tune_config"].scheduler

@@ -64,7 +64,7 @@ def kill_moment(rng: random.Random, phase: str, driver: Driver, run: Path, start
     ended first."""
     ready = {
         "start": lambda: True,
-        "trials": lambda: newest_since(run / "search", "*/checkpoint_*", started),
+        "trials": lambda: newest_since(run / "study", "*/checkpoint_*", started),
         "records": lambda: newest_since(run / "records", "*/*/*.parquet", started),
     }[phase]
     delay = {"start": rng.uniform(0.5, 8.0), "trials": rng.uniform(0, 2.0),

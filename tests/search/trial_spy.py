@@ -1,7 +1,7 @@
 """Watch the driver's Tune experiments from inside, and break a trial at a chosen moment.
 
-:func:`install` puts a subclass of the driver's ``ProgressCallback`` into every stage's
-Tuner (the driver builds its callbacks in ``search.stage``); everything else about the run
+:func:`install` puts a subclass of the driver's ``ProgressCallback`` into the study's
+Tuner (the driver builds its callbacks in ``search.study_run``); everything else about the run
 is the product's own. The spy logs every reported result as Tune saw it (before any
 deduplication by the driver's records), and calls ``on_saved(stage, trial)`` after Tune
 has registered a trial's checkpoint: the trial is then blocked in ``tune.report`` until the
@@ -14,7 +14,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import search.stage
+import search.study_run
+from trainables.trainable import STAGE_KEY
 
 
 @dataclass
@@ -30,25 +31,26 @@ class Spy:
         return [r for r in self.results if r[1] == trial_id]
 
 
-class _Spied(search.stage.ProgressCallback):
+class _Spied(search.study_run.ProgressCallback):
     """Defined here, not in :func:`install`: Tune pickles its callbacks with the experiment,
     and a class at module level is pickled by name, without the spy (whose ``on_saved`` may
     hold a Ray cluster, which cannot be pickled)."""
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         super().on_trial_result(iteration, trials, trial, result, **info)
-        row = (self.stage, trial.trial_id, int(result["epoch"]), int(result["pid"]))
+        stage = trial.config[STAGE_KEY]
+        row = (stage, trial.trial_id, int(result["epoch"]), int(result["pid"]))
         _ACTIVE["spy"].results.append((*row, str(result["node_id"])))
 
     def on_trial_save(self, iteration, trials, trial, **info) -> None:
-        _ACTIVE["spy"].on_saved(self.stage, trial)
+        _ACTIVE["spy"].on_saved(trial.config[STAGE_KEY], trial)
 
 
 _ACTIVE: dict[str, Spy] = {}
 
 
 def install(monkeypatch, spy: Spy) -> Spy:
-    """Use ``spy`` in every stage's Tuner until the test ends."""
-    monkeypatch.setattr(search.stage, "ProgressCallback", _Spied)
+    """Use ``spy`` in the study's Tuner until the test ends."""
+    monkeypatch.setattr(search.study_run, "ProgressCallback", _Spied)
     monkeypatch.setitem(_ACTIVE, "spy", spy)
     return spy
