@@ -166,19 +166,21 @@ class StudyDriver(Callback):
         self._check = True
 
     def on_step_begin(self, iteration, trials, **info) -> None:
-        """Cells whose trials have all ended wait for the experiment snapshot that says so
-        (:meth:`on_snapshot_saved`): a choice is only ever made from trials a resumed driver
-        finds ended too."""
-        if self.failed or self.complete:
-            return
-        if not self._check:
-            self._stalled(trials)
-            return
-        self._check = False
+        """After a trial ended: cells whose trials have all ended wait for the experiment
+        snapshot that says so (:meth:`on_snapshot_saved`), so a choice is only ever made from
+        trials a resumed driver finds ended too; if none did, the study may be stuck."""
+        if self._check and not (self.failed or self.complete):
+            self._check = False
+            if not self._find_ended(trials):
+                self._stalled(trials)
+
+    def _find_ended(self, trials) -> bool:
+        """Put every cell whose trials have all ended in ``_ending``; whether one was."""
         by_cell: dict[str, list] = {}
         for trial in trials:
             cid = cell_id(trial.config[STAGE_KEY], trial.config[CELL_KEY])
             by_cell.setdefault(cid, []).append(trial)
+        found = False
         for cid, cell in self.searcher.cells.items():
             mine = by_cell.get(cid, [])
             if (
@@ -188,6 +190,8 @@ class StudyDriver(Callback):
                 and all(t.status in ("TERMINATED", "ERROR") for t in mine)
             ):
                 self._ending[cid] = mine
+                found = True
+        return found
 
     def _chosen(self, cid: str, trials: list):
         """The cell's stage, and what it chose; fails the study when a cell that later ones
@@ -207,8 +211,7 @@ class StudyDriver(Callback):
         if self.failed or self.complete or any(t.status not in ("TERMINATED", "ERROR")
                                                for t in trials):  # fmt: skip
             return
-        self._check = True
-        self.on_step_begin(0, trials)
+        self._find_ended(trials)
         for cid, ended in self._ending.items():
             if not self.failed:
                 self._chosen(cid, ended)
@@ -263,12 +266,14 @@ class StudyDriver(Callback):
                     self._cell_ended(cid, trials)
             if ending and not self.failed:
                 self._open()
+                self._check = True  # what the choices opened, or else whether it is stuck
         except Exception as exc:  # Tune logs and drops what its snapshot step raises
             self._fail(str(exc) if isinstance(exc, CxrkdError) else f"{type(exc).__name__}: {exc}")
 
     def _stalled(self, trials) -> None:
         """Nothing runs, nothing can start, nothing waits for a snapshot, yet the study is
-        not finished: say so rather than wait forever."""
+        not finished: say so rather than wait forever. Checked when a trial has ended (only
+        then can the last live trial be gone), not at every step."""
         searcher = self.searcher
         if self._ending or self._staged[0] or any(searcher.may_issue(c) for c in searcher.cells):
             return

@@ -264,6 +264,13 @@ def test_pneumonia_kd_runs_across_nodes_and_writes_the_contract(
     stopped = trials[trials["status"] == "stopped"]
     assert (stopped["stage"] != "final").all() and (stopped["epoch"] >= 1).all()
 
+    # No stage barrier: the baselines (no teacher) started while the teacher still trained,
+    # and the actors were shared by the stages (fewer worker processes than trials).
+    first = epochs.groupby("stage")["recorded_at"].min()
+    last = epochs.groupby("stage")["recorded_at"].max()
+    assert first["search"] < last["teacher"], (first.to_dict(), last.to_dict())
+    assert epochs["pid"].nunique() < len(trials)
+
     # The trials of a stage really ran on more than one Ray node.
     nodes = epochs.groupby("stage")["node_id"].nunique().to_dict()
     assert nodes["search"] >= 2 and nodes["final"] >= 2, nodes
