@@ -273,17 +273,12 @@ class ProgressCallback(Callback):
         self.searcher, self.metric = searcher, metric  # the study's CellSearcher
         self.every_s, self.last_print = every_s, 0.0
         self.best: tuple[float, str] | None = None
-        self.epoch_times: list[float] = []
-
-    def __getstate__(self) -> dict:
-        return {"searcher": self.searcher, "metric": self.metric, "every_s": self.every_s}
-
-    def __setstate__(self, state: dict) -> None:
-        self.__init__(**state)
+        self.epoch_s, self.epochs_seen = 0.0, 0  # a running mean: nothing kept per epoch
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         if "epoch_s" in result:
-            self.epoch_times.append(float(result["epoch_s"]))
+            self.epoch_s += float(result["epoch_s"])
+            self.epochs_seen += 1
         value = result.get(self.metric)
         if value is not None and value == value and (self.best is None or value > self.best[0]):
             self.best = (float(value), trial.config[CELL_KEY])
@@ -323,9 +318,9 @@ class ProgressCallback(Callback):
         )
 
     def eta(self, left: int, running: int) -> str:
-        if not self.epoch_times or left <= 0:
+        if not self.epochs_seen or left <= 0:
             return ""
-        per_epoch = sum(self.epoch_times) / len(self.epoch_times)
+        per_epoch = self.epoch_s / self.epochs_seen
         epochs = max(cell_epochs(c, default=1)[0] for c in self.searcher.cells.values())
         # Upper bound: the open cells' remaining trials run every epoch; ASHA usually stops
         # some early (and cells not open yet are not counted).
