@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from trainables import checkpoint, teachers
+from trainables import checkpoint, teacher_outputs
 from trainables.config import parse_config
 from trainables.context import DataBundle, TrialContext
 from trainables.data.augment import Pipeline
@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> None:
             uri, split="train", pipeline=Pipeline(input_size=args.size)
         )
         build_s = time.perf_counter() - start
-        cache_bytes = os.path.getsize(teachers.outputs_uri(uri, f"train-{args.size}px"))
+        cache_bytes = os.path.getsize(teacher_outputs.outputs_uri(uri, f"train-{args.size}px"))
     report(args, times, build_s=build_s, cache_bytes=cache_bytes, n_outputs=len(outputs))
 
 

@@ -89,8 +89,8 @@ def time_store(images: np.ndarray, labels: np.ndarray, min_seconds: float) -> tu
 
 def time_decoders(paths: list[Path], size: int) -> tuple[float, float]:
     """Mean ms per file to decode and resize to ``size``: the importer's way vs a full decode."""
+    from trainables.data.import_plan import resize_square
     from trainables.data.jpeg import decode_image_file
-    from trainables.data.writer import resize_square
 
     def reduced(path: Path) -> np.ndarray:
         return resize_square(decode_image_file({"source_path": str(path)}, size)[0], size)

@@ -20,6 +20,7 @@ import pandas as pd
 from plotly.offline import get_plotlyjs
 
 from results import sections as S
+from results.held_out_scores import load_test_scores
 from results.optuna_export import (
     OPTUNA_DB,
     CellKey,
@@ -28,7 +29,6 @@ from results.optuna_export import (
     export_studies,
     study_distributions,
 )
-from results.test_scores import load_test_scores
 from spaces.studies import ParetoSpec
 from trainables import storage
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from results.figures import final_rows
-from results.test_scores import locate_test_scores
+from results.figure_data import final_rows
+from results.held_out_scores import locate_test_scores
 from trainables import storage
 from trainables.errors import CxrkdError
 

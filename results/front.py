@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from results.figures import config_string, final_rows, missing_columns, nondominated
+from results.figure_data import config_string, final_rows, missing_columns, nondominated
 from results.tables import _fmt_latency, _fmt_params, comparison_table, format_table
 from spaces.studies import ParetoSpec, front_keys
 

@@ -33,7 +33,7 @@ from optuna.distributions import (
 )
 from optuna.trial import TrialState, create_trial
 
-from results.figures import searched_rows, trial_order, varying_params
+from results.figure_data import searched_rows, trial_order, varying_params
 from trainables import storage
 from trainables.errors import CxrkdError
 

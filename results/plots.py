@@ -1,4 +1,4 @@
-"""Thin plotly drawings of the frames :mod:`results.figures` extracts (STYLE.md 8).
+"""Thin plotly drawings of the frames :mod:`results.figure_data` extracts (STYLE.md 8).
 
 Every function takes a non-empty frame (the page writes a note instead of calling it on an
 empty one) and returns a ``plotly.graph_objects.Figure``; the search-cell figures are
@@ -16,7 +16,7 @@ import plotly.express as px
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from results.figures import STATUSES
+from results.figure_data import STATUSES
 
 STATUS_COLORS = {
     "completed": "#2a9d8f",

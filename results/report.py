@@ -13,6 +13,7 @@ import pandas as pd
 from results.dashboard import write_study_dashboard
 from results.frames import load_records, write_frames
 from results.front import front_display, front_table
+from results.held_out_scores import load_test_scores
 from results.pivot import (
     PivotEntry,
     chosen_configs,
@@ -23,7 +24,6 @@ from results.pivot import (
 )
 from results.tables import comparison_table, format_table, render_markdown, write_tables
 from results.teacher_scores import registered_rows
-from results.test_scores import load_test_scores
 from results.uncertainty import CellStats, UncertaintyError
 from spaces.studies import ParetoSpec, PivotSpec, TableSpec, table_rows
 from trainables import storage

@@ -1,4 +1,4 @@
-"""The dashboard's sections: what each shows, built from :mod:`results.figures` frames and
+"""The dashboard's sections: what each shows, built from :mod:`results.figure_data` frames and
 drawn by :mod:`results.plots`; a figure that would be empty becomes a note saying why."""
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ import optuna
 import pandas as pd
 import plotly.graph_objects as go
 
-from results import figures as F
+from results import figure_data as F
 from results import front, plots
+from results.held_out_scores import roc_curves
 from results.optuna_export import CellKey, Distributions, plot_notes
 from results.tables import TableError, comparison_table, format_table
-from results.test_scores import roc_curves
 from spaces.studies import ParetoSpec
 
 # Test metrics of the final models, in display order; the absent ones are left out.

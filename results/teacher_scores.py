@@ -21,7 +21,7 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
-from results.test_scores import read_test_scores
+from results.held_out_scores import read_test_scores
 from spaces.studies import REGISTERED_PREFIX
 from trainables import storage
 from trainables.errors import CxrkdError
@@ -61,9 +61,10 @@ def score_teacher(teacher_uri: str, data) -> tuple[dict[str, float], dict[str, n
     from trainables.evaluate import predict, split_metrics, val_threshold
     from trainables.loop import per_image_scores, pick_device
     from trainables.methods import get_method
+    from trainables.teacher_files import fetch_model_dir
 
     teachers.read_record(teacher_uri, dataset_fingerprint=data.info.fingerprint)
-    folder = teachers.fetch_model_dir(teacher_uri)
+    folder = fetch_model_dir(teacher_uri)
     flat = json.loads((folder / "config.json").read_text())
     cfg = parse_config({**flat, "pretrained": False})  # the weights come from model.pt
     device = pick_device()

@@ -1,6 +1,6 @@
 """95% confidence intervals and paired tests of the tables' cells, from per-image test scores.
 
-Every final model saved its per-image test scores (:mod:`results.test_scores`). For a table
+Every final model saved its per-image test scores (:mod:`results.held_out_scores`). For a table
 cell (a final-stage cell re-trained on several seeds) and a test metric column:
 
 - **Interval**: one set of ``B`` bootstrap resamples of the test images (stratified by the
@@ -63,7 +63,7 @@ def is_auroc(column: str) -> bool:
 class CellStats:
     """Bootstrap intervals and paired tests for the final-stage cells of one run.
 
-    ``scores`` is ``{(cell, trial_id): arrays}`` as :func:`results.test_scores.load_test_scores`
+    ``scores`` is ``{(cell, trial_id): arrays}`` as :func:`results.held_out_scores.load_test_scores`
     returns it; trials without scores are left out of the intervals (a cell whose scored seeds
     are fewer than its completed ones shows the mean over all of them, the CI over the scored).
     """

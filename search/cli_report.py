@@ -45,14 +45,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     from results.frames import compact_records, load_raw_records, repeated_epochs
     from results.optuna_export import OPTUNA_DB
     from results.report import write_report
-    from search import setup
     from search.run_state import RunOptions, read_run, run_uri_of
+    from search.study_options import study_with_options
     from trainables import storage
 
     started = time.perf_counter()
     run_uri = run_uri_of(args.run)
     options = RunOptions(**read_run(run_uri)["options"])
-    study = setup.study_with_options(options)
+    study = study_with_options(options)
     out = storage.normalize(args.out) if args.out else run_uri
     tables = storage.join(out, "tables")
     # The driver adds its records as small objects; one per cell reads faster (also mid-run:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from search.setup import apply_overrides
+from search.study_options import apply_overrides
 from spaces.studies import Cell, Stage, Study, StudyState
 from trainables.methods import get_method
 

@@ -223,7 +223,7 @@ class RecordsCallback(Callback):
         row.update({f"config/{k}": v for k, v in trial.config.items()
                     if k not in (CELL_KEY, STAGE_KEY)})  # fmt: skip
         row.update({k: v for k, v in last.items() if k not in SKIP_RESULT_KEYS})
-        # The report reads the final models' test scores from here (results/test_scores.py).
+        # The report reads the final models' test scores from here (results/held_out_scores.py).
         row["checkpoint_uri"] = checkpoint_uri(trial.checkpoint)
         row["recorded_at"] = time.time()  # the newest row of a trial is its state
         return row

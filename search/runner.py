@@ -17,7 +17,9 @@ import dataclasses
 import sys
 import time
 
-from search import lease, setup, signing
+from search import lease, signing
+from search.preflight import check_cells
+from search.ray_runtime import init_ray, max_concurrent, trial_resources
 from search.run_state import (
     RunOptions,
     default_storage,
@@ -28,6 +30,8 @@ from search.run_state import (
     run_uri_of,
     write_options,
 )
+from search.study_dataset import open_dataset
+from search.study_options import study_with_options, typed_overrides
 from search.study_run import EXPERIMENT, StudyContext, run_experiment
 from spaces.studies import Study
 from trainables import storage
@@ -39,15 +43,15 @@ def log(msg: str) -> None:
 
 
 def run_study(options: RunOptions) -> str:
-    study = setup.study_with_options(options)
-    store = setup.open_dataset(study, options.dataset)
+    study = study_with_options(options)
+    store = open_dataset(study, options.dataset)
     storage_uri = storage.check_writable(options.storage or default_storage())
     name = options.name or f"{study.name}-{options.profile}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_uri = storage.join(storage_uri, name)
     if storage.exists(storage.join(run_uri, "run.json")):
         raise run_exists(run_uri)
-    overrides = setup.typed_overrides(study, options.overrides)
-    setup.check_cells(study, store, overrides)
+    overrides = typed_overrides(study, options.overrides)
+    check_cells(study, store, overrides)
     options = dataclasses.replace(
         options, name=name, storage=storage_uri, dataset=store.manifest.name, overrides=overrides
     )
@@ -62,7 +66,7 @@ def resume_study(run: str, address: str | None = None) -> str:
     # Where the driver connects comes from the command line or RAY_ADDRESS, never from the run
     # folder (any node may write it: DESIGN.md, "Running").
     options = dataclasses.replace(RunOptions(**raw["options"]), address=address)
-    study = setup.study_with_options(options)
+    study = study_with_options(options)
     held = lease.Lease(run_uri, log=log)
     held.check()  # another live driver is named before anything else is read or written
     # Tune's state of every unfinished stage, before anything is written (the same checks
@@ -71,7 +75,7 @@ def resume_study(run: str, address: str | None = None) -> str:
     if len(done) < len(study.stages):
         check_layout(run_uri, study, done)
         signing.check_stages(run_uri, [EXPERIMENT])
-    store = setup.open_dataset(study, options.dataset)
+    store = open_dataset(study, options.dataset)
     if store.manifest.fingerprint != raw["dataset_fingerprint"]:
         raise CxrkdError(
             f"dataset {store.manifest.name!r} changed since the run started (fingerprint "
@@ -90,7 +94,7 @@ def _drive(study: Study, options: RunOptions, store, run_uri: str) -> str:
     from results.report import write_report  # late: plotting stack only when needed
     from trainables.context import DataBundle
 
-    started = setup.init_ray(options.address)
+    started = init_ray(options.address)
     try:
         bundle = DataBundle.from_store(store)
         data_ref = ray.put(bundle)
@@ -104,8 +108,8 @@ def _drive(study: Study, options: RunOptions, store, run_uri: str) -> str:
             storage_uri=options.storage,
             data_ref=data_ref,
             trainable=tune.with_parameters(tune_trainable, data=data_ref),
-            resources=setup.trial_resources(options),
-            max_concurrent=setup.max_concurrent(options),
+            resources=trial_resources(options),
+            max_concurrent=max_concurrent(options),
             seed=options.seed,
             dataset_fingerprint=store.manifest.fingerprint,
             overrides=options.overrides,
@@ -128,7 +132,7 @@ def _drive(study: Study, options: RunOptions, store, run_uri: str) -> str:
 
 def study_of_run(run_uri: str) -> Study:
     """The study as the run ran it (its profile, ``--set``, ``--only``)."""
-    return setup.study_with_options(RunOptions(**read_run(run_uri)["options"]))
+    return study_with_options(RunOptions(**read_run(run_uri)["options"]))
 
 
 def check_layout(run_uri: str, study: Study, done: list[str]) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 from ray import exceptions as ray_errors
 from ray.tune.experiment import Trial
 
-from results.figures import nondominated
+from results.figure_data import nondominated
 from search.cells import cell_epochs, cell_objectives
 from spaces.studies import Cell, StudyState, front_key
 from trainables.config import parse_config

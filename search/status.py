@@ -44,9 +44,9 @@ def print_status(run: str) -> None:
 
 
 def _study_of(opts: dict):
-    """The run's study with its own objectives: ``search.setup.study_with_options`` without
-    what does not change a metric (budgets, ``--set``, ``--only``), and without importing
-    Ray and torch, which that module needs and a status line does not."""
+    """The run's study with its own objectives: ``search.study_options.study_with_options``
+    without what does not change a metric (budgets, ``--set``, ``--only``), and without
+    importing torch, which that module needs (the method registry) and a status line does not."""
     import dataclasses
 
     from spaces.studies import STUDIES, get_study

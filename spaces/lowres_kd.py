@@ -1,12 +1,14 @@
 """Study ``lowres-kd``: the MLCAK paper (seeds/002) as a grid of searched cells.
 
 Axes: ViT size (teacher = student, as in the paper; cross-size pairs can be added), the
-student's low resolution, and the KD approach. Stages: one high-resolution ``vit_mtl`` teacher
-per size (registered once, reused by every student) -> side by side: ``vit_mtl`` at each low
+student's low resolution, and the KD approach (by default the paper's four: the losses of
+:mod:`trainables.kd` declared ``in_paper``; ``Grid.approaches`` may name any registered one).
+Stages: one high-resolution ``vit_mtl`` teacher per size (registered once, reused by every
+student) -> side by side: ``vit_mtl`` at each low
 resolution (the paper's Table 1) and ``kd_vit`` for every (size, resolution, approach) (its
 Table 2), each cell with its own Optuna study and ASHA -> every cell's chosen configuration
-re-trained on several seeds and tested. Searched per cell: lr, weight decay, alpha, beta,
-gamma, and T for vanilla KD.
+re-trained on several seeds and tested. Searched per cell: lr, weight decay, and what the
+cell's KD loss reads (``spaces/kd_vit.py``): alpha, beta, gamma, or T for vanilla KD.
 """
 
 from __future__ import annotations
@@ -26,13 +28,14 @@ from spaces.studies import (
     registered,
 )
 from trainables.errors import CxrkdError
+from trainables.kd import kd_names, paper_approaches
 
 SIZES = {
     "tiny": ("vit_tiny_patch16_224", "ViT-Tiny"),
     "small": ("vit_small_patch16_224", "ViT-Small"),
     "base": ("vit_base_patch16_224", "ViT-Base"),
 }
-APPROACHES = ("vanilla", "last_block", "one_to_one", "mlcak")
+APPROACHES = paper_approaches()  # vanilla, last_block, one_to_one, mlcak
 TASKS = (("T1 (MLCT)", "test_auroc_mlct"), ("T2 (MCCT)", "test_auroc_mcct"))
 FINDING_METRIC = "test_auroc_{finding}"  # one column per finding (PivotSpec.per_finding)
 HR_NOTE = (
@@ -60,6 +63,12 @@ class Grid:
         if not self.factors or any(int(f) != f or f < 2 for f in self.factors):
             raise CxrkdError(
                 f"low-resolution factors must be whole numbers >= 2, got {self.factors}"
+            )
+        unknown = [a for a in self.approaches if a not in kd_names()]
+        if unknown or not self.approaches:
+            raise CxrkdError(
+                f"unknown KD approach(es) {unknown} in the grid; known (trainables/kd): "
+                f"{list(kd_names())}"
             )
 
     def lows(self, img_size: int) -> tuple[int, ...]:

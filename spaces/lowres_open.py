@@ -1,8 +1,9 @@
 """Study ``lowres-kd-open``: the MLCAK question as one Optuna study over everything (issue #4).
 
 Where ``lowres-kd`` fixes a grid (one cell per size, resolution and KD approach), this study
-searches student size, low resolution and KD approach together with the KD weights,
-temperature, lr and weight decay, in one cell: ``model`` is a choice whose value brings the
+searches student size, low resolution and KD approach (every loss registered in
+:mod:`trainables.kd`, not only the paper's four) together with the KD weights, temperature,
+lr and weight decay, in one cell: ``model`` is a choice whose value brings the
 ``teacher_path`` of that size's registered teacher (teacher = student size, as in the paper).
 Stages: the same high-resolution ``vit_mtl`` teachers as ``lowres-kd`` (one per size, the
 same cells, so both studies share them on one storage) -> the open search -> its chosen
@@ -36,6 +37,7 @@ from spaces.studies import (
     register_study,
 )
 from trainables.errors import CxrkdError
+from trainables.kd import kd_names
 
 OPEN = "open"  # the open search cell's key
 CONFIG_KEYS = ["model", "low_res", "kd_approach", *KD_KEYS]
@@ -53,12 +55,26 @@ PROFILES = {
         teacher_samples=1,
         grace_period=1,
         teacher_fixed={"epochs": 6, "steps_per_epoch": 30},  # see lowres-kd's demo
-        grid={"grid": Grid(sizes=("tiny", "small"), factors=(2, 4), patch_size=8, depth=2)},
+        grid={
+            "grid": Grid(
+                sizes=("tiny", "small"),
+                factors=(2, 4),
+                approaches=kd_names(),
+                patch_size=8,
+                depth=2,
+            )
+        },
         objectives=DEFAULT_OBJECTIVES,
     ),
     # The paper's sizes, resolutions and recipe (lowres-kd's paper profile, so the teachers
-    # are the grid's); 64 trials over the whole space instead of 16 in each grid cell.
-    "paper": dataclasses.replace(_GRID_PAPER, samples=64, objectives=DEFAULT_OBJECTIVES),
+    # are the grid's), every registered approach; 64 trials over the whole space instead of
+    # 16 in each grid cell.
+    "paper": dataclasses.replace(
+        _GRID_PAPER,
+        samples=64,
+        objectives=DEFAULT_OBJECTIVES,
+        grid={"grid": dataclasses.replace(_GRID_PAPER.grid["grid"], approaches=kd_names())},
+    ),
 }
 
 

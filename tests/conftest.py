@@ -9,6 +9,8 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
+import shutil
+
 import pytest
 
 
@@ -16,4 +18,5 @@ import pytest
 def _private_home(tmp_path_factory, monkeypatch):
     home = tmp_path_factory.mktemp("cxrkd_home")
     monkeypatch.setenv("CXRKD_HOME", str(home))
-    return home
+    yield home
+    shutil.rmtree(home, ignore_errors=True)  # datasets and teacher caches: MBs per test

@@ -477,7 +477,8 @@ def _driver_written() -> list[str]:
 
 def _worker_written() -> list[str]:
     """What trials write from the workers: their checkpoints and the teachers' outputs."""
-    from trainables.teachers import TeacherRegistry, outputs_uri
+    from trainables.teacher_outputs import outputs_uri
+    from trainables.teachers import TeacherRegistry
 
     trial = f"{RUN}/teacher/tune_trainable_a1b2_00000/checkpoint_000003"
     teacher = TeacherRegistry("s3://YOUR-BUCKET/runs").uri("0123abcd")

@@ -11,10 +11,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from trainables import teachers
+from trainables import teacher_outputs, teachers
 from trainables.data.augment import IMAGENET_GRAY_MEAN, IMAGENET_GRAY_STD, Pipeline
 from trainables.data.pipeline import BatchLoader, DatasetInfo, SplitData
 from trainables.data.store import DatasetStore
+from trainables.teacher_files import TeacherError, fetch_model_dir
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ class TrialContext:
         from trainables.methods import get_method
 
         teachers.read_record(teacher_uri, dataset_fingerprint=self.data.info.fingerprint)
-        folder = teachers.fetch_model_dir(teacher_uri)
+        folder = fetch_model_dir(teacher_uri)
         flat = json.loads((folder / "config.json").read_text())
         cfg = parse_config({**flat, "pretrained": False})  # the weights come from model.pt
         cfg = replace(cfg, train=replace(cfg.train, evaluate_test=False))
@@ -101,12 +102,12 @@ class TrialContext:
         batch_size = batch_size or (128 if self.device.type == "cuda" else 32)
         key = outputs_key(split, pipeline, outputs.tag)
         n = len(self.data.split(split))
-        cached = teachers.load_outputs(teacher_uri, key)
+        cached = teacher_outputs.load_outputs(teacher_uri, key)
         if cached is not None:
             rows = {name: a.shape[0] for name, a in cached.items() if a.shape[0] != n}
             if rows:
-                raise teachers.TeacherError(
-                    f"cached teacher outputs {teachers.outputs_uri(teacher_uri, key)} have "
+                raise TeacherError(
+                    f"cached teacher outputs {teacher_outputs.outputs_uri(teacher_uri, key)} have "
                     f"{rows} rows, but split {split!r} has {n} images; they were made for "
                     "other images: delete that file and they are recomputed"
                 )
@@ -122,7 +123,7 @@ class TrialContext:
                 for name, value in outputs.extract(model, pipeline(x, train=False)["hr"]).items():
                     chunks.setdefault(name, []).append(value.cpu().numpy())
         arrays = {name: np.concatenate(parts) for name, parts in chunks.items()}
-        teachers.save_outputs(teacher_uri, key, arrays)
+        teacher_outputs.save_outputs(teacher_uri, key, arrays)
         return arrays
 
 

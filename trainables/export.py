@@ -168,7 +168,7 @@ def _is_dicom(path: Path) -> bool:
 
 def read_image(path: str | os.PathLike, size: int) -> np.ndarray:
     """A PNG, JPEG or DICOM file as the importers store it: uint8 ``(size, size)``."""
-    from trainables.data.writer import resize_square
+    from trainables.data.import_plan import resize_square
 
     path = Path(path)
     try:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 import random
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Protocol
@@ -36,6 +35,7 @@ from trainables.profiling import (
     measure_latency_ms,
     measure_throughput,
 )
+from trainables.scratch import scratch_dir
 from trainables.task import Task
 
 # Augmentation when `augment=True`: small, as chest films are taken in a standard position.
@@ -123,7 +123,7 @@ def _train(cfg: TrialConfig, task: Task, data: DataBundle, ctx: TrialContext, re
     if restore is not None:
         state = checkpoint.load(restore, task=task, optimizer=optimizer, scheduler=scheduler)
         start, best = state["epoch"] + 1, state["extra"]["best_val_auc"]
-    workdir = Path(tempfile.mkdtemp(prefix="cxrkd-ckpt-"))
+    workdir = scratch_dir("ckpt")
     try:
         metrics: dict = {}
         for epoch in range(start, t.epochs):

@@ -1,11 +1,12 @@
-"""Loss functions of both seed papers, as pure functions.
+"""Loss functions of both seed papers and the primitives the KD losses share, as pure functions.
 
 - Pneumonia KD (seeds/000): Hinton distillation, ``hinton_kd``.
 - MLCAK (seeds/002): a multi-task ViT with MLCT (multi-label findings, logits ``(B, F)``) and
   MCCT (normal/abnormal, ONE logit per image) heads; ``multitask_bce`` is the classification
-  loss and ``KD_APPROACHES`` holds the four distillation losses compared in the paper's
-  Table 2. The student's joint loss (paper eq. 3) is
-  ``multitask_bce(...)["loss"] + KD_APPROACHES[name](...)["loss"]``.
+  loss. The distillation losses (the paper's four approaches of Table 2, and others) are one
+  module each in :mod:`trainables.kd`, built from the pieces here (``bernoulli_kl``,
+  ``logit_mse``, ``feature_mse``, ``feature_kd``, the ``check_*`` validators). The student's
+  joint loss (paper eq. 3) is ``multitask_bce(...)["loss"] + get_kd(name).compute(...)["loss"]``.
 
 Contract
 --------
@@ -14,8 +15,8 @@ A *criterion* (every function in ``LOSSES``) returns ``{"loss": total, **compone
 term named in the docstring, so ``loss`` is rebuilt exactly from the components and the weights;
 components share ``loss``'s graph (detach them before logging). Component names never collide
 between ``multitask_bce`` and the KD criteria, so a Task can merge the two dicts.
-The building blocks (``logit_mse``, ``feature_mse``, ``last_block_loss``, ``one_to_one_loss``,
-``mlcak_loss``) return a scalar tensor.
+The building blocks (``logit_mse``, ``feature_mse`` and each KD module's feature term) return a
+scalar tensor.
 
 Conventions
 -----------
@@ -49,7 +50,7 @@ class LossError(CxrkdError, ValueError):
 # ---------------------------------------------------------------------------- validation
 
 
-def _real(name: str, value: object) -> float:
+def check_real(name: str, value: object) -> float:
     # bool is an int subclass; alpha=True is a bug, not 1.0.
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise LossError(f"{name} must be a real number, got {value!r} ({type(value).__name__})")
@@ -58,47 +59,47 @@ def _real(name: str, value: object) -> float:
     return float(value)
 
 
-def _unit_weight(name: str, value: object) -> float:
-    v = _real(name, value)
+def check_unit_weight(name: str, value: object) -> float:
+    v = check_real(name, value)
     if not 0.0 <= v <= 1.0:
         raise LossError(f"{name} must be in [0, 1], got {value!r}; set it between 0 and 1")
     return v
 
 
-def _nonneg_weight(name: str, value: object) -> float:
-    v = _real(name, value)
+def check_nonneg_weight(name: str, value: object) -> float:
+    v = check_real(name, value)
     if v < 0.0:
         raise LossError(f"{name} must be >= 0, got {value!r}; a negative weight rewards error")
     return v
 
 
-def _temperature(value: object) -> float:
-    v = _real("temperature", value)
+def check_temperature(value: object) -> float:
+    v = check_real("temperature", value)
     if v <= 0.0:
         raise LossError(f"temperature must be > 0, got {value!r}; T=1 is the plain softmax")
     return v
 
 
-def _binary_logits(name: str, z: Tensor) -> Tensor:
+def binary_logits(name: str, z: Tensor) -> Tensor:
     """(B,) or (B, 1) -> (B,); anything else is an error (no silent broadcasting)."""
     if z.ndim == 1 or (z.ndim == 2 and z.shape[1] == 1):
         return z.reshape(-1)
-    raise LossError(f"{name} must be one logit per image, shape (B,) or (B, 1), got {_shape(z)}")
+    raise LossError(f"{name} must be one logit per image, shape (B,) or (B, 1), got {shape_of(z)}")
 
 
-def _same_shape(a_name: str, a: Tensor, b_name: str, b: Tensor, hint: str = "") -> None:
+def check_same_shape(a_name: str, a: Tensor, b_name: str, b: Tensor, hint: str = "") -> None:
     if a.shape != b.shape:
-        raise LossError(f"{a_name} {_shape(a)} and {b_name} {_shape(b)} differ in shape{hint}")
+        raise LossError(f"{a_name} {shape_of(a)} and {b_name} {shape_of(b)} differ in shape{hint}")
 
 
-def _shape(t: Tensor) -> tuple[int, ...]:
+def shape_of(t: Tensor) -> tuple[int, ...]:
     return tuple(t.shape)
 
 
 # ---------------------------------------------------------------------------- KD terms
 
 
-def _bernoulli_kl(student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
+def bernoulli_kl(student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
     """Elementwise KL(Bern(sigmoid(t/T)) || Bern(sigmoid(s/T))), via logsigmoid for stability."""
     s = student.float() / temperature
     t = teacher.detach().float() / temperature
@@ -108,7 +109,7 @@ def _bernoulli_kl(student: Tensor, teacher: Tensor, temperature: float) -> Tenso
     )
 
 
-def _softmax_kl(student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
+def softmax_kl(student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
     """Per-row KL(softmax(t/T) || softmax(s/T)), shape (B,)."""
     log_p_s = F.log_softmax(student.float() / temperature, dim=1)
     log_p_t = F.log_softmax(teacher.detach().float() / temperature, dim=1)
@@ -135,26 +136,26 @@ def hinton_kd(
     ``alpha`` in [0, 1] weights the hard-label term (``alpha=1``: plain training; the paper's
     "Total Loss = (1 - alpha) KL + alpha CE"). Returns ``{"loss", "ce", "kd"}``.
     """
-    alpha = _unit_weight("alpha", alpha)
-    temperature = _temperature(temperature)
-    _same_shape("student_logits", student_logits, "teacher_logits", teacher_logits)
+    alpha = check_unit_weight("alpha", alpha)
+    temperature = check_temperature(temperature)
+    check_same_shape("student_logits", student_logits, "teacher_logits", teacher_logits)
     if student_logits.ndim == 2 and student_logits.shape[1] >= 2:
         if target.shape != student_logits.shape[:1]:
             raise LossError(
-                f"target {_shape(target)} must be class indices of shape "
-                f"({student_logits.shape[0]},) for logits {_shape(student_logits)}"
+                f"target {shape_of(target)} must be class indices of shape "
+                f"({student_logits.shape[0]},) for logits {shape_of(student_logits)}"
             )
         if target.is_floating_point():
             raise LossError(f"K-class targets must be integer class indices, got {target.dtype}")
         ce = F.cross_entropy(student_logits.float(), target)
-        kd = _softmax_kl(student_logits, teacher_logits, temperature).mean()
+        kd = softmax_kl(student_logits, teacher_logits, temperature).mean()
     else:
-        s = _binary_logits("student_logits", student_logits)
-        t = _binary_logits("teacher_logits", teacher_logits)
+        s = binary_logits("student_logits", student_logits)
+        t = binary_logits("teacher_logits", teacher_logits)
         if target.shape not in (s.shape, (s.shape[0], 1)):
-            raise LossError(f"target {_shape(target)} must have shape ({s.shape[0]},) or (B, 1)")
+            raise LossError(f"target {shape_of(target)} must have shape ({s.shape[0]},) or (B, 1)")
         ce = F.binary_cross_entropy_with_logits(s.float(), target.reshape(-1).float())
-        kd = _bernoulli_kl(s, t, temperature).mean()
+        kd = bernoulli_kl(s, t, temperature).mean()
     kd = kd * temperature**2
     return {"loss": alpha * ce + (1.0 - alpha) * kd, "ce": ce, "kd": kd}
 
@@ -172,10 +173,10 @@ def multitask_bce(
     normal/abnormal logit per image against the global label, mean over ``B``.
     Returns ``{"loss", "bce_mlct", "bce_mcct"}``.
     """
-    _same_shape("mlct_logits", mlct_logits, "findings_target", findings_target)
-    z = _binary_logits("mcct_logits", mcct_logits)
-    y = _binary_logits("global_target", global_target)
-    _same_shape("mcct_logits", z, "global_target", y)
+    check_same_shape("mlct_logits", mlct_logits, "findings_target", findings_target)
+    z = binary_logits("mcct_logits", mcct_logits)
+    y = binary_logits("global_target", global_target)
+    check_same_shape("mcct_logits", z, "global_target", y)
     bce_mlct = F.binary_cross_entropy_with_logits(mlct_logits.float(), findings_target.float())
     bce_mcct = F.binary_cross_entropy_with_logits(z.float(), y.float())
     return {"loss": bce_mlct + bce_mcct, "bce_mlct": bce_mlct, "bce_mcct": bce_mcct}
@@ -183,13 +184,13 @@ def multitask_bce(
 
 def logit_mse(student: Tensor, teacher: Tensor) -> Tensor:
     """``mean((t - s)^2)`` over all elements (paper eq. 2); shapes must be equal."""
-    _same_shape("student logits", student, "teacher logits", teacher)
+    check_same_shape("student logits", student, "teacher logits", teacher)
     return (student.float() - teacher.detach().float()).pow(2).mean()
 
 
 def feature_mse(h_student: Tensor, h_teacher: Tensor) -> Tensor:
     """``mean((H^T - H^S)^2)``; the student features must already match the teacher's shape."""
-    _same_shape(
+    check_same_shape(
         "student features",
         h_student,
         "teacher features",
@@ -200,80 +201,17 @@ def feature_mse(h_student: Tensor, h_teacher: Tensor) -> Tensor:
     return (h_student.float() - h_teacher.detach().float()).pow(2).mean()
 
 
-def _blocks(name: str, hs: Sequence[Tensor] | None) -> Sequence[Tensor]:
+def block_list(name: str, hs: Sequence[Tensor] | None) -> Sequence[Tensor]:
+    """``hs`` itself, refused (LossError) when None or empty."""
     if hs is None or len(hs) == 0:
         raise LossError(f"{name} must be a non-empty list of per-block hidden states, got {hs!r}")
     return hs
 
 
-def last_block_loss(hs_student: Sequence[Tensor], hs_teacher: Sequence[Tensor]) -> Tensor:
-    """``MSE(H_N^T, H_N^S)``: the last block of each model only."""
-    return feature_mse(_blocks("hs_student", hs_student)[-1], _blocks("hs_teacher", hs_teacher)[-1])
-
-
-def one_to_one_loss(hs_student: Sequence[Tensor], hs_teacher: Sequence[Tensor]) -> Tensor:
-    """``(1/N) sum_i MSE(H_i^T, H_i^S)``: block i of the student mimics block i of the teacher.
-
-    The block counts must be equal; we do not remap blocks, because any remapping is a
-    different method from the paper's 1:1 transfer.
-    """
-    hs_s, hs_t = _blocks("hs_student", hs_student), _blocks("hs_teacher", hs_teacher)
-    if len(hs_s) != len(hs_t):
-        raise LossError(
-            f"one_to_one needs equal block counts, got student {len(hs_s)} vs teacher {len(hs_t)};"
-            " pick models of equal depth, or use 'mlcak' / 'last_block'"
-        )
-    return torch.stack([feature_mse(s, t) for s, t in zip(hs_s, hs_t, strict=True)]).mean()
-
-
-def _block_mean(name: str, hs: Sequence[Tensor]) -> Tensor:
-    shapes = {tuple(h.shape) for h in _blocks(name, hs)}
-    if len(shapes) != 1:
-        raise LossError(f"all blocks of {name} must share one shape, got {sorted(shapes)}")
-    return torch.stack([h.float() for h in hs]).mean(dim=0)
-
-
-def mlcak_loss(hs_student: Sequence[Tensor], hs_teacher: Sequence[Tensor]) -> Tensor:
-    """``MSE(mean_i H_i^T, mean_i H_i^S)`` (paper eq. 1-2); block counts may differ."""
-    return feature_mse(_block_mean("hs_student", hs_student), _block_mean("hs_teacher", hs_teacher))
-
-
-def vanilla_multitask_kd(
-    s_mlct: Tensor,
-    s_mcct: Tensor,
-    t_mlct: Tensor,
-    t_mcct: Tensor,
-    *,
-    alpha: float,
-    beta: float,
-    temperature: float,
-    gamma: float | None = None,
-    hs_student: Sequence[Tensor] | None = None,
-    hs_teacher: Sequence[Tensor] | None = None,
-) -> dict[str, Tensor]:
-    """Hinton KD on both heads: ``loss = alpha * kd_mlct + beta * kd_mcct``.
-
-    ``kd_mlct = T^2 * mean_{b,f} KL(Bern(sigmoid(t_bf/T)) || Bern(sigmoid(s_bf/T)))`` (each
-    finding is its own binary problem); ``kd_mcct`` is the same for the one MCCT logit, i.e.
-    the two-class softmax KD over ``[0, z]``. ``gamma``/hidden states belong to the feature
-    approaches and must stay None here (they exist so every ``KD_APPROACHES`` entry takes the
-    same keywords). Returns ``{"loss", "kd_mlct", "kd_mcct"}``.
-    """
-    for name, value in (("gamma", gamma), ("hs_student", hs_student), ("hs_teacher", hs_teacher)):
-        if value is not None:
-            raise LossError(f"'vanilla' KD has no feature term, so {name} must be None")
-    alpha, beta = _nonneg_weight("alpha", alpha), _nonneg_weight("beta", beta)
-    temperature = _temperature(temperature)
-    _same_shape("s_mlct", s_mlct, "t_mlct", t_mlct)
-    s, t = _binary_logits("s_mcct", s_mcct), _binary_logits("t_mcct", t_mcct)
-    _same_shape("s_mcct", s, "t_mcct", t)
-    kd_mlct = _bernoulli_kl(s_mlct, t_mlct, temperature).mean() * temperature**2
-    kd_mcct = _bernoulli_kl(s, t, temperature).mean() * temperature**2
-    return {"loss": alpha * kd_mlct + beta * kd_mcct, "kd_mlct": kd_mlct, "kd_mcct": kd_mcct}
-
-
-def _feature_kd(approach: str, feature_term: Callable[..., Tensor]) -> Callable[..., dict]:
-    """Build the criterion ``alpha * kd_mlct + beta * kd_mcct + gamma * feature_term``."""
+def feature_kd(approach: str, feature_term: Callable[..., Tensor]) -> Callable[..., dict]:
+    """Build the criterion ``alpha * kd_mlct + beta * kd_mcct + gamma * feature_term``: the
+    MLCAK paper's eq. 3, shared by every feature approach (they differ in the feature term and
+    in the blocks they compare, see :class:`trainables.kd.Blocks`)."""
 
     def criterion(
         s_mlct: Tensor,
@@ -295,15 +233,20 @@ def _feature_kd(approach: str, feature_term: Callable[..., Tensor]) -> Callable[
             )
         if gamma is None:
             raise LossError(f"{approach!r} needs gamma, the weight of its feature term, got None")
-        alpha, beta = _nonneg_weight("alpha", alpha), _nonneg_weight("beta", beta)
-        gamma = _nonneg_weight("gamma", gamma)
+        alpha, beta = check_nonneg_weight("alpha", alpha), check_nonneg_weight("beta", beta)
+        gamma = check_nonneg_weight("gamma", gamma)
         kd_mlct = logit_mse(s_mlct, t_mlct)
-        kd_mcct = logit_mse(_binary_logits("s_mcct", s_mcct), _binary_logits("t_mcct", t_mcct))
-        feat = feature_term(_blocks("hs_student", hs_student), _blocks("hs_teacher", hs_teacher))
+        kd_mcct = logit_mse(binary_logits("s_mcct", s_mcct), binary_logits("t_mcct", t_mcct))
+        feat = feature_term(
+            block_list("hs_student", hs_student), block_list("hs_teacher", hs_teacher)
+        )
         loss = alpha * kd_mlct + beta * kd_mcct + gamma * feat
         return {"loss": loss, "kd_mlct": kd_mlct, "kd_mcct": kd_mcct, "feat": feat}
 
+    # Bound as ``{approach}_kd`` in the module of its feature term (trainables/kd/<approach>.py),
+    # which is where pickle looks it up.
     criterion.__name__ = criterion.__qualname__ = f"{approach}_kd"
+    criterion.__module__ = feature_term.__module__
     criterion.__doc__ = f"""``loss = alpha * kd_mlct + beta * kd_mcct + gamma * feat`` (eq. 3).
 
     ``kd_mlct``/``kd_mcct`` = MSE between the student's and the teacher's raw logits of each
@@ -315,30 +258,4 @@ def _feature_kd(approach: str, feature_term: Callable[..., Tensor]) -> Callable[
     return criterion
 
 
-# The three feature approaches of the paper's Table 2 share everything but the feature term.
-mlcak_kd = _feature_kd("mlcak", mlcak_loss)
-last_block_kd = _feature_kd("last_block", last_block_loss)
-one_to_one_kd = _feature_kd("one_to_one", one_to_one_loss)
-
-# Read-only registries. KD_APPROACHES entries share one keyword signature (see mlcak_kd), so a
-# Task calls ``KD_APPROACHES[cfg.approach](...)`` without branching on the name.
-KD_APPROACHES = MappingProxyType(
-    {
-        "vanilla": vanilla_multitask_kd,
-        "last_block": last_block_kd,
-        "one_to_one": one_to_one_kd,
-        "mlcak": mlcak_kd,
-    }
-)
-# The approaches whose loss needs per-block hidden states (a Task hooks the blocks for these).
-FEATURE_APPROACHES = frozenset({"last_block", "one_to_one", "mlcak"})
-LOSSES = MappingProxyType(
-    {
-        "hinton_kd": hinton_kd,
-        "multitask_bce": multitask_bce,
-        "vanilla_multitask_kd": vanilla_multitask_kd,
-        "last_block_kd": last_block_kd,
-        "one_to_one_kd": one_to_one_kd,
-        "mlcak_kd": mlcak_kd,
-    }
-)
+LOSSES = MappingProxyType({"hinton_kd": hinton_kd, "multitask_bce": multitask_bce})

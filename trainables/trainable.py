@@ -18,6 +18,7 @@ from pathlib import Path
 
 from trainables.context import DataBundle
 from trainables.loop import run_trial
+from trainables.scratch import scratch_dir
 
 # The driver tags each trial's config with its cell; it is not a training setting.
 CELL_KEY = "cell"
@@ -36,7 +37,7 @@ class TuneReporter:
         ckpt = tune.get_checkpoint()
         if ckpt is None:
             return None
-        self._restored = Path(tempfile.mkdtemp(prefix="cxrkd-restore-"))
+        self._restored = scratch_dir("restore")
         return Path(ckpt.to_directory(str(self._restored)))
 
     def report(self, metrics: dict, checkpoint_dir: Path) -> None:

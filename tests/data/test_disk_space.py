@@ -18,8 +18,9 @@ import pytest
 
 from tests.data.test_store import make_plan
 from trainables.data import writer
+from trainables.data.disk_space import DISK_MARGIN, DiskSpaceError
 from trainables.data.store import IMAGES_FILE, DatasetStore, list_datasets
-from trainables.data.writer import DISK_MARGIN, DiskSpaceError, write_store
+from trainables.data.writer import write_store
 from trainables.errors import CxrkdError
 
 SIZE = 64  # 12 images of 64x64: 49,152 bytes, a dozen pages

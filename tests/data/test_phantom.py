@@ -11,7 +11,7 @@ import pytest
 
 from trainables.data.importers import import_dataset
 from trainables.data.phantom import FINDINGS, plan_phantom, render_phantom
-from trainables.data.phantom_anatomy import render_params
+from trainables.data.phantom_film import render_params
 from trainables.data.splits import assert_patient_disjoint
 from trainables.data.store import SYNTHETIC_BANNER, DatasetError, DatasetStore
 

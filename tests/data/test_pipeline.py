@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from trainables.data.import_plan import ImportPlan
 from trainables.data.pipeline import (
     IMAGENET_GRAY_MEAN,
     IMAGENET_GRAY_STD,
@@ -28,7 +29,7 @@ from trainables.data.pipeline import (
     resize,
 )
 from trainables.data.store import DatasetStore
-from trainables.data.writer import ImportPlan, write_store
+from trainables.data.writer import write_store
 
 
 def decode_constant(row: dict, size: int) -> tuple[np.ndarray, int, int]:

@@ -9,8 +9,9 @@ import pandas as pd
 import pytest
 
 from search.cli import main
+from trainables.data.import_plan import ImportPlan, resize_square, to_uint8
 from trainables.data.store import BASE_COLUMNS, DatasetError, DatasetStore, list_datasets
-from trainables.data.writer import ImportPlan, resize_square, to_uint8, write_store
+from trainables.data.writer import write_store
 
 BROKEN = set()
 

@@ -26,6 +26,7 @@ from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLosslessSV
 
 from trainables.data import dicom
 from trainables.data.dicom import HEADER_FIELDS, decode_dicom, decoder_problem, read_header
+from trainables.data.import_plan import resize_square
 from trainables.data.importers import import_dataset
 from trainables.data.store import BASE_COLUMNS, DatasetError, DatasetStore, datasets_dir
 from trainables.data.vindr import (
@@ -35,7 +36,7 @@ from trainables.data.vindr import (
     combine_readers,
     plan_vindr,
 )
-from trainables.data.writer import resize_square, write_store
+from trainables.data.writer import write_store
 
 NO = []  # a reader who marked "No finding"
 TRAIN = {

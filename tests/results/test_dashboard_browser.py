@@ -135,7 +135,7 @@ def test_sections_without_data_say_why():
 
 
 def test_confusion_matrices_of_a_large_grid_study_fit_on_one_figure():
-    from results.figures import CONFUSION
+    from results.figure_data import CONFUSION
     from results.plots import confusion_figure
 
     cells = [f"kd_tiny_{low}px_{a}" for low in (112, 56, 28) for a in range(16)]  # 48 cells

@@ -8,7 +8,7 @@ import optuna
 import pandas as pd
 import pytest
 
-from results.figures import nondominated, pareto_mask
+from results.figure_data import nondominated, pareto_mask
 from results.front import front_display, front_table, search_points
 from spaces.studies import ParetoSpec, front_key
 

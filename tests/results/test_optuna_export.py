@@ -183,7 +183,7 @@ def s3_bucket(monkeypatch):
 def test_dashboard_and_optuna_storage_of_a_run_on_s3(s3_bucket, tmp_path):
     from results.dashboard import write_study_dashboard
     from results.frames import load_records
-    from results.test_scores import load_test_scores
+    from results.held_out_scores import load_test_scores
     from trainables import storage
 
     write_synthetic_run(tmp_path / "run")

@@ -136,7 +136,7 @@ def test_unknown_model_is_refused_with_close_matches_even_untrained(capsys, run_
 
 
 def test_custom_models_pass_the_model_check():
-    from search.setup import check_models
+    from search.preflight import check_models
 
     check_models({"cnn_baseline": "baseline_cnn", "resnet18": "x", "vit_tiny_patch16_224": "y"})
 
@@ -175,7 +175,8 @@ def test_paper_profile_takes_synthetic_data_named_with_dataset(tiny_store):
     """Named explicitly, the phantom passes the data check; the tables then say SYNTHETIC
     (the rendered files are checked in the end-to-end run of test_subset.py)."""
     from results.report import caption_of
-    from search.setup import open_dataset, study_with_options
+    from search.study_dataset import open_dataset
+    from search.study_options import study_with_options
 
     study = study_with_options(RunOptions(study="pneumonia-kd", profile="paper"))
     store = open_dataset(study, tiny_store.name)

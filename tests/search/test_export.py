@@ -152,7 +152,7 @@ def test_the_final_model_is_picked_by_seed_or_validation_and_needs_a_threshold(t
 def check_export_and_predict(run: Path, tiny_store, tmp_path, capsys) -> None:
     """Export and predict on a finished tiny ``pneumonia-kd --only resnet18_kd`` run (test_subset
     makes it: one tiny real run serves several end-to-end checks)."""
-    from results.test_scores import load_test_scores
+    from results.held_out_scores import load_test_scores
     from trainables.data.store import DatasetStore
     from trainables.models import model_normalization
 

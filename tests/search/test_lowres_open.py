@@ -17,18 +17,18 @@ import ray
 
 import spaces.lowres_kd as lowres
 import spaces.lowres_open as lowres_open
-from results.figures import nondominated
-from search import setup
+from results.figure_data import nondominated
 from search.cells import CellScheduler, CellSearcher
 from search.cli import main
 from search.run_state import RunOptions
 from search.runner import run_study
 from search.stage import choose
+from search.study_options import apply_overrides, study_with_options
 from spaces.cell_space import CellSpace, expand_choices
 from spaces.studies import StudyState, front_key, get_study, parse_objectives
 from trainables.config import parse_config
 from trainables.errors import CxrkdError
-from trainables.losses import KD_APPROACHES
+from trainables.kd import get_kd, kd_names
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 MCCT = "val_auroc_mcct"
@@ -41,9 +41,9 @@ MODEL_TEACHER = {
 
 def open_cell(profile: str = "demo", objectives=None, overrides=None):
     options = RunOptions(study="lowres-kd-open", profile=profile, objectives=objectives)
-    study = setup.study_with_options(options)
+    study = study_with_options(options)
     (cell,) = study.stages[1].cells(StudyState(teachers=dict(TEACHERS)))
-    return setup.apply_overrides([cell], overrides or {})[0]
+    return apply_overrides([cell], overrides or {})[0]
 
 
 def draws(cell, n: int = 40) -> list[tuple[dict, dict]]:
@@ -66,12 +66,12 @@ def test_open_space_searches_size_resolution_and_approach_with_the_matching_teac
         for name in seen:
             assert params[name] == flat[name]  # searched by Optuna under the config's name
             seen[name].add(flat[name])
-        uses_t = flat["kd_approach"] == "vanilla"
+        uses_t = "temperature" in get_kd(flat["kd_approach"]).params
         assert ("temperature" in params) == uses_t and ("gamma" in params) != uses_t
     assert seen == {
         "model": set(MODEL_TEACHER),
         "low_res": {16, 8},
-        "kd_approach": set(KD_APPROACHES),
+        "kd_approach": set(kd_names()),  # every registered KD loss, not only the paper's
     }
 
 
@@ -80,8 +80,9 @@ def test_set_pins_a_choice_and_a_value_outside_the_choices_is_refused():
         assert flat["low_res"] == 8 and "low_res" not in params
     pinned = open_cell(overrides={"model": "vit_small_patch16_224"})
     assert {f["teacher_path"] for f, _ in draws(pinned, 10)} == {TEACHERS["teacher_small"]}
-    # One combination per remaining choice: 1 model x 2 resolutions x 4 approaches.
-    assert len(expand_choices(pinned)) == 8 and len(expand_choices(open_cell())) == 16
+    # One combination per remaining choice: 1 model x 2 resolutions x every approach.
+    n = len(kd_names())
+    assert len(expand_choices(pinned)) == 2 * n and len(expand_choices(open_cell())) == 4 * n
     assert {c.fixed["teacher_path"] for c in expand_choices(pinned)} == {TEACHERS["teacher_small"]}
     base = open_cell(overrides={"model": "vit_base_patch16_224"})
     for use in (lambda: draws(base, 1), lambda: expand_choices(base)):

@@ -17,6 +17,7 @@ by `--set` and `--num-samples`:
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -38,12 +39,20 @@ SMALL = ["img_size=32", "epochs=2", "steps_per_epoch=2", "batch_size=8"]
 VITS = ["vit_tiny_patch16_224", "vit_small_patch16_224", "vit_base_patch16_224"]
 
 
+@pytest.fixture(scope="module")
+def _weights_dir(tmp_path_factory):
+    """Random-init weights of every model the paper profiles use (about 600 MB: made once)."""
+    root = tmp_path_factory.mktemp("paper-weights")
+    yield make_weights_dir(root / "weights", ["resnet18", "resnet50", *VITS])
+    shutil.rmtree(root, ignore_errors=True)
+
+
 @pytest.fixture
-def weights(tmp_path, monkeypatch) -> Path:
-    """Random-init weights of every model the paper profiles use; requested before Ray starts
-    so the trials inherit the opt-in."""
+def weights(_weights_dir, monkeypatch) -> Path:
+    """The weights folder, with the random-init opt-in set before Ray starts so the trials
+    inherit it."""
     monkeypatch.setenv(ALLOW_RANDOM_ENV, "1")
-    return make_weights_dir(tmp_path / "weights", ["resnet18", "resnet50", *VITS])
+    return _weights_dir
 
 
 def _sets(values: list[str]) -> list[str]:

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from trainables import storage, teachers
+from trainables import storage, teacher_files, teacher_outputs, teachers
 from trainables.storage import StorageError
 from trainables.teachers import TeacherError, TeacherKey, TeacherRegistry
 
@@ -146,17 +146,17 @@ def test_teacher_registry_on_s3(s3: S3, tmp_path, monkeypatch):
     with pytest.raises(TeacherError, match="no record.json"):
         teachers.read_record(registry.uri("0" * 20), dataset_fingerprint="fp-data")
 
-    local = teachers.fetch_model_dir(uri)
+    local = teacher_files.fetch_model_dir(uri)
     # In this user's cache ($CXRKD_HOME/cache/teachers), not in the node's shared /tmp.
-    assert local == teachers.teacher_cache_dir() / record["content_sha256"]
+    assert local == teacher_files.teacher_cache_dir() / record["content_sha256"]
     assert not list((tmp_path / "node-tmp").iterdir())
     assert (local / "state.pt").read_bytes() == b"weights-1"
-    assert teachers.fetch_model_dir(uri) == local  # downloaded once per node
+    assert teacher_files.fetch_model_dir(uri) == local  # downloaded once per node
     # The same fingerprint on another storage with other weights is another teacher: never
     # served from the first one's local copy.
     other = TeacherRegistry(f"{s3.root}/other-runs")
     other_uri = other.register(key, _model_dir(tmp_path / "m2", b"weights-2"), {})
-    assert (teachers.fetch_model_dir(other_uri) / "state.pt").read_bytes() == b"weights-2"
+    assert (teacher_files.fetch_model_dir(other_uri) / "state.pt").read_bytes() == b"weights-2"
 
 
 # --- the registry without races, and the node cache, on S3 --------------------------------
@@ -232,7 +232,7 @@ def test_concurrent_registrations_on_s3_leave_one_record_and_the_winners_files(
         [f"{teacher}/record.json"]
         + [f"{teacher}/{record['model_dir']}/{n}" for n in ("config.json", "state.pt")]
     )
-    local = teachers.fetch_model_dir(uris[0])
+    local = teacher_files.fetch_model_dir(uris[0])
     assert (local / "state.pt").read_bytes() == f"weights-{winner}".encode()
 
 
@@ -242,7 +242,7 @@ def test_teacher_cache_is_private_and_named_by_the_content_hash(s3: S3, tmp_path
     os.chmod(cache_root, 0o755)
     os.chmod(cache_root.parent, 0o755)
     _, uri, record = _registered(s3, tmp_path)
-    local = teachers.fetch_model_dir(uri)
+    local = teacher_files.fetch_model_dir(uri)
     assert local == cache_root / record["content_sha256"]
     assert cache_root.stat().st_mode & 0o777 == 0o700  # tightened: only this user
     assert cache_root.parent.stat().st_mode & 0o777 == 0o700
@@ -250,16 +250,16 @@ def test_teacher_cache_is_private_and_named_by_the_content_hash(s3: S3, tmp_path
     # Content-addressed: the same files registered on another storage share the copy.
     key = TeacherKey.from_config({"model": "resnet50", "img_size": 224, "seed": 0}, "fp-data")
     again = TeacherRegistry(f"{s3.root}/other-runs").register(key, local, {})
-    assert teachers.fetch_model_dir(again) == local
+    assert teacher_files.fetch_model_dir(again) == local
     assert sorted(p.name for p in cache_root.iterdir()) == [record["content_sha256"]]
 
 
 def test_a_tampered_cache_is_detected_and_fetched_again(s3: S3, tmp_path):
     _, uri, _ = _registered(s3, tmp_path)
-    local = teachers.fetch_model_dir(uri)
+    local = teacher_files.fetch_model_dir(uri)
     (local / "state.pt").write_bytes(b"planted weights")
     (local / "extra.py").write_text("import os")
-    again = teachers.fetch_model_dir(uri)
+    again = teacher_files.fetch_model_dir(uri)
     assert (again / "state.pt").read_bytes() == b"weights-1"
     assert sorted(p.name for p in again.iterdir()) == ["config.json", "state.pt"]
 
@@ -269,8 +269,8 @@ def test_tampered_files_on_s3_are_refused(s3: S3, tmp_path):
     key = f"{uri.removeprefix(s3.root + '/')}/{record['model_dir']}/state.pt"
     s3.client.put_object(Bucket=s3.bucket, Key=key, Body=b"other weights")
     with pytest.raises(TeacherError, match=r"state.pt does not match its sha256"):
-        teachers.fetch_model_dir(uri)
-    assert [p.name for p in teachers.teacher_cache_dir().iterdir()] == []  # nothing kept
+        teacher_files.fetch_model_dir(uri)
+    assert [p.name for p in teacher_files.teacher_cache_dir().iterdir()] == []  # nothing kept
 
 
 def test_a_record_whose_model_folder_is_missing_on_s3_is_a_clear_error(s3: S3, tmp_path):
@@ -279,16 +279,16 @@ def test_a_record_whose_model_folder_is_missing_on_s3_is_a_clear_error(s3: S3, t
     for k in s3.objects(prefix):
         s3.client.delete_object(Bucket=s3.bucket, Key=k)
     with pytest.raises(TeacherError, match=r"model folder .* is missing; delete .*record.json"):
-        teachers.fetch_model_dir(uri)
+        teacher_files.fetch_model_dir(uri)
 
 
 def test_teacher_outputs_round_trip_on_s3(s3: S3):
     uri = f"{s3.root}/runs/teachers/abc"
-    assert teachers.load_outputs(uri, "train-224") is None
+    assert teacher_outputs.load_outputs(uri, "train-224") is None
     logits = np.arange(12, dtype=np.float32).reshape(6, 2) / 7
     feats = np.linspace(0, 1, 18, dtype=np.float16).reshape(6, 3)
-    teachers.save_outputs(uri, "train-224", {"logits": logits, "feat": feats})
-    back = teachers.load_outputs(uri, "train-224")
+    teacher_outputs.save_outputs(uri, "train-224", {"logits": logits, "feat": feats})
+    back = teacher_outputs.load_outputs(uri, "train-224")
     assert sorted(back) == ["feat", "logits"] and back["feat"].dtype == np.float16
     np.testing.assert_array_equal(back["logits"], logits)
     np.testing.assert_array_equal(back["feat"], feats)

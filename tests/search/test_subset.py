@@ -17,7 +17,7 @@ from test_plan import assert_plan_matches_run
 
 from search.cli import main
 from search.run_state import RunOptions, read_run
-from search.setup import study_with_options
+from search.study_options import study_with_options
 from search.subset import restrict_study, select_cells, study_cells
 from spaces.studies import StudyState, get_study
 

@@ -174,7 +174,7 @@ def test_unknown_study_and_profile_are_refused():
 
 def test_demo_teachers_train_longer_than_students_unless_set_says_otherwise():
     from search.run_state import RunOptions
-    from search.setup import apply_overrides, study_with_options
+    from search.study_options import apply_overrides, study_with_options
 
     study = get_study("lowres-kd", "demo")
     (teacher,) = study.stages[0].cells(StudyState())

@@ -1,4 +1,6 @@
-"""Losses checked against numpy written from the formulas, hand-worked cases and limits.
+"""Losses checked against numpy written from the formulas, hand-worked cases and limits: the
+shared primitives of ``trainables.losses`` and the MLCAK paper's four KD approaches
+(``trainables/kd``; what every registered KD loss must do is in ``test_kd.py``).
 
 The numpy references below never call torch: explicit exp/log/sum loops in float64, so a
 wrong reduction, a missing T^2 or a swapped KL direction in the code makes them disagree.
@@ -13,20 +15,21 @@ import numpy as np
 import pytest
 import torch
 
+from trainables.kd import get_kd, kd_names, paper_approaches
+from trainables.kd.last_block import last_block_loss
+from trainables.kd.mlcak import mlcak_loss
+from trainables.kd.one_to_one import one_to_one_loss
+from trainables.kd.vanilla import vanilla_multitask_kd
 from trainables.losses import (
-    FEATURE_APPROACHES,
-    KD_APPROACHES,
     LOSSES,
     LossError,
     feature_mse,
     hinton_kd,
-    last_block_loss,
     logit_mse,
-    mlcak_loss,
     multitask_bce,
-    one_to_one_loss,
-    vanilla_multitask_kd,
 )
+
+KD_APPROACHES = {name: get_kd(name).compute for name in paper_approaches()}
 
 LN3 = math.log(3.0)
 
@@ -368,9 +371,10 @@ def test_kd_approaches_reject_misused_arguments():
 
 
 def test_kd_registry():
-    assert set(KD_APPROACHES) == {"vanilla", "last_block", "one_to_one", "mlcak"}
-    assert set(KD_APPROACHES) - {"vanilla"} == FEATURE_APPROACHES
-    assert set(KD_APPROACHES.values()) <= set(LOSSES.values())
+    assert paper_approaches() == ("vanilla", "last_block", "one_to_one", "mlcak")
+    assert kd_names()[:4] == paper_approaches()  # the paper's order comes first everywhere
+    feature = {name for name in paper_approaches() if get_kd(name).blocks is not None}
+    assert feature == {"last_block", "one_to_one", "mlcak"}
     with pytest.raises(TypeError):
         LOSSES["new"] = hinton_kd  # read-only: registering happens in this module only
 
@@ -394,20 +398,27 @@ def _example(name, rng):
     s = [tt(rng.normal(size=(3, 4)), grad=True), tt(rng.normal(size=3), grad=True)]
     t = [tt(rng.normal(size=(3, 4)), grad=True), tt(rng.normal(size=3), grad=True)]
     kwargs = {"alpha": 0.5, "beta": 1.5}
-    if name == "vanilla_multitask_kd":
+    if name == "vanilla":
         kwargs["temperature"] = 2.0
         return (s[0], s[1], t[0], t[1]), kwargs, s, t
     hs_s, hs_t = _hs(rng, 2, True), _hs(rng, 2, True)
     kwargs.update(gamma=0.7, hs_student=hs_s, hs_teacher=hs_t)
     # last_block only reads (and so only trains) the last block.
-    trained = hs_s[-1:] if name == "last_block_kd" else hs_s
+    trained = hs_s[-1:] if name == "last_block" else hs_s
     return (s[0], s[1], t[0], t[1]), kwargs, s + trained, t + hs_t
 
 
-@pytest.mark.parametrize("name", sorted(LOSSES))
+def _criterion(name):
+    return KD_APPROACHES.get(name) or LOSSES[name]
+
+
+CRITERIA = sorted(LOSSES) + list(paper_approaches())
+
+
+@pytest.mark.parametrize("name", CRITERIA)
 def test_every_loss_contract(name):
     args, kwargs, student, teacher = _example(name, np.random.default_rng(10))
-    out = LOSSES[name](*args, **kwargs)
+    out = _criterion(name)(*args, **kwargs)
     assert "loss" in out and len(out) >= 3
     for key, value in out.items():
         assert value.ndim == 0 and torch.isfinite(value), key
@@ -420,7 +431,7 @@ def test_every_loss_contract(name):
         assert tensor.grad is None  # the teacher is a constant target
 
 
-@pytest.mark.parametrize("name", sorted(set(LOSSES) - {"multitask_bce"}))
+@pytest.mark.parametrize("name", [n for n in CRITERIA if n != "multitask_bce"])
 def test_every_kd_loss_is_zero_when_student_equals_teacher(name):
     args, kwargs, student, teacher = _example(name, np.random.default_rng(11))
     pairs = list(zip(student[:2], teacher[:2], strict=False))
@@ -430,7 +441,7 @@ def test_every_kd_loss_is_zero_when_student_equals_teacher(name):
             t.copy_(s)
     if name == "hinton_kd":
         kwargs["alpha"] = 0.0  # only the KD term
-    assert float(LOSSES[name](*args, **kwargs)["loss"].detach()) == pytest.approx(0.0, abs=1e-6)
+    assert float(_criterion(name)(*args, **kwargs)["loss"].detach()) == pytest.approx(0.0, abs=1e-6)
 
 
 def test_losses_in_float32_under_bf16_inputs():

@@ -10,7 +10,7 @@ import pytest
 import torch
 from helpers import TINY, binary_bundle, train_teacher
 
-from trainables import teachers
+from trainables import teacher_files
 from trainables.config import parse_config
 from trainables.context import TrialContext
 from trainables.data.augment import normalize, resize
@@ -149,10 +149,12 @@ def test_teacher_fingerprint_includes_the_normalisation():
 
 
 def test_a_teacher_trained_with_other_statistics_is_refused(teacher_uri, data, tmp_path):
-    record = teachers.storage.read_json(teachers.storage.join(teacher_uri, "record.json"))
+    record = teacher_files.read_json_record(teacher_uri)
     key = TeacherKey(**record["key"])
     assert key.normalization == (0.5, 0.5)
     stale = dataclasses.replace(key, normalization=LEGACY_NORMALIZATION)
-    uri = TeacherRegistry(str(tmp_path)).register(stale, teachers.fetch_model_dir(teacher_uri), {})
+    uri = TeacherRegistry(str(tmp_path)).register(
+        stale, teacher_files.fetch_model_dir(teacher_uri), {}
+    )
     with pytest.raises(TeacherError, match=r"normalised with mean/std \(0.449, 0.226\).*again"):
         kd_task(uri, data)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from helpers import TEACHERS, binary_bundle, example_config, train_teacher
 
-from trainables import teachers
+from trainables import teacher_files
 from trainables.config import ConfigError, parse_config
 from trainables.context import TrialContext
 from trainables.methods import get_method
@@ -42,7 +42,7 @@ def _build(flat: dict, data):
 def _register_as(storage, uri: str, data, **changes) -> str:
     """The teacher's files registered again with ``changes`` in its resolved config."""
     folder = storage / f"edited-{'-'.join(map(str, changes.values()))}"
-    shutil.copytree(teachers.fetch_model_dir(uri), folder)
+    shutil.copytree(teacher_files.fetch_model_dir(uri), folder)
     flat = {**json.loads((folder / "config.json").read_text()), **changes}
     (folder / "config.json").write_text(json.dumps(flat))
     key = TeacherKey.from_config(flat, data.info.fingerprint)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from trainables import storage, teachers
+from trainables import storage, teacher_files, teachers
 from trainables.errors import CxrkdError
 from trainables.teachers import TeacherError, TeacherKey, TeacherRegistry
 
@@ -110,7 +110,7 @@ def test_concurrent_registrations_of_one_key_leave_one_record_and_the_winners_fi
     record = json.loads((teacher / "record.json").read_text())
     winner = record["metrics"]["who"]
     # The record's folder holds the winner's files, exactly; the others' uploads are gone.
-    assert contents(teachers.fetch_model_dir(str(teacher))) == made[winner]
+    assert contents(teacher_files.fetch_model_dir(str(teacher))) == made[winner]
     assert [p.name for p in (teacher / "models").iterdir()] == [record["model_dir"].split("/")[1]]
     assert not (teacher / "model").exists()
     assert registry.lookup(key) == str(teacher)
@@ -134,7 +134,7 @@ def test_a_reader_polling_during_registration_never_sees_incomplete_files(
                 continue
             try:
                 record = json.loads(Path(uri, "record.json").read_text())
-                files = contents(teachers.fetch_model_dir(uri))
+                files = contents(teacher_files.fetch_model_dir(uri))
             except Exception as exc:  # an unreadable record or model is a failure too
                 bad.append(f"{type(exc).__name__}: {exc}")
                 continue
@@ -178,7 +178,7 @@ def test_the_record_names_its_upload_folder_and_the_sha256_of_each_file(tmp_path
     assert record["files"] == {n: hashlib.sha256(d).hexdigest() for n, d in made.items()}
     files_text = json.dumps(record["files"], sort_keys=True, separators=(",", ":"))
     assert record["content_sha256"] == hashlib.sha256(files_text.encode()).hexdigest()
-    assert teachers.fetch_model_dir(uri) == Path(uri, folder)
+    assert teacher_files.fetch_model_dir(uri) == Path(uri, folder)
     assert sorted(p.name for p in Path(uri).iterdir()) == ["models", "record.json"]
 
 
@@ -190,7 +190,7 @@ def test_a_second_registration_of_a_key_reuses_the_first(tmp_path, key):
     before = Path(uri, "record.json").read_bytes()
     assert registry.register(key, tmp_path / "b", {"who": "b"}) == uri
     assert Path(uri, "record.json").read_bytes() == before
-    assert contents(teachers.fetch_model_dir(uri)) == first
+    assert contents(teacher_files.fetch_model_dir(uri)) == first
     assert len(list(Path(uri, "models").iterdir())) == 1  # the second uploaded nothing
 
 
@@ -225,7 +225,7 @@ def test_a_commit_whose_answer_was_lost_keeps_its_upload(tmp_path, key, monkeypa
 
     monkeypatch.setattr(storage, "create_exclusive", create_then_lose_the_answer)
     uri = registry.register(key, tmp_path / "m", {})
-    assert contents(teachers.fetch_model_dir(uri)) == made
+    assert contents(teacher_files.fetch_model_dir(uri)) == made
 
 
 def test_a_record_whose_model_folder_is_missing_is_a_clear_error(tmp_path, key):
@@ -235,7 +235,7 @@ def test_a_record_whose_model_folder_is_missing_is_a_clear_error(tmp_path, key):
     folder = Path(uri, json.loads(Path(uri, "record.json").read_text())["model_dir"])
     shutil.rmtree(folder)
     with pytest.raises(TeacherError) as err:
-        teachers.fetch_model_dir(uri)
+        teacher_files.fetch_model_dir(uri)
     assert isinstance(err.value, CxrkdError)
     message = str(err.value)
     assert f"teacher {uri} (resnet50 at 48 px, seed 0, fingerprint {key.fingerprint})" in message
@@ -254,9 +254,9 @@ def test_a_record_whose_model_folder_is_missing_is_a_clear_error(tmp_path, key):
 def test_registered_files_changed_after_registration_are_refused(tmp_path, key, change, problem):
     model_dir(tmp_path / "m", "a")
     uri = TeacherRegistry(str(tmp_path / "storage")).register(key, tmp_path / "m", {})
-    change(teachers.fetch_model_dir(uri))
+    change(teacher_files.fetch_model_dir(uri))
     with pytest.raises(TeacherError, match=rf"do not match its record \({problem}\).*Delete"):
-        teachers.fetch_model_dir(uri)
+        teacher_files.fetch_model_dir(uri)
 
 
 @pytest.mark.parametrize("model_dir_value", ["../../elsewhere", "/etc", "models/../../x"])
@@ -267,7 +267,7 @@ def test_a_record_cannot_point_outside_its_teacher(tmp_path, key, model_dir_valu
     record = json.loads(record_path.read_text())
     record_path.write_text(json.dumps({**record, "model_dir": model_dir_value}))
     with pytest.raises(TeacherError, match="record.json is malformed"):
-        teachers.fetch_model_dir(uri)
+        teacher_files.fetch_model_dir(uri)
 
 
 def test_a_teacher_registered_before_records_held_hashes_is_still_found(tmp_path, key):
@@ -278,7 +278,7 @@ def test_a_teacher_registered_before_records_held_hashes_is_still_found(tmp_path
     storage.write_json(storage.join(uri, "record.json"), record)
     assert registry.lookup(key) == uri
     assert teachers.read_record(uri, dataset_fingerprint="fp0")["fingerprint"] == key.fingerprint
-    assert teachers.fetch_model_dir(uri) == Path(uri, "model")
+    assert teacher_files.fetch_model_dir(uri) == Path(uri, "model")
 
 
 # --- storage.create_exclusive, locally -----------------------------------------------------

@@ -8,7 +8,7 @@ import pytest
 import torch
 from helpers import TINY, binary_bundle, train_teacher
 
-from trainables import teachers
+from trainables import teacher_files, teacher_outputs
 from trainables.config import ConfigError, parse_config
 from trainables.context import DataBundle, TrialContext
 from trainables.data.augment import Pipeline
@@ -36,9 +36,11 @@ def teacher_uri(tmp_path_factory, data) -> str:
 
 def fresh_registry_copy(teacher_uri: str, storage) -> str:
     """The same trained teacher in a new registry: no cached outputs there yet."""
-    record = teachers.storage.read_json(teachers.storage.join(teacher_uri, "record.json"))
+    record = teacher_files.read_json_record(teacher_uri)
     key = TeacherKey(**record["key"])
-    return TeacherRegistry(str(storage)).register(key, teachers.fetch_model_dir(teacher_uri), {})
+    return TeacherRegistry(str(storage)).register(
+        key, teacher_files.fetch_model_dir(teacher_uri), {}
+    )
 
 
 # --- records and fingerprints -------------------------------------------------------------
@@ -106,7 +108,7 @@ def test_registry_lookup_finds_only_registered_teachers(tmp_path):
     (tmp_path / "model" / "config.json").write_text("{}")
     uri = registry.register(key, tmp_path / "model", {})
     assert registry.lookup(key) == uri == str(tmp_path.resolve() / "teachers" / key.fingerprint)
-    assert (teachers.fetch_model_dir(uri) / "config.json").read_text() == "{}"
+    assert (teacher_files.fetch_model_dir(uri) / "config.json").read_text() == "{}"
     assert registry.lookup(TeacherKey.from_config({**TEACHER_FLAT, "seed": 1}, "fp0")) is None
 
 
@@ -116,7 +118,7 @@ def test_registry_lookup_finds_only_registered_teachers(tmp_path):
 def test_loaded_teacher_is_the_registered_one_and_frozen(teacher_uri, data):
     ctx = TrialContext(device=CPU, data=data)
     teacher = ctx.load_teacher(teacher_uri)
-    saved = torch.load(teachers.fetch_model_dir(teacher_uri) / "model.pt", weights_only=True)
+    saved = torch.load(teacher_files.fetch_model_dir(teacher_uri) / "model.pt", weights_only=True)
     for key, value in teacher.state_dict().items():
         assert torch.equal(value, saved[key]), key
     assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
@@ -142,7 +144,7 @@ def test_teacher_outputs_are_computed_once_then_read_from_the_registry(teacher_u
     outputs = first.teacher_outputs(uri, split="train", pipeline=view)
     assert sum(calls) == len(data.split("train"))  # every training image, once
     assert outputs.dtype == np.float32 and outputs.shape == (len(data.split("train")), 1)
-    assert teachers.storage.exists(teachers.outputs_uri(uri, "train-16px"))
+    assert teacher_outputs.load_outputs(uri, "train-16px") is not None  # stored in the registry
 
     # In order: row i is the teacher's output on training image i (un-augmented view).
     x = torch.from_numpy(data.split("train").images).unsqueeze(1).float() / 255

@@ -70,7 +70,9 @@ def _offline(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def paper_weights(tmp_path_factory):
     """One folder with all six models (ViT-Base is 86 M parameters: written once)."""
-    return make_weights_dir(tmp_path_factory.mktemp("paper-weights"), PAPER_MODELS)
+    root = tmp_path_factory.mktemp("paper-weights")
+    yield make_weights_dir(root, PAPER_MODELS)
+    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture

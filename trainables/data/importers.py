@@ -13,6 +13,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from trainables.data.import_plan import ImportPlan
 from trainables.data.store import (
     DatasetError,
     DatasetStore,
@@ -20,7 +21,7 @@ from trainables.data.store import (
     check_name,
     datasets_dir,
 )
-from trainables.data.writer import ImportPlan, write_store
+from trainables.data.writer import write_store
 
 
 @dataclass(frozen=True)

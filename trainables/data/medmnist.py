@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from trainables.data.import_plan import ImportPlan
 from trainables.data.store import SPLITS, DatasetError
-from trainables.data.writer import ImportPlan
 
 CHEST_LABELS = (
     "atelectasis",

@@ -26,9 +26,10 @@ import numpy as np
 import pandas as pd
 
 from trainables.data import phantom_anatomy as pa
+from trainables.data.import_plan import ImportPlan
+from trainables.data.phantom_film import render_params
 from trainables.data.splits import grouped_validation
 from trainables.data.store import DatasetError
-from trainables.data.writer import ImportPlan
 
 FINDINGS = ["nodule", "mass", "consolidation", "pleural_effusion", "cardiomegaly", "pneumothorax"]
 PRESETS = {
@@ -173,7 +174,7 @@ def _rounded(value):
 
 def render_phantom(row: dict, size: int) -> tuple[np.ndarray, int, int]:
     """The plan's decoder: render one row's stored parameters at ``size`` x ``size`` px."""
-    return pa.render_params(json.loads(row["params"]), size), size, size
+    return render_params(json.loads(row["params"]), size), size, size
 
 
 # --- sampling: patient-level anatomy and chronic findings, then per-view pose and findings -----

@@ -36,11 +36,11 @@ import numpy as np
 import pandas as pd
 
 from trainables.data.dicom import HEADER_FIELDS, decode_dicom, decoder_problem, read_header
+from trainables.data.import_plan import ImportPlan
 from trainables.data.jpeg import decode_image_file
 from trainables.data.source_tree import refuse_symlinks
 from trainables.data.splits import min_stratum_size, stratified_validation
 from trainables.data.store import DatasetError
-from trainables.data.writer import ImportPlan
 
 LOCAL_LABELS = (
     "Aortic enlargement",

@@ -12,14 +12,13 @@ An importer only says *what* to import: one metadata row per source image and a 
 - the finished store is renamed into place in one step, so a crash never leaves a store that
   looks complete;
 - disk space is checked before decoding and the image array's blocks are allocated for real
-  before it is memory-mapped, so a full disk is a :class:`DiskSpaceError` naming the bytes
-  needed and free, never a SIGBUS from writing through the mapping (the decoded chunks are kept
-  for the retry).
+  before it is memory-mapped (:mod:`trainables.data.disk_space`), so a full disk is a
+  :class:`DiskSpaceError` naming the bytes needed and free, never a SIGBUS from writing through
+  the mapping (the decoded chunks are kept for the retry).
 """
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
@@ -28,18 +27,23 @@ import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
-from PIL import Image
 
+from trainables.data.disk_space import (
+    DISK_MARGIN,
+    FULL_DISK_ERRNOS,
+    check_free,
+    disk_full_error,
+    free_bytes,
+    reserved_memmap,
+)
+from trainables.data.import_plan import Decoder, ImportPlan, resize_square
 from trainables.data.store import (
     IMAGES_FILE,
     MANIFEST_FILE,
     META_FILE,
-    SPLITS,
     DatasetError,
     Manifest,
     check_name,
@@ -48,72 +52,7 @@ from trainables.data.store import (
     split_counts,
 )
 
-# decode(row, size) -> (uint8 image (H, W), original width, original height). ``size`` is a hint
-# (a JPEG decoder may use it to decode at reduced scale); the writer resizes to exactly size.
 UNREADABLE_FILE = "unreadable.txt"  # in the staging folder, when too many files fail
-Decoder = Callable[[dict, int], tuple[np.ndarray, int, int]]
-REQUIRED_COLUMNS = ("image_id", "patient_id", "split", "source_path")
-# Free space kept beyond the image bytes: metadata, manifest, filesystem overhead.
-DISK_MARGIN = 64 * 2**20
-_FULL = (errno.ENOSPC, errno.EDQUOT)  # "the disk is full" and "the disk quota is used up"
-# posix_fallocate errors meaning "this filesystem cannot do it": write zeros instead.
-_NO_FALLOCATE = {errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL, errno.ENOSYS}
-_ZEROS = 8 * 2**20  # bytes per write in the zero-filling fallback
-
-
-class DiskSpaceError(DatasetError):
-    """Not enough free disk space for an import; no store became visible."""
-
-
-@dataclass(frozen=True)
-class ImportPlan:
-    name: str
-    kind: str
-    task: str
-    labels: list[str]
-    finding_labels: list[str]
-    global_label: str
-    rows: pd.DataFrame
-    decode: Decoder
-    synthetic: bool
-    source: str
-    options: dict = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-
-    def validate(self) -> None:
-        missing = [c for c in (*REQUIRED_COLUMNS, *self.labels) if c not in self.rows.columns]
-        if missing:
-            raise DatasetError(f"import plan for {self.name!r} lacks columns {missing}")
-        if self.rows.empty:
-            raise DatasetError(f"nothing to import for {self.name!r}: no images found")
-        dupes = self.rows["image_id"][self.rows["image_id"].duplicated()]
-        if len(dupes):
-            raise DatasetError(f"duplicate image ids, e.g. {dupes.iloc[:5].tolist()}")
-        bad_split = set(self.rows["split"]) - set(SPLITS)
-        if bad_split:
-            raise DatasetError(f"unknown split names {sorted(bad_split)}; expected {SPLITS}")
-        values = self.rows[self.labels].to_numpy()
-        if not np.isin(values, (0, 1)).all():
-            raise DatasetError("label columns must hold only 0 and 1")
-
-
-def resize_square(image: np.ndarray, size: int) -> np.ndarray:
-    """Resize a 2-D uint8 image to ``size x size`` (area averaging when shrinking)."""
-    if image.shape == (size, size):
-        return image
-    pil = Image.fromarray(image)
-    shrink = image.shape[0] >= size and image.shape[1] >= size
-    method = Image.Resampling.BOX if shrink else Image.Resampling.BILINEAR
-    return np.asarray(pil.resize((size, size), method), dtype=np.uint8)
-
-
-def to_uint8(image: np.ndarray, low: float | None = None, high: float | None = None) -> np.ndarray:
-    """Linearly map ``[low, high]`` (default: the image's min/max) onto 0..255."""
-    image = np.asarray(image, dtype=np.float32)
-    low = float(image.min()) if low is None else float(low)
-    high = float(image.max()) if high is None else float(high)
-    scale = 255.0 / (high - low) if high > low else 0.0
-    return np.clip((image - low) * scale, 0, 255).round().astype(np.uint8)
 
 
 def _decode_chunk(decode: Decoder, records: list[dict], size: int, out: str) -> int:
@@ -177,7 +116,7 @@ def _decode_all(plan, size, chunks, chunk_size, workers, progress) -> list[Path]
     # together until the store is assembled (chunks already written are no longer free space).
     per_image = size * size
     to_decode = sum(len(records[s : s + chunk_size]) for s, _ in todo)
-    _check_free(
+    check_free(
         plan.name,
         chunks.parent,
         (to_decode + len(records)) * per_image,
@@ -208,86 +147,6 @@ def _decode_all(plan, size, chunks, chunk_size, workers, progress) -> list[Path]
                 raise
     bar.close()
     return paths
-
-
-def _human(n: int) -> str:
-    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.2f} {unit}"
-        n /= 1024
-    raise AssertionError  # unreachable
-
-
-def _disk_full(name: str, staging: Path, needed: int, free: int, what: str) -> DiskSpaceError:
-    return DiskSpaceError(
-        f"not enough disk space to import {name!r}: {what} needs {_human(needed)} "
-        f"({needed:,} bytes) in {staging.parent}, but only {_human(free)} ({free:,} bytes) are "
-        "free there. Free up space on that disk, or point CXRKD_HOME at a folder on a bigger "
-        f"disk, then run the same command again (images decoded so far are kept in {staging} "
-        "and reused when you retry with the same CXRKD_HOME)."
-    )
-
-
-def _free_bytes(folder: Path) -> int:
-    return int(shutil.disk_usage(folder).free)
-
-
-def _check_free(name: str, staging: Path, nbytes: int, what: str) -> None:
-    """Raise :class:`DiskSpaceError` unless ``nbytes`` plus a margin are free at ``staging``."""
-    free = _free_bytes(staging)
-    if free < nbytes + DISK_MARGIN:
-        raise _disk_full(name, staging, nbytes + DISK_MARGIN, free, what)
-
-
-def _allocate(fd: int, offset: int, length: int) -> None:
-    """Give bytes ``[offset, offset + length)`` of ``fd`` real disk blocks (OSError if full)."""
-    if length <= 0:
-        return
-    fallocate = getattr(os, "posix_fallocate", None)  # not on macOS or Windows
-    if fallocate is not None:
-        try:
-            fallocate(fd, offset, length)
-            return
-        except OSError as exc:
-            if exc.errno not in _NO_FALLOCATE:
-                raise
-    # The filesystem cannot preallocate: write the zeros, then make it report a full disk now.
-    zeros = bytes(min(_ZEROS, length))
-    os.lseek(fd, offset, os.SEEK_SET)
-    left = length
-    while left:
-        left -= os.write(fd, zeros[: min(left, len(zeros))])
-    os.fsync(fd)
-
-
-def _reserved_memmap(path: Path, shape: tuple[int, ...], name: str) -> np.memmap:
-    """Create the ``.npy`` file at ``path`` with all its blocks allocated, then map it.
-
-    Writing through a mapping of a sparse file on a full disk kills the process with SIGBUS;
-    writing to allocated blocks cannot fail that way. A full disk raises DiskSpaceError here,
-    and ``path`` is removed.
-    """
-    path.unlink(missing_ok=True)  # from an earlier attempt: its blocks would count as used
-    nbytes = int(np.prod(shape))
-    _check_free(name, path.parent, nbytes, f"the {shape[0]:,}-image array")
-    header = {
-        "descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)),
-        "fortran_order": False,
-        "shape": tuple(shape),
-    }
-    try:
-        with open(path, "wb") as f:
-            np.lib.format.write_array_header_1_0(f, header)
-            f.flush()
-            _allocate(f.fileno(), f.tell(), nbytes)  # the header stays as written
-    except OSError as exc:
-        path.unlink(missing_ok=True)
-        if exc.errno in _FULL:
-            raise _disk_full(
-                name, path.parent, nbytes, _free_bytes(path.parent), f"the {shape[0]:,}-image array"
-            ) from exc
-        raise
-    return np.load(path, mmap_mode="r+")
 
 
 def _progress(total: int, desc: str, enabled: bool):
@@ -329,12 +188,12 @@ def write_store(
         log(f"interrupted; decoded chunks are kept in {staging}: run the same command to resume")
         raise
     except OSError as exc:
-        if exc.errno not in _FULL:
+        if exc.errno not in FULL_DISK_ERRNOS:
             raise
         # The disk filled up anyway (another program wrote to it meanwhile): the same error.
         needed = len(plan.rows) * size * size + DISK_MARGIN
-        free = _free_bytes(root)
-        raise _disk_full(plan.name, staging, needed, free, "the import (an estimate)") from exc
+        free = free_bytes(root)
+        raise disk_full_error(plan.name, staging, needed, free, "the import (an estimate)") from exc
 
 
 def _assemble(plan, size, staging, final, paths, max_unreadable, log) -> Manifest:
@@ -372,7 +231,7 @@ def _assemble(plan, size, staging, final, paths, max_unreadable, log) -> Manifes
     meta["orig_width"], meta["orig_height"] = orig[:, 0], orig[:, 1]
     meta = meta.reset_index(drop=True)
 
-    images = _reserved_memmap(staging / IMAGES_FILE, (len(meta), size, size), plan.name)
+    images = reserved_memmap(staging / IMAGES_FILE, (len(meta), size, size), plan.name)
     digest = hashlib.blake2b(digest_size=16)
     at = 0
     for p, keep in zip(paths, oks, strict=True):

@@ -1,17 +1,17 @@
-"""``kd_vit``: the four KD approaches of the MLCAK paper (seeds/002, Table 2).
+"""``kd_vit``: a low-resolution ViT student distilled by any registered KD loss (seeds/002).
 
 A frozen high-resolution ``vit_mtl`` teacher sees the "teacher" view (the high-resolution
 image in the teacher's own normalisation); the student sees the low-resolution view of the
 same (augmented) image, "lr", in its own. ``loss = cls + kd`` (paper eq. 3):
-``cls = BCE(MLCT) + BCE(MCCT)`` and ``kd = KD_APPROACHES[kd_approach]`` (trainables.losses):
+``cls = BCE(MLCT) + BCE(MCCT)`` and ``kd`` the loss registered as ``kd_approach`` in
+:mod:`trainables.kd`, one module each: the MLCAK paper's four approaches of its Table 2
+(``vanilla``, ``last_block``, ``one_to_one``, ``mlcak``) and others (``fitnets``, ``dkd``).
+This module never names one: it hands each the block outputs its :class:`trainables.kd.Blocks`
+picks (none for a logits-only loss) and the weights it reads.
 
-- ``vanilla``: ``alpha * T^2 KL(MLCT) + beta * T^2 KL(MCCT)`` (Hinton, per logit);
-- ``last_block`` / ``one_to_one`` / ``mlcak``: ``alpha * MSE(MLCT logits) + beta *
-  MSE(MCCT logits) + gamma * feat``, ``feat`` the MSE between the last blocks' tokens, the mean
-  of the per-block MSEs (block i to block i), or the MSE of the block means (eq. 1).
-
-Only what the approach uses may be set: ``temperature`` for vanilla, ``gamma`` for the others;
-the other stays None (``validate`` refuses a set-but-unused value, ``build`` a missing one).
+Only the weights the loss declares (``KDLoss.params``) may be set among those without a
+default, ``gamma`` and ``temperature``; the others stay None (``validate`` refuses a
+set-but-unused value, ``build`` a missing one).
 
 Feature layout: student tokens go through a :class:`trainables.vit.FeatureAdapter` (pools the
 larger patch grid to the smaller, projects the student width to the teacher's; trained with
@@ -19,26 +19,27 @@ the student, never deployed). ``feature_grid=G > 0`` further average-pools both 
 tokens to at most G x G (class token kept): an approximation of the paper's full-token MSE
 (it only sees G x G-sized detail), exact when the grid is already <= G; ``0`` (default) keeps
 every token. It defines the loss, so it applies alike with the teacher cached or online.
-Block means commute with the pooling and the adapter, so mlcak reduces the blocks first.
+The blocks are picked (for mlcak: reduced to their mean) before the pooling and the adapter.
 
-Teacher cache (``teacher_cache=auto`` and augmentation off): the teacher's logits and feature
-target (block mean for mlcak, last block for last_block) on every training image are computed
-once per teacher, stored in the registry and gathered with each batch (no teacher forward).
-Memory: logits in float32, tokens in float16: ``2 * (1 + g^2) * W`` bytes per image. ViT-Base at
-224 px (197 tokens x 768): 303 KB per image, 4.5 GB for VinDr's 15,000 training images;
-``feature_grid=7``: 77 KB, 1.15 GB. ``auto`` runs the teacher online when the cache would pass
-:data:`CACHE_BUDGET_BYTES` (``on`` caches regardless). ``one_to_one`` always runs the teacher
-online: caching its N blocks needs N x that (12 x 4.5 GB for ViT-Base on VinDr). The cache is
-computed under the same autocast as the online teacher (``precision.amp_enabled``; the key
-says which), so cached and online targets are equal.
+Teacher cache (``teacher_cache=auto`` and augmentation off): the teacher's logits and its
+one picked feature target (block mean for mlcak, last block for last_block) on every training
+image are computed once per teacher, stored in the registry and gathered with each batch (no
+teacher forward). Memory: logits in float32, tokens in float16: ``2 * (1 + g^2) * W`` bytes
+per image. ViT-Base at 224 px (197 tokens x 768): 303 KB per image, 4.5 GB for VinDr's 15,000
+training images; ``feature_grid=7``: 77 KB, 1.15 GB. ``auto`` runs the teacher online when the
+cache would pass :data:`CACHE_BUDGET_BYTES` (``on`` caches regardless). A loss comparing every
+block (``Blocks.every_block``: one_to_one) always runs the teacher online: caching its N blocks
+needs N x that (12 x 4.5 GB for ViT-Base on VinDr). The cache is computed under the same
+autocast as the online teacher (``precision.amp_enabled``; the key says which), so cached and
+online targets are equal.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
@@ -49,7 +50,7 @@ from trainables import teachers
 from trainables.config import ConfigError, TrialConfig
 from trainables.context import TeacherOutputs
 from trainables.data.augment import Pipeline
-from trainables.losses import KD_APPROACHES
+from trainables.kd import WEIGHTS, Blocks, get_kd, kd_names
 from trainables.methods import register_method
 from trainables.methods.vit_mtl import MultiTaskTask, ViTMTLConfig, build_vit, check_low_res, heads
 from trainables.models import model_normalization
@@ -57,29 +58,27 @@ from trainables.precision import amp_enabled, autocast, precision_tag
 from trainables.task import teacher_view
 from trainables.vit import FeatureAdapter, MultiTaskViT
 
-# Which teacher tokens each approach compares: None (logits only), the last block, every
-# block, or the mean over blocks.
-FEATURES = {"vanilla": None, "last_block": "last", "one_to_one": "all", "mlcak": "mean"}
 # Host memory one trial may spend on cached teacher targets before `auto` runs it online.
 CACHE_BUDGET_BYTES = 2 * 2**30
 
 
 @dataclass(frozen=True)
 class KDViTConfig(ViTMTLConfig):  # + low_res (the student's, > 0), patch_size, depth, dropout
-    kd_approach: str = "mlcak"  # vanilla | last_block | one_to_one | mlcak
-    alpha: float = 1.0  # weight of the MLCT logit term
-    beta: float = 1.0  # weight of the MCCT logit term
-    gamma: float | None = None  # weight of the feature term; feature approaches only
-    temperature: float | None = None  # softmax temperature; vanilla only
+    kd_approach: str = "mlcak"  # a registered KD loss (trainables.kd), e.g. vanilla | mlcak
+    # The KD weights; what each means is the loss's (its module in trainables/kd).
+    alpha: float = 1.0  # MLCT logit term (dkd: TCKD)
+    beta: float = 1.0  # MCCT logit term (dkd: NCKD)
+    gamma: float | None = None  # feature term; the losses comparing blocks only
+    temperature: float | None = None  # softmax temperature; vanilla and dkd only
     feature_grid: int = 0  # pool patch tokens to at most G x G in the feature term; 0: all
     teacher_path: str | None = None  # registry URI of a vit_mtl teacher; the study fills it in
     teacher_cache: str = "auto"  # auto | on | off
 
     def validate(self) -> None:
         super().validate()
-        if self.kd_approach not in KD_APPROACHES:
+        if self.kd_approach not in kd_names():
             raise ConfigError(
-                f"bad value kd_approach={self.kd_approach!r}: expected one of {list(KD_APPROACHES)}"
+                f"bad value kd_approach={self.kd_approach!r}: expected one of {list(kd_names())}"
             )
         for name in ("alpha", "beta", "gamma"):
             value = getattr(self, name)
@@ -89,12 +88,13 @@ class KDViTConfig(ViTMTLConfig):  # + low_res (the student's, > 0), patch_size, 
                 )
         if self.temperature is not None and not self.temperature > 0:
             raise ConfigError(f"bad value temperature={self.temperature!r}: expected > 0")
-        unused = "gamma" if self.kd_approach == "vanilla" else "temperature"
-        if getattr(self, unused) is not None:
-            raise ConfigError(
-                f"{unused}={getattr(self, unused)!r} is not used by kd_approach="
-                f"{self.kd_approach!r}; leave it unset (None)"
-            )
+        uses = get_kd(self.kd_approach).params
+        for unused in (name for name in optional_weights() if name not in uses):
+            if getattr(self, unused) is not None:
+                raise ConfigError(
+                    f"{unused}={getattr(self, unused)!r} is not used by kd_approach="
+                    f"{self.kd_approach!r}; leave it unset (None)"
+                )
         if self.feature_grid < 0:
             raise ConfigError(f"bad value feature_grid={self.feature_grid}: expected >= 0")
         if self.teacher_cache not in ("auto", "on", "off"):
@@ -102,9 +102,16 @@ class KDViTConfig(ViTMTLConfig):  # + low_res (the student's, > 0), patch_size, 
                 f"bad value teacher_cache={self.teacher_cache!r}: expected auto, on or off"
             )
 
-    def needed(self) -> str:
-        """The parameter the approach needs that the search space sets: temperature or gamma."""
-        return "temperature" if self.kd_approach == "vanilla" else "gamma"
+    def needed(self) -> tuple[str, ...]:
+        """The weights without a default that the approach reads (the search space sets them):
+        gamma or temperature."""
+        uses = get_kd(self.kd_approach).params
+        return tuple(name for name in optional_weights() if name in uses)
+
+
+def optional_weights() -> tuple[str, ...]:
+    """The KD weights without a default (gamma, temperature): set only where they are used."""
+    return tuple(f.name for f in fields(KDViTConfig) if f.name in WEIGHTS and f.default is None)
 
 
 def pool_grid(tokens: Tensor, *, prefix: int, side: int) -> Tensor:
@@ -119,27 +126,21 @@ def pool_grid(tokens: Tensor, *, prefix: int, side: int) -> Tensor:
     return torch.cat([tokens[:, :prefix], patches], dim=1)
 
 
-def block_mean(blocks: Sequence[Tensor]) -> Tensor:
-    """The mean over blocks in float32 (paper eq. 1), without stacking N copies."""
-    total = blocks[0].float()
-    for h in blocks[1:]:
-        total = total + h.float()
-    return total / len(blocks)
-
-
 def teacher_targets(
-    teacher: MultiTaskViT, hr: Tensor, *, features: str | None, pool: Callable[[Tensor], Tensor]
+    teacher: MultiTaskViT, hr: Tensor, *, blocks: Blocks | None, pool: Callable[[Tensor], Tensor]
 ) -> dict:
-    """What the student is compared with: ``t_mlct``, ``t_mcct`` and ``t_feat`` (the pooled
-    block mean or last block) or ``t_blocks`` (every pooled block). Used online and to build
-    the cache, so both give the same targets."""
-    out = teacher(hr, return_blocks=features is not None)
+    """What the student is compared with: ``t_mlct``, ``t_mcct`` and ``t_feat`` (the one
+    picked block target, pooled, in float32) or ``t_blocks`` (every block, pooled). Used
+    online and to build the cache, so both give the same targets."""
+    out = teacher(hr, return_blocks=blocks is not None)
     targets = {"t_mlct": out["mlct"].float(), "t_mcct": out["mcct"].float()}
-    if features == "all":
-        targets["t_blocks"] = [pool(h) for h in out["blocks"]]
-    elif features is not None:
-        blocks = out["blocks"]
-        targets["t_feat"] = pool(block_mean(blocks) if features == "mean" else blocks[-1].float())
+    if blocks is not None:
+        picked = blocks.pick(out["blocks"])
+        if blocks.every_block:
+            targets["t_blocks"] = [pool(h) for h in picked]
+        else:
+            (target,) = picked
+            targets["t_feat"] = pool(target.float())
     return targets
 
 
@@ -157,12 +158,13 @@ class ViTKDTask(MultiTaskTask):
         super().__init__(student, info, low_res=cfg.low_res, normalization=normalization)
         self.teacher = teacher
         self.teacher_normalization = tuple(teacher_normalization)
-        self.approach, self.features = cfg.kd_approach, FEATURES[cfg.kd_approach]
+        self.kd = get_kd(cfg.kd_approach)
+        self.blocks = self.kd.blocks
         self.weights = {"alpha": cfg.alpha, "beta": cfg.beta, "gamma": cfg.gamma}
         self.weights["temperature"] = cfg.temperature
         self.feature_grid, self.prefix = cfg.feature_grid, student.num_prefix_tokens
         # Trained with the student, saved in the trial state, never in the deployed model.
-        self.adapter = FeatureAdapter.between(student, teacher) if self.features else None
+        self.adapter = FeatureAdapter.between(student, teacher) if self.blocks else None
         self.cached: dict[str, np.ndarray] = {}
 
     def frozen_modules(self) -> list[nn.Module]:
@@ -183,41 +185,35 @@ class ViTKDTask(MultiTaskTask):
         """The online teacher's targets on ``x``, the "teacher" view (under the caller's
         autocast: the loop's)."""
         with torch.no_grad():
-            return teacher_targets(self.teacher, x, features=self.features, pool=self.pool_teacher)
+            return teacher_targets(self.teacher, x, blocks=self.blocks, pool=self.pool_teacher)
 
     def cache_spec(self, device: torch.device, *, amp: bool | None = None) -> TeacherOutputs:
         """The cached targets: float32 logits, float16 tokens, computed under the autocast the
         loop uses on ``device``; the tag names the pooling and the precision."""
         amp = amp_enabled(device, amp)
         tag = "mtl-logits"
-        if self.features:
-            tag = f"mtl-{self.features}-grid{self.adapter.grid}-pool{self.feature_grid}-f16"
+        if self.blocks:
+            tag = f"mtl-{self.blocks.name}-grid{self.adapter.grid}-pool{self.feature_grid}-f16"
         if precision_tag(device, amp):
             tag = f"{tag}-{precision_tag(device, amp)}"
 
         def extract(model: nn.Module, x: Tensor) -> dict[str, Tensor]:
             with autocast(x.device, enabled=amp):
-                out = teacher_targets(model, x, features=self.features, pool=self.pool_teacher)
+                out = teacher_targets(model, x, blocks=self.blocks, pool=self.pool_teacher)
             return {k: v.half() if k == "t_feat" else v.float() for k, v in out.items()}
 
         return TeacherOutputs(tag, extract)
 
     def forward(self, views: dict, y: torch.Tensor, **cached: Tensor) -> dict:
-        s = self.model(views[self.view], return_blocks=self.features is not None)
+        s = self.model(views[self.view], return_blocks=self.blocks is not None)
         if cached and set(cached) != set(self.cached):
             raise ValueError(f"got cached targets {sorted(cached)}, expected {sorted(self.cached)}")
         t = cached or self.targets(teacher_view(views))
         hs_student = hs_teacher = None
-        if self.features == "all":
-            hs_student = [self.adapt_student(h) for h in s["blocks"]]
-            hs_teacher = t["t_blocks"]
-        elif self.features is not None:
-            blocks = s["blocks"]
-            hs_student = [
-                self.adapt_student(block_mean(blocks) if self.features == "mean" else blocks[-1])
-            ]
-            hs_teacher = [t["t_feat"]]
-        kd = KD_APPROACHES[self.approach](
+        if self.blocks is not None:
+            hs_student = [self.adapt_student(h) for h in self.blocks.pick(s["blocks"])]
+            hs_teacher = t["t_blocks"] if self.blocks.every_block else [t["t_feat"]]
+        kd = self.kd.compute(
             s["mlct"],
             s["mcct"],
             t["t_mlct"],
@@ -248,11 +244,13 @@ def check_teacher(cfg: TrialConfig, teacher: nn.Module, student: MultiTaskViT) -
     )
     if not isinstance(teacher, MultiTaskViT):
         raise ConfigError(f"teacher {uri} is a {type(teacher).__name__}; kd_vit distils {wanted}")
-    if cfg.method.kd_approach == "one_to_one" and teacher.depth != student.depth:
+    kd = get_kd(cfg.method.kd_approach)
+    if kd.blocks is not None and kd.blocks.every_block and teacher.depth != student.depth:
+        others = [n for n in kd_names() if get_kd(n).blocks and not get_kd(n).blocks.every_block]
         raise ConfigError(
-            f"one_to_one pairs block i with block i, but the teacher has {teacher.depth} blocks "
-            f"and the student {student.depth}; use models of equal depth, or kd_approach "
-            "'mlcak' / 'last_block'"
+            f"{kd.name} pairs block i with block i, but the teacher has {teacher.depth} blocks "
+            f"and the student {student.depth}; use models of equal depth, or a kd_approach "
+            f"comparing one target per model: {others}"
         )
 
 
@@ -264,14 +262,14 @@ def cache_mode(cfg: TrialConfig, task: ViTKDTask, n_train: int) -> bool:
             "teacher_cache=on needs augment=false (cached targets are for un-augmented images); "
             "use teacher_cache=auto to run the teacher online when augmenting"
         )
-    if m.teacher_cache == "on" and task.features == "all":
+    if m.teacher_cache == "on" and not task.kd.cacheable:
         raise ConfigError(
-            "teacher_cache=on cannot cache one_to_one's targets: every block's tokens of every "
-            "image (N x the mlcak cache); use teacher_cache=auto or off (teacher online)"
+            f"teacher_cache=on cannot cache {task.kd.name}'s targets: every block's tokens of "
+            "every image (N x the mlcak cache); use teacher_cache=auto or off (teacher online)"
         )
-    if m.teacher_cache == "off" or cfg.train.augment or task.features == "all":
+    if m.teacher_cache == "off" or cfg.train.augment or not task.kd.cacheable:
         return False
-    if task.features and m.teacher_cache == "auto":
+    if task.blocks and m.teacher_cache == "auto":
         teacher = task.teacher
         side = min(task.adapter.grid, m.feature_grid or task.adapter.grid)
         nbytes = n_train * 2 * (teacher.num_prefix_tokens + side**2) * teacher.width
@@ -291,9 +289,11 @@ def build(cfg: TrialConfig, info, ctx) -> ViTKDTask:
     m, t = cfg.method, cfg.train
     if m.teacher_path is None:
         raise ConfigError("kd_vit needs teacher_path (a registered vit_mtl teacher); run a study")
-    if getattr(m, m.needed()) is None:
+    missing = [name for name in m.needed() if getattr(m, name) is None]
+    if missing:
         raise ConfigError(
-            f"kd_approach={m.kd_approach!r} needs {m.needed()} (it has no default); set it"
+            f"kd_approach={m.kd_approach!r} needs {' and '.join(missing)} (it has no default); "
+            "set it"
         )
     if m.low_res == 0:
         raise ConfigError(

@@ -1,9 +1,10 @@
 """The data behind every dashboard figure: pure functions of the trials/epochs frames.
 
-Each function returns a tidy DataFrame (tested directly); :mod:`results.dashboard` only draws
-them. Statuses are those of the records (``completed``: ran every epoch, ``stopped``: stopped
-early by ASHA, ``errored``, ``running``); figures of the final models use completed
-final-stage trials only, as the tables do.
+Each function returns a tidy DataFrame (tested directly); :mod:`results.plots` only draws
+them and :mod:`results.sections` lays the drawings out in the dashboard. Statuses are those of
+the records (``completed``: ran every epoch, ``stopped``: stopped early by ASHA, ``errored``,
+``running``); figures of the final models use completed final-stage trials only, as the tables
+do.
 """
 
 from __future__ import annotations

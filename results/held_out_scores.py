@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.fs as pafs
 
-from results.figures import final_rows
+from results.figure_data import final_rows
 from trainables import storage
 
 # Equal to trainables.checkpoint.TEST_SCORES_FILE (a test checks); not imported from there,

@@ -10,7 +10,7 @@ import pyarrow.fs as pafs
 import pytest
 from synthetic_run import scores_of, write_synthetic_run
 
-from results.test_scores import (
+from results.held_out_scores import (
     TEST_SCORES_FILE,
     load_test_scores,
     locate_test_scores,

@@ -1,0 +1,186 @@
+"""Trials and trial-epochs per cell of a plan (``cxrkd search plan``, :mod:`search.plan`).
+
+The study's stages are walked the way the runner walks them, with a stand-in state: each
+teacher cell "registers" a reference to itself, each searched cell "chooses" its own pinned
+values. No Ray, no Optuna study, no run folder, no import.
+
+Counts per cell: trials (a Pareto front's size is only known after the search: 1 row to its
+bound) and trial-epochs in three cases. ASHA (:class:`search.cells.CellScheduler`, one per
+cell) stops a trial only at a rung below its last epoch; the first trial to reach a rung sees
+nothing to compare with and goes on, so the **best** case is one trial per cell run out and
+every other stopped at the first rung; **typical** is ASHA keeping exactly 1/reduction_factor
+of the trials at each rung; **worst** is every trial running every epoch. Final cells are exact.
+Each cell also keeps the configurations its trials may run, with the teacher each runs online,
+for the cost (:mod:`search.plan_costs`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from search.cells import cell_epochs, cell_objectives
+from search.stage import stage_epochs
+from search.study_options import apply_overrides
+from spaces.cell_space import expand_choices
+from spaces.studies import Cell, SearchCell, Study, StudyState
+from trainables.config import TrainConfig
+from trainables.kd import get_kd
+
+CASES = ("best", "typical", "worst")
+_REF = "<teacher-of:"
+# Objectives fixed by the model alone: a Pareto front of (quality, these) holds at most one
+# configuration per model (the best of each).
+MODEL_COSTS = {"params", "flops"}
+
+
+@dataclass
+class CellPlan:
+    key: str
+    kind: str  # "search" (Optuna + ASHA) or "fixed" (configs run as they are)
+    trials: dict  # case -> trials
+    epochs: int  # per trial, the most
+    trial_epochs: dict  # case -> trial-epochs
+    rungs: list[int]  # epochs at which ASHA may stop a trial; [] without early stopping
+    rows: tuple[int, int] = (1, 1)  # a Pareto front's final rows: (fewest, most)
+    epoch_s: float | None = None
+    trial_overhead_s: float | None = None  # start-up (+ the test pass of a final trial)
+    per_trial: dict = field(default_factory=dict, repr=False)  # case -> epochs of each trial
+    # What its trials may run, for the cost: (config, its online teacher's config or None).
+    configs: list = field(default_factory=list, repr=False)
+
+
+@dataclass
+class StagePlan:
+    name: str
+    role: str
+    after: str | None  # the stage it waits for
+    cells: list[CellPlan]
+    totals: dict = field(default_factory=dict)  # case -> {trials, trial_epochs, hours, ...}
+
+
+def asha_rungs(epochs: int, grace: int, reduction_factor: float) -> list[int]:
+    """The epochs below ``epochs`` at which ASHA compares a trial (Ray's ``_Bracket``
+    milestones for ``min_t = min(grace, epochs)``, ``max_t = epochs``, one bracket)."""
+    min_t = min(grace, epochs)
+    count = int(np.log(epochs / min_t) / np.log(reduction_factor) + 1)
+    return sorted(m for m in (min_t * reduction_factor**k for k in range(count)) if m < epochs)
+
+
+def typical_epochs(n: int, epochs: int, rungs: list[int], reduction_factor: float) -> list[int]:
+    """Epochs of each of ``n`` trials, longest first, when each rung keeps 1/reduction_factor
+    of the trials (at least one, which runs every epoch)."""
+    kept = [max(1, round(n / reduction_factor ** (i + 1))) for i in range(len(rungs))]
+    stops = [
+        next((r for r, k in zip(rungs, kept, strict=True) if j >= k), epochs) for j in range(n)
+    ]
+    return stops
+
+
+def _cases(per_trial: list[int], rows: tuple[int, int], rungs: list[int], rf: float) -> dict:
+    fewest, most = per_trial * rows[0], per_trial * rows[1]
+    if not rungs:
+        return {"best": fewest, "typical": most, "worst": most}
+    best = [fewest[0]] + [min(rungs[0], e) for e in fewest[1:]]
+    kept = typical_epochs(len(most), max(most), rungs, rf)
+    typical = [min(e, t) for e, t in zip(most, kept, strict=True)]
+    return {"best": best, "typical": typical, "worst": most}
+
+
+def variants(cell: Cell) -> list[dict]:
+    """The configurations a cell's trials may have, as far as cost goes: a searched cell's
+    pinned values per combination of its choices, or a fixed cell's configs."""
+    if isinstance(cell, SearchCell):
+        return [dict(c.fixed) for c in expand_choices(cell)]
+    return [dict(c) for c in cell.configs]
+
+
+def front_bound(cell: SearchCell) -> int:
+    """The most configurations a multi-objective cell's Pareto front can hold."""
+    costs = {name for name, _ in cell.objectives[1:]}
+    if costs <= MODEL_COSTS:
+        return len({v.get("model") for v in variants(cell)})
+    return cell.num_samples
+
+
+def plan_counts(study: Study, overrides: dict) -> list[StagePlan]:
+    """Every stage ``search run`` would run, with its cells' trials and trial-epochs."""
+    state = StudyState()  # what each stage hands on: filled below, as the runner does
+    searched: dict[str, SearchCell] = {}
+    stages: list[StagePlan] = []
+    for stage in study.stages:
+        cells = apply_overrides(stage.cells(state), overrides)
+        if not cells:  # --only selected none: the runner skips the stage
+            continue
+        max_t = stage_epochs(cells, default=int(study.profile.fixed["epochs"]))
+        plans = [
+            _cell_plan(study, stage.early_stopping, c, max_t, searched, state.best) for c in cells
+        ]
+        for cell in cells:
+            if stage.role == "teacher":
+                state.teachers[cell.key] = f"{_REF}{cell.key}>"
+            if isinstance(cell, SearchCell):
+                searched[cell.key] = cell
+                state.best[cell.key] = variants(cell)[0]
+        after = stages[-1].name if stages else None
+        stages.append(StagePlan(stage.name, stage.role, after, plans))
+    return stages
+
+
+def _cell_plan(
+    study: Study, early_stopping: bool, cell: Cell, max_t: int, searched: dict, chosen: dict
+) -> CellPlan:
+    profile = study.profile
+    configs, rows = variants(cell), (1, 1)
+    if isinstance(cell, SearchCell):
+        per_trial = cell_epochs(cell, default=max_t) * cell.num_samples
+    else:
+        per_trial = cell_epochs(cell, default=max_t)
+        source = searched.get(cell.key)
+        if source is not None and len(source.objectives) > 1:
+            rows = (1, front_bound(source))
+        if source is not None and len(variants(source)) > 1:  # any of its choices may win
+            configs = [{**v, "evaluate_test": True} for v in variants(source)]
+    single = len(cell_objectives(cell, metric=study.metric, mode=study.mode)) == 1
+    rf = profile.reduction_factor
+    early = early_stopping and single and bool(per_trial)
+    rungs = asha_rungs(max(per_trial), profile.grace_period, rf) if early else []
+    cases = _cases(per_trial, rows, rungs, rf)
+    return CellPlan(
+        key=cell.key,
+        kind="search" if isinstance(cell, SearchCell) else "fixed",
+        trials={c: len(es) for c, es in cases.items()},
+        epochs=max(per_trial),
+        trial_epochs={c: round(sum(es), 1) for c, es in cases.items()},
+        rungs=rungs,
+        rows=rows,
+        per_trial=cases,
+        configs=[(c, _teacher_of(c, chosen)) for c in configs],
+    )
+
+
+def _teacher_of(config: dict, chosen: dict) -> dict | None:
+    """The configuration of the teacher a KD config runs online (None: no teacher, or its
+    outputs are cached)."""
+    path = config.get("teacher_path")
+    if isinstance(path, str) and path.startswith(_REF) and teacher_online(config):
+        return chosen[path[len(_REF) : -1]]
+    return None
+
+
+def config_value(config: dict, name: str):
+    """``config[name]``, else the default of that ``TrainConfig`` field."""
+    return config.get(name, TrainConfig.__dataclass_fields__[name].default)
+
+
+def teacher_online(config: dict) -> bool:
+    """Whether a KD trial runs its teacher every step (augmented views, a KD loss whose
+    targets cannot be cached such as one_to_one's every block, or ``teacher_cache=off``)
+    instead of reading cached outputs."""
+    approach = config.get("kd_approach")
+    return (
+        config.get("teacher_cache", "auto") == "off"
+        or bool(config_value(config, "augment"))
+        or (approach is not None and not get_kd(approach).cacheable)
+    )

@@ -1,0 +1,60 @@
+"""The driver's Ray runtime: attach to a cluster or start a private local Ray, and size the
+trials (resources per trial, how many run at once) from what the cluster has."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from search.run_state import RunOptions
+
+
+def init_ray(address: str | None) -> bool:
+    """Attach to ``address`` (or ``RAY_ADDRESS``), else start a private local Ray.
+    Returns True when this call started Ray (the caller shuts it down)."""
+    import optuna
+    import ray
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Our own progress line replaces Tune's tables; the legacy output engine at verbose=0 is
+    # silent, the new one still prints its banners.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS")
+    quiet = dict(log_to_driver=False, logging_level=logging.ERROR)
+    if address:
+        ray.init(address=address, **quiet)
+        return False
+    ray.init(address="local", include_dashboard=False, **quiet)
+    return True
+
+
+def trial_resources(options: RunOptions) -> dict:
+    import ray
+
+    gpus = options.gpus_per_trial
+    if gpus is None:
+        gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+        if not gpus and options.address:
+            print(
+                "note: the cluster has no GPU right now, so trials run on CPUs; on an "
+                "autoscaling cluster whose GPU workers start on demand pass --gpus-per-trial 1 "
+                "and --max-concurrent N",
+                flush=True,
+            )
+    return {"cpu": options.cpus_per_trial, "gpu": gpus}
+
+
+def max_concurrent(options: RunOptions) -> int:
+    import ray
+
+    if options.max_concurrent:
+        return options.max_concurrent
+    res = trial_resources(options)
+    total = ray.cluster_resources()
+    by_cpu = total.get("CPU", 1) // res["cpu"]
+    by_gpu = total.get("GPU", 0) // res["gpu"] if res["gpu"] else by_cpu
+    return max(1, int(min(by_cpu, by_gpu)))

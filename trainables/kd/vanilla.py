@@ -1,0 +1,65 @@
+"""``vanilla``: Hinton KD on both heads' logits (MLCAK paper, Table 2; Hinton et al. 2015).
+
+``loss = alpha * kd_mlct + beta * kd_mcct``, each head's logits softened at temperature T;
+no block features. Searched: alpha, beta, temperature (``trainables.kd._space``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import Tensor
+
+from trainables.kd import register_kd
+from trainables.kd._space import suggest_alpha, suggest_beta, suggest_temperature
+from trainables.losses import (
+    LossError,
+    bernoulli_kl,
+    binary_logits,
+    check_nonneg_weight,
+    check_same_shape,
+    check_temperature,
+)
+
+
+def space(trial) -> dict:
+    alpha = suggest_alpha(trial)
+    beta = suggest_beta(trial)
+    return {"alpha": alpha, "beta": beta, "temperature": suggest_temperature(trial)}
+
+
+@register_kd(
+    "vanilla", params=("alpha", "beta", "temperature"), space=space, order=0, in_paper=True
+)
+def vanilla_multitask_kd(
+    s_mlct: Tensor,
+    s_mcct: Tensor,
+    t_mlct: Tensor,
+    t_mcct: Tensor,
+    *,
+    alpha: float,
+    beta: float,
+    temperature: float,
+    gamma: float | None = None,
+    hs_student: Sequence[Tensor] | None = None,
+    hs_teacher: Sequence[Tensor] | None = None,
+) -> dict[str, Tensor]:
+    """Hinton KD on both heads: ``loss = alpha * kd_mlct + beta * kd_mcct``.
+
+    ``kd_mlct = T^2 * mean_{b,f} KL(Bern(sigmoid(t_bf/T)) || Bern(sigmoid(s_bf/T)))`` (each
+    finding is its own binary problem); ``kd_mcct`` is the same for the one MCCT logit, i.e.
+    the two-class softmax KD over ``[0, z]``. ``gamma``/hidden states belong to the feature
+    approaches and must stay None here (they exist so every registered KD loss takes the
+    same keywords). Returns ``{"loss", "kd_mlct", "kd_mcct"}``.
+    """
+    for name, value in (("gamma", gamma), ("hs_student", hs_student), ("hs_teacher", hs_teacher)):
+        if value is not None:
+            raise LossError(f"'vanilla' KD has no feature term, so {name} must be None")
+    alpha, beta = check_nonneg_weight("alpha", alpha), check_nonneg_weight("beta", beta)
+    temperature = check_temperature(temperature)
+    check_same_shape("s_mlct", s_mlct, "t_mlct", t_mlct)
+    s, t = binary_logits("s_mcct", s_mcct), binary_logits("t_mcct", t_mcct)
+    check_same_shape("s_mcct", s, "t_mcct", t)
+    kd_mlct = bernoulli_kl(s_mlct, t_mlct, temperature).mean() * temperature**2
+    kd_mcct = bernoulli_kl(s, t, temperature).mean() * temperature**2
+    return {"loss": alpha * kd_mlct + beta * kd_mcct, "kd_mlct": kd_mlct, "kd_mcct": kd_mcct}
