@@ -109,6 +109,7 @@ class StudyDriver(Callback):
         self._check = True  # look for ended cells at the next step
         self._ending: dict[str, list] = {}  # cell id -> its ended trials, for the next snapshot
         self._doomed: list[tuple[str, tuple[str, ...]]] = []  # (trial folder, files) to delete
+        self._finished: list = []  # trials that completed: their training state goes next
         self._staged: tuple[dict, list] = ({}, [])  # what the snapshot being saved covers
 
     def __getstate__(self) -> dict:
@@ -161,6 +162,7 @@ class StudyDriver(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         self._check = True
+        self._finished.append(trial)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         self._check = True
@@ -248,11 +250,22 @@ class StudyDriver(Callback):
     # --- what waits for an experiment snapshot on the run storage (search.snapshots) ------
 
     def get_state(self) -> dict | None:
+        # A trial that completed is never resumed once a snapshot has it TERMINATED (an
+        # errored one may be retried): its optimiser state (state.pt, 3x the model) goes as
+        # soon as that snapshot is saved, not when its whole cell ends. A ViT-Base's is ~1 GB
+        # per checkpoint kept; a cell's trials used to hold them all until the cell ended.
+        exp_uri = storage.join(self.ctx.run_uri, EXPERIMENT) if self.ctx else None
+        ended = [t for t in self._finished if t.status == "TERMINATED"]
+        self._finished = [t for t in self._finished if t.status not in ("TERMINATED", "ERROR")]
+        if exp_uri is not None:
+            self._doomed += [
+                (storage.join(exp_uri, t.storage.trial_dir_name), ("state.pt",)) for t in ended
+            ]
         self._staged = (dict(self._ending), list(self._doomed))
         return None
 
     def uncommitted(self) -> bool:
-        return bool(self._ending or self._doomed)
+        return bool(self._ending or self._doomed or self._finished)
 
     def on_snapshot_saved(self) -> None:
         ending, doomed = self._staged

@@ -1,10 +1,12 @@
 """Per-epoch checkpoints: everything needed to continue a trial exactly.
 
-A checkpoint folder holds ``state.pt`` (trainable weights, optimiser, scheduler, epoch, RNG
-states, best metric), ``model.pt`` (the deployed model alone: what a teacher or an export
-needs) and ``config.json`` (the resolved trial config, STYLE.md 3). The last checkpoint of a
-trial that evaluated the test split also holds :data:`TEST_SCORES_FILE` (per-image test
-scores for the report's ROC curves: too long for a Tune metric).
+A checkpoint folder holds ``model.pt`` (the deployed model alone: what a teacher or an export
+needs), ``state.pt`` (the other trainable weights, such as a KD feature adapter, the optimiser,
+scheduler, epoch, RNG states, best metric; the model's weights are read from ``model.pt``, not
+stored twice: a ViT-Base checkpoint is 1.0 GB instead of 1.4 GB) and ``config.json`` (the
+resolved trial config, STYLE.md 3). The last checkpoint of a trial that evaluated the test
+split also holds :data:`TEST_SCORES_FILE` (per-image test scores for the report's ROC curves:
+too long for a Tune metric).
 
 Trust: on a cluster a checkpoint folder lives on shared storage that every node writes, so
 nothing read back may run code. ``state.pt`` holds tensors and plain values only (the Python
@@ -25,6 +27,8 @@ from trainables.errors import CxrkdError
 from trainables.task import Task
 
 TEST_SCORES_FILE = "test_scores.npz"
+MODEL_FILE = "model.pt"
+MODEL_PREFIX = "model."  # the deployed model's keys in the Task's state dict (Task.model)
 
 
 class CheckpointError(CxrkdError):
@@ -102,9 +106,12 @@ def save(
     folder.mkdir(parents=True, exist_ok=True)
     if test_scores is not None:
         np.savez(folder / TEST_SCORES_FILE, **test_scores)
+    # The model's weights are in model.pt; state.pt says so ("model_file") and holds the rest.
+    rest = {k: v for k, v in trainable_state(task).items() if not k.startswith(MODEL_PREFIX)}
     torch.save(
         {
-            "task": trainable_state(task),
+            "task": rest,
+            "model_file": MODEL_FILE,
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "epoch": epoch,
@@ -113,7 +120,7 @@ def save(
         },
         folder / "state.pt",
     )
-    torch.save(task.model.state_dict(), folder / "model.pt")
+    torch.save(task.model.state_dict(), folder / MODEL_FILE)
     (folder / "config.json").write_text(cfg.to_json())
     return folder
 
@@ -121,7 +128,11 @@ def save(
 def load(folder: Path, *, task: Task, optimizer, scheduler) -> dict:
     """Restore in place; returns ``{"epoch": last finished epoch, "extra": ...}``."""
     state = read_state(Path(folder) / "state.pt")
-    missing, unexpected = task.load_state_dict(state["task"], strict=False)
+    weights = dict(state["task"])
+    if "model_file" in state:  # else a checkpoint of an older cxrkd, with the model inside
+        model = read_state(Path(folder) / MODEL_FILE)
+        weights.update({MODEL_PREFIX + k: v for k, v in model.items()})
+    missing, unexpected = task.load_state_dict(weights, strict=False)
     frozen = {k for k in task.state_dict() if k not in trainable_state(task)}
     missing = [k for k in missing if k not in frozen]
     if missing or unexpected:

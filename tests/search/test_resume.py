@@ -233,7 +233,10 @@ def test_killed_then_interrupted_run_resumes_without_loss_or_repeats(
     for earlier in (before_kill, before_interrupt):
         assert len(earlier) and earlier.isin(after).all(), earlier[~earlier.isin(after)]
     search = raw[raw["stage"] == "search"]
-    assert search["attempt"].str.split("/").str[0].nunique() == 2  # two drivers ran it
+    # The killed driver and the first resume ran search trials; the last one did too unless
+    # the search had ended before the interruption.
+    ran_search = 3 - text.count("[search] already done")
+    assert search["attempt"].str.split("/").str[0].nunique() == ran_search
     # Trials a killed driver had started after Tune's last snapshot were re-run under new
     # ids; none of their rows is left behind.
     assert set(epochs["trial_id"]) == set(trials["trial_id"])

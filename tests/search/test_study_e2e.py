@@ -193,6 +193,43 @@ def test_earlier_stages_first_and_one_trial_computes_a_teachers_outputs():
     assert rest == ["kd_a", "kd_b", "kd_b"]
 
 
+def test_a_completed_trials_training_state_goes_with_the_next_snapshot(tmp_path):
+    """Not when its cell ends: a cell of ViT-Base trials held ~1 GB per kept checkpoint each."""
+    from search.study_run import EXPERIMENT, StudyDriver
+
+    def trial(name: str, status: str) -> SimpleNamespace:
+        folder = tmp_path / "run" / EXPERIMENT / name
+        for ckpt in ("checkpoint_000000", "checkpoint_000001"):
+            (folder / ckpt).mkdir(parents=True)
+            for file in ("state.pt", "model.pt", "config.json"):
+                (folder / ckpt / file).write_bytes(b"x")
+        return SimpleNamespace(status=status, storage=SimpleNamespace(trial_dir_name=name))
+
+    driver = StudyDriver(
+        CellSearcher(metric=METRIC, mode="max", seed=0),
+        CellScheduler(metric=METRIC, mode="max", grace_period=1, reduction_factor=2),
+    )
+    driver.ctx = SimpleNamespace(run_uri=str(tmp_path / "run"))
+    done, stopping = trial("done", "RUNNING"), trial("stopping", "RUNNING")
+    for t in (done, stopping):
+        driver.on_trial_complete(0, [], t)
+    done.status = "TERMINATED"  # the snapshot being saved has it ended; the other not yet
+    assert driver.uncommitted()
+    driver.get_state()
+    driver.on_snapshot_saved()
+    left = {p.relative_to(tmp_path / "run" / EXPERIMENT).as_posix()
+            for p in (tmp_path / "run").rglob("*.pt")}  # fmt: skip
+    assert left == {
+        *(f"done/checkpoint_00000{i}/model.pt" for i in (0, 1)),
+        *(f"stopping/checkpoint_00000{i}/{f}" for i in (0, 1) for f in ("state.pt", "model.pt")),
+    }
+    assert driver.uncommitted()  # the other goes with a later snapshot
+    stopping.status = "TERMINATED"
+    driver.get_state()
+    driver.on_snapshot_saved()
+    assert not list((tmp_path / "run").rglob("state.pt")) and not driver.uncommitted()
+
+
 # ---- end to end on three Ray nodes -------------------------------------------------------
 
 CONTRACT = ["study", "stage", "cell", "method", "trial_id", "status"]

@@ -142,6 +142,7 @@ def test_every_multilabel_method_trains_and_deploys_only_the_student(
     state = torch.load(folder / "state.pt", weights_only=False)["task"]
     assert not any(k.startswith(("teacher.", "adapter.")) for k in deployed)
     assert not any(k.startswith("teacher.") for k in state)
+    assert not any(k.startswith("model.") for k in state)  # in model.pt, not stored twice
     initial = build(flat, data).model.state_dict()
     assert deployed.keys() == initial.keys()
     assert not torch.equal(deployed["mlct_head.weight"], initial["mlct_head.weight"])
