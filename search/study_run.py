@@ -254,13 +254,12 @@ class StudyDriver(Callback):
         # errored one may be retried): its optimiser state (state.pt, 3x the model) goes as
         # soon as that snapshot is saved, not when its whole cell ends. A ViT-Base's is ~1 GB
         # per checkpoint kept; a cell's trials used to hold them all until the cell ended.
-        exp_uri = storage.join(self.ctx.run_uri, EXPERIMENT) if self.ctx else None
         ended = [t for t in self._finished if t.status == "TERMINATED"]
         self._finished = [t for t in self._finished if t.status not in ("TERMINATED", "ERROR")]
-        if exp_uri is not None:
-            self._doomed += [
-                (storage.join(exp_uri, t.storage.trial_dir_name), ("state.pt",)) for t in ended
-            ]
+        exp_uri = storage.join(self.ctx.run_uri, EXPERIMENT) if ended else None
+        self._doomed += [
+            (storage.join(exp_uri, t.storage.trial_dir_name), ("state.pt",)) for t in ended
+        ]
         self._staged = (dict(self._ending), list(self._doomed))
         return None
 

@@ -92,6 +92,23 @@ def check_same_shape(a_name: str, a: Tensor, b_name: str, b: Tensor, hint: str =
         raise LossError(f"{a_name} {shape_of(a)} and {b_name} {shape_of(b)} differ in shape{hint}")
 
 
+def check_heads(s_mlct: Tensor, s_mcct: Tensor, t_mlct: Tensor, t_mcct: Tensor):
+    """Both heads' student and teacher logits of one shape; returns the MCCT logits as
+    ``binary_logits`` (one per image)."""
+    check_same_shape("s_mlct", s_mlct, "t_mlct", t_mlct)
+    s, t = binary_logits("s_mcct", s_mcct), binary_logits("t_mcct", t_mcct)
+    check_same_shape("s_mcct", s, "t_mcct", t)
+    return s, t
+
+
+def refuse_unused(reason: str, **values: object) -> None:
+    """Refuse (LossError) each keyword given a value that a loss does not read: every KD loss
+    takes the same keywords (``trainables.kd``), so the unused ones must stay None."""
+    for name, value in values.items():
+        if value is not None:
+            raise LossError(f"{reason}, so {name} must be None, got {value!r}")
+
+
 def shape_of(t: Tensor) -> tuple[int, ...]:
     return tuple(t.shape)
 

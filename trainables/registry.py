@@ -40,9 +40,11 @@ class Registry(Generic[T]):
             if self.package:
                 path = importlib.import_module(self.package).__path__
                 found = tuple(
-                    f"{self.package}.{m.name}"
-                    for m in pkgutil.iter_modules(path)
-                    if not m.name.startswith("_")
+                    sorted(
+                        f"{self.package}.{m.name}"
+                        for m in pkgutil.iter_modules(path)
+                        if not m.name.startswith("_")
+                    )
                 )
             self._found = found
         return self._found

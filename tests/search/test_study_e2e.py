@@ -308,14 +308,13 @@ def test_pneumonia_kd_runs_across_nodes_and_writes_the_contract(
     assert first["search"] < last["teacher"], (first.to_dict(), last.to_dict())
     assert epochs["pid"].nunique() < len(trials)
 
-    # The trials of a stage really ran on more than one Ray node.
+    # The trials of a stage really ran on more than one Ray node. Not "on all three": with
+    # actors reused across the study, Tune starts a new actor for a pending trial, then hands
+    # that trial an actor freed meanwhile and stops the new one; with trials this short
+    # (seconds, against ~8 s to start a trial process on 2 busy cores) the third node's slot
+    # can stay in that loop for the whole run. Seen in 3 of 5 runs.
     nodes = epochs.groupby("stage")["node_id"].nunique().to_dict()
     assert nodes["search"] >= 2 and nodes["final"] >= 2, nodes
-    # Not "all three nodes": with actors reused across the study, Tune starts a new actor for
-    # a pending trial, then hands that trial an actor freed meanwhile and stops the new one;
-    # with trials this short (seconds, against ~8 s to start a trial process on 2 busy cores)
-    # the third node's slot can stay in that loop for the whole run. Seen in 3 of 5 runs.
-    assert epochs["node_id"].nunique() >= 2, "trials ran on more than one node"
 
     # The chosen configuration of each search cell is what the final stage re-trained.
     searched = trials[(trials["stage"] == "search") & (trials["epoch"] == 2)]

@@ -63,3 +63,40 @@ def test_an_old_format_checkpoint_gets_the_clear_error(tmp_path):
     torch.save({"rng": {"numpy": np.random.get_state()}}, folder / "state.pt")
     with pytest.raises(checkpoint.CheckpointError, match="Remove that checkpoint folder"):
         checkpoint.read_state(folder / "state.pt")
+
+
+def _tiny(seed: int):
+    from types import SimpleNamespace
+
+    from trainables.task import Task
+
+    torch.manual_seed(seed)
+    task = Task(torch.nn.Linear(3, 2), normalization=(0.5, 0.5))
+    optimizer = torch.optim.SGD(task.parameters(), lr=0.1, momentum=0.9)
+    task.model(torch.ones(1, 3)).sum().backward()
+    optimizer.step()  # momentum buffers: optimiser state to restore
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    cfg = SimpleNamespace(to_json=lambda: "{}")
+    return task, optimizer, scheduler, cfg
+
+
+@pytest.mark.parametrize("layout", ["model once, in model.pt", "older: model inside state.pt"])
+def test_a_checkpoint_restores_the_model_from_either_layout(tmp_path, layout):
+    task, optimizer, scheduler, cfg = _tiny(0)
+    folder = checkpoint.save(tmp_path / "c", task=task, optimizer=optimizer, scheduler=scheduler,
+                             epoch=3, cfg=cfg, extra={"best_val_auc": 0.5})  # fmt: skip
+    state = checkpoint.read_state(folder / "state.pt")
+    assert not any(k.startswith("model.") for k in state["task"])  # stored once
+    if layout.startswith("older"):
+        state.pop("model_file")
+        state["task"] = checkpoint.trainable_state(task)  # as cxrkd wrote it before
+        torch.save(state, folder / "state.pt")
+        (folder / "model.pt").unlink()
+    other, other_opt, other_sched, _ = _tiny(1)
+    assert not torch.equal(other.model.weight, task.model.weight)
+    restored = checkpoint.load(folder, task=other, optimizer=other_opt, scheduler=other_sched)
+    assert restored["epoch"] == 3
+    assert torch.equal(other.model.weight, task.model.weight)
+    assert torch.equal(other.model.bias, task.model.bias)
+    momentum = other_opt.state_dict()["state"][0]["momentum_buffer"]
+    assert torch.equal(momentum, optimizer.state_dict()["state"][0]["momentum_buffer"])

@@ -41,10 +41,11 @@ from trainables.kd import register_kd
 from trainables.kd._space import suggest_alpha, suggest_temperature
 from trainables.losses import (
     LossError,
-    binary_logits,
+    check_heads,
     check_nonneg_weight,
     check_same_shape,
     check_temperature,
+    refuse_unused,
     shape_of,
 )
 
@@ -135,16 +136,13 @@ def dkd_multitask_kd(
     """DKD on every binary logit of both heads: ``loss = alpha * (tckd_mlct + tckd_mcct) +
     beta * (nckd_mlct + nckd_mcct)``, the NCKD terms 0 (module docstring). Returns
     ``{"loss", "tckd_mlct", "tckd_mcct", "nckd_mlct", "nckd_mcct"}``."""
-    for name, value in (("gamma", gamma), ("hs_student", hs_student), ("hs_teacher", hs_teacher)):
-        if value is not None:
-            raise LossError(f"'dkd' compares logits only, so {name} must be None, got {value!r}")
+    refuse_unused("'dkd' compares logits only", gamma=gamma, hs_student=hs_student,
+                  hs_teacher=hs_teacher)  # fmt: skip
     if temperature is None:
         raise LossError("'dkd' needs temperature, the softmax temperature T > 0, got None")
     alpha, beta = check_nonneg_weight("alpha", alpha), check_nonneg_weight("beta", beta)
     temperature = check_temperature(temperature)
-    check_same_shape("s_mlct", s_mlct, "t_mlct", t_mlct)
-    s, t = binary_logits("s_mcct", s_mcct), binary_logits("t_mcct", t_mcct)
-    check_same_shape("s_mcct", s, "t_mcct", t)
+    s, t = check_heads(s_mlct, s_mcct, t_mlct, t_mcct)
     tckd_mlct, nckd_mlct = binary_dkd_terms(s_mlct, t_mlct, temperature)
     tckd_mcct, nckd_mcct = binary_dkd_terms(s, t, temperature)
     loss = alpha * (tckd_mlct + tckd_mcct) + beta * (nckd_mlct + nckd_mcct)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 from torch import Tensor
 
 from trainables.kd import Blocks, register_kd
@@ -37,7 +36,7 @@ def _block_mean(name: str, hs: Sequence[Tensor]) -> Tensor:
     shapes = {tuple(h.shape) for h in block_list(name, hs)}
     if len(shapes) != 1:
         raise LossError(f"all blocks of {name} must share one shape, got {sorted(shapes)}")
-    return torch.stack([h.float() for h in hs]).mean(dim=0)
+    return block_mean(hs)
 
 
 def mlcak_loss(hs_student: Sequence[Tensor], hs_teacher: Sequence[Tensor]) -> Tensor:

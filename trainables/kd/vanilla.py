@@ -13,12 +13,11 @@ from torch import Tensor
 from trainables.kd import register_kd
 from trainables.kd._space import suggest_alpha, suggest_beta, suggest_temperature
 from trainables.losses import (
-    LossError,
     bernoulli_kl,
-    binary_logits,
+    check_heads,
     check_nonneg_weight,
-    check_same_shape,
     check_temperature,
+    refuse_unused,
 )
 
 
@@ -52,14 +51,11 @@ def vanilla_multitask_kd(
     approaches and must stay None here (they exist so every registered KD loss takes the
     same keywords). Returns ``{"loss", "kd_mlct", "kd_mcct"}``.
     """
-    for name, value in (("gamma", gamma), ("hs_student", hs_student), ("hs_teacher", hs_teacher)):
-        if value is not None:
-            raise LossError(f"'vanilla' KD has no feature term, so {name} must be None")
+    refuse_unused("'vanilla' KD has no feature term", gamma=gamma, hs_student=hs_student,
+                  hs_teacher=hs_teacher)  # fmt: skip
     alpha, beta = check_nonneg_weight("alpha", alpha), check_nonneg_weight("beta", beta)
     temperature = check_temperature(temperature)
-    check_same_shape("s_mlct", s_mlct, "t_mlct", t_mlct)
-    s, t = binary_logits("s_mcct", s_mcct), binary_logits("t_mcct", t_mcct)
-    check_same_shape("s_mcct", s, "t_mcct", t)
+    s, t = check_heads(s_mlct, s_mcct, t_mlct, t_mcct)
     kd_mlct = bernoulli_kl(s_mlct, t_mlct, temperature).mean() * temperature**2
     kd_mcct = bernoulli_kl(s, t, temperature).mean() * temperature**2
     return {"loss": alpha * kd_mlct + beta * kd_mcct, "kd_mlct": kd_mlct, "kd_mcct": kd_mcct}
