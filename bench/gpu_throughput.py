@@ -31,12 +31,12 @@ import time
 import timm
 import torch
 
-from trainables.context import DataBundle
-from trainables.data.importers import import_dataset
-from trainables.data.store import DatasetStore
-from trainables.loop import run_trial
-from trainables.profiling import count_flops
-from trainables.trainable import LocalReporter
+from cxrkd.trainables.context import DataBundle
+from cxrkd.trainables.data.importers import import_dataset
+from cxrkd.trainables.data.store import DatasetStore
+from cxrkd.trainables.loop import run_trial
+from cxrkd.trainables.profiling import count_flops
+from cxrkd.trainables.trainable import LocalReporter
 
 # Dense bf16 tensor-core peaks (TFLOP/s, no sparsity) from the vendors' data sheets.
 PEAKS = {"H200": 989.0, "H100 SXM": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0,

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def decode_full(row: dict, size: int):
-    from trainables.data.dicom import decode_dicom
+    from cxrkd.trainables.data.dicom import decode_dicom
 
     return decode_dicom(row, 1 << 20)  # no reduction possible: a full-resolution decode
 
@@ -37,7 +37,7 @@ def decode_full(row: dict, size: int):
 def decode_pydicom(row: dict, size: int):
     import pydicom
 
-    from trainables.data.dicom import display_image
+    from cxrkd.trainables.data.dicom import display_image
 
     ds = pydicom.dcmread(row["source_path"])
     return display_image(ds.pixel_array, ds), int(ds.Columns), int(ds.Rows)
@@ -83,8 +83,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args(argv)
 
-    from trainables.data.vindr import plan_vindr
-    from trainables.data.writer import write_store
+    from cxrkd.trainables.data.vindr import plan_vindr
+    from cxrkd.trainables.data.writer import write_store
 
     work = Path(tempfile.mkdtemp(prefix="bench_dicom_"))
     try:

@@ -58,7 +58,7 @@ class RssSampler(threading.Thread):
 
 
 def register_study(args) -> None:
-    from spaces.studies import STUDIES, Profile, SearchCell, Stage, Study
+    from cxrkd.spaces.studies import STUDIES, Profile, SearchCell, Stage, Study
 
     fixed = {
         "img_size": args.img_size,
@@ -96,7 +96,7 @@ class Marks:
         self.records_s: dict[str, float] = {}
 
     def install(self) -> None:
-        from search import study_run
+        from cxrkd.search import study_run
 
         marks = self
 
@@ -124,9 +124,9 @@ class Marks:
 def run_direct(configs: list[dict], store) -> list[float]:
     import torch
 
-    from trainables.context import DataBundle
-    from trainables.loop import run_trial
-    from trainables.trainable import LocalReporter
+    from cxrkd.trainables.context import DataBundle
+    from cxrkd.trainables.loop import run_trial
+    from cxrkd.trainables.trainable import LocalReporter
 
     torch.set_num_threads(1)
     bundle = DataBundle.from_store(store)
@@ -172,11 +172,11 @@ def main() -> None:
     import ray
     from ray.cluster_utils import Cluster
 
-    from search.run_state import RunOptions
-    from search.runner import run_study
-    from spaces.studies import STUDIES
-    from trainables.data.importers import import_dataset
-    from trainables.data.store import DatasetStore
+    from cxrkd.search.run_state import RunOptions
+    from cxrkd.search.runner import run_study
+    from cxrkd.spaces.studies import STUDIES
+    from cxrkd.trainables.data.importers import import_dataset
+    from cxrkd.trainables.data.store import DatasetStore
 
     manifest = import_dataset("phantom", "pneumonia", name="bench", n=120, size=32,
                            progress=False, workers=1)  # fmt: skip

@@ -34,14 +34,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from trainables import checkpoint
-from trainables.config import parse_config
-from trainables.context import DataBundle, TrialContext
-from trainables.data.pipeline import BatchLoader, DatasetInfo, SplitData
-from trainables.loop import _train_epoch, seed_everything  # the loop's own step, not a copy
-from trainables.methods import get_method
-from trainables.optim import make_optimizer, make_scheduler
-from trainables.teachers import TeacherKey, TeacherRegistry
+from cxrkd.trainables import checkpoint
+from cxrkd.trainables.config import parse_config
+from cxrkd.trainables.context import DataBundle, TrialContext
+from cxrkd.trainables.data.pipeline import BatchLoader, DatasetInfo, SplitData
+from cxrkd.trainables.loop import _train_epoch, seed_everything  # the loop's own step, not a copy
+from cxrkd.trainables.methods import get_method
+from cxrkd.trainables.optim import make_optimizer, make_scheduler
+from cxrkd.trainables.teachers import TeacherKey, TeacherRegistry
 
 CPU = torch.device("cpu")
 ARMS = ("plain", "cached", "online")

@@ -26,10 +26,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from trainables.data.augment import low_resolution
-from trainables.data.importers import import_dataset
-from trainables.data.store import DatasetStore
-from trainables.metrics import multilabel_auroc
+from cxrkd.trainables.data.augment import low_resolution
+from cxrkd.trainables.data.importers import import_dataset
+from cxrkd.trainables.data.store import DatasetStore
+from cxrkd.trainables.metrics import multilabel_auroc
 
 INPUT = 224
 

@@ -31,9 +31,9 @@ from types import SimpleNamespace
 
 import pandas as pd
 
-from results.frames import compact_records, load_raw_records
-from search.records import SKIP_RESULT_KEYS, RecordsCallback
-from trainables import storage
+from cxrkd.results.frames import compact_records, load_raw_records
+from cxrkd.search.records import SKIP_RESULT_KEYS, RecordsCallback
+from cxrkd.trainables import storage
 
 STAGE, CELL = "search", "cnn"
 METRICS = [f"val_m{i}" for i in range(28)]  # a real epoch row has ~35 metrics

@@ -75,7 +75,7 @@ def time_imagefolder(folder: Path, size: int) -> tuple[float, int]:
 
 def time_store(images: np.ndarray, labels: np.ndarray, min_seconds: float) -> tuple[float, int]:
     """(images/s, images) of whole BatchLoader epochs over the store, for at least min_seconds."""
-    from trainables.data.pipeline import BatchLoader
+    from cxrkd.trainables.data.pipeline import BatchLoader
 
     loader = BatchLoader(images, labels, batch_size=BATCH, shuffle=True, device="cpu")
     for _ in loader:  # one warm-up epoch: page cache, allocator
@@ -89,8 +89,8 @@ def time_store(images: np.ndarray, labels: np.ndarray, min_seconds: float) -> tu
 
 def time_decoders(paths: list[Path], size: int) -> tuple[float, float]:
     """Mean ms per file to decode and resize to ``size``: the importer's way vs a full decode."""
-    from trainables.data.import_plan import resize_square
-    from trainables.data.jpeg import decode_image_file
+    from cxrkd.trainables.data.import_plan import resize_square
+    from cxrkd.trainables.data.jpeg import decode_image_file
 
     def reduced(path: Path) -> np.ndarray:
         return resize_square(decode_image_file({"source_path": str(path)}, size)[0], size)
@@ -118,8 +118,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.n < 20:
         parser.error(f"--n must be at least 20 (both classes in train and test), got {args.n}")
 
-    from trainables.data.importers import import_dataset
-    from trainables.data.store import DatasetStore
+    from cxrkd.trainables.data.importers import import_dataset
+    from cxrkd.trainables.data.store import DatasetStore
 
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory(prefix="cxrkd-bench-") as tmp:

@@ -33,7 +33,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from search.plan_throughput import TABLE, ModelSpec, count_model_flops, flops_key, machine, measure
+from cxrkd.search.plan_throughput import (
+    TABLE,
+    ModelSpec,
+    count_model_flops,
+    flops_key,
+    machine,
+    measure,
+)
 
 PAPER = [
     "resnet18:224",

@@ -82,9 +82,9 @@ class Timeline:
 
 def instrument(timeline: Timeline) -> None:
     """Wrap the driver's phases and add a timing callback to the study's Tuner."""
-    import results.report
-    import search.runner
-    from search import study_run
+    import cxrkd.results.report as report_module
+    import cxrkd.search.runner as runner_module
+    from cxrkd.search import study_run
 
     run_experiment = study_run.run_experiment
 
@@ -114,8 +114,8 @@ def instrument(timeline: Timeline) -> None:
         finally:
             study_run.RecordsCallback = original
 
-    search.runner.run_experiment = run_experiment_timed
-    results.report.write_report = timeline.timed("report", results.report.write_report)
+    runner_module.run_experiment = run_experiment_timed
+    report_module.write_report = timeline.timed("report", report_module.write_report)
 
 
 def trial_costs(timeline: Timeline) -> pd.DataFrame:
@@ -191,12 +191,12 @@ def main() -> None:
 
     import ray
 
-    from search.preflight import check_cells
-    from search.run_state import RunOptions
-    from search.runner import run_study
-    from search.study_dataset import open_dataset
-    from search.study_options import study_with_options, typed_overrides
-    from trainables.data.importers import import_dataset
+    from cxrkd.search.preflight import check_cells
+    from cxrkd.search.run_state import RunOptions
+    from cxrkd.search.runner import run_study
+    from cxrkd.search.study_dataset import open_dataset
+    from cxrkd.search.study_options import study_with_options, typed_overrides
+    from cxrkd.trainables.data.importers import import_dataset
 
     store = import_dataset(
         "phantom", "pneumonia", name="bench", n=args.n, size=32, progress=False, workers=1

@@ -3,8 +3,8 @@
 Extraction functions return DataFrames and are tested directly; writers only lay them out.
 """
 
-from results.frames import dedupe_epochs, load_records, write_frames
-from results.tables import (
+from cxrkd.results.frames import dedupe_epochs, load_records, write_frames
+from cxrkd.results.tables import (
     STD_NOTE,
     TableError,
     comparison_table,

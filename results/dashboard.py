@@ -19,9 +19,9 @@ from collections.abc import Mapping, Sequence
 import pandas as pd
 from plotly.offline import get_plotlyjs
 
-from results import sections as S
-from results.held_out_scores import load_test_scores
-from results.optuna_export import (
+from cxrkd.results import sections as S
+from cxrkd.results.held_out_scores import load_test_scores
+from cxrkd.results.optuna_export import (
     OPTUNA_DB,
     CellKey,
     Distributions,
@@ -29,8 +29,8 @@ from results.optuna_export import (
     export_studies,
     study_distributions,
 )
-from spaces.studies import ParetoSpec
-from trainables import storage
+from cxrkd.spaces.studies import ParetoSpec
+from cxrkd.trainables import storage
 
 DASHBOARD = "dashboard.html"
 _STYLE = """

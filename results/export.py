@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from results.figure_data import final_rows
-from results.held_out_scores import locate_test_scores
-from trainables import storage
-from trainables.errors import CxrkdError
+from cxrkd.results.figure_data import final_rows
+from cxrkd.results.held_out_scores import locate_test_scores
+from cxrkd.trainables import storage
+from cxrkd.trainables.errors import CxrkdError
 
 # The threshold the final trial's test metrics used: the validation threshold of its last
 # epoch (Youden's J on validation; ``trainables.evaluate.val_threshold``).

@@ -35,8 +35,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from trainables import storage
-from trainables.errors import CxrkdError
+from cxrkd.trainables import storage
+from cxrkd.trainables.errors import CxrkdError
 
 RECORD_KINDS = ("trials", "epochs")
 # What makes two records rows the same row: an epoch is identified by the attempt that ran

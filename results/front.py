@@ -14,9 +14,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from results.figure_data import config_string, final_rows, missing_columns, nondominated
-from results.tables import _fmt_latency, _fmt_params, comparison_table, format_table
-from spaces.studies import ParetoSpec, front_keys
+from cxrkd.results.figure_data import config_string, final_rows, missing_columns, nondominated
+from cxrkd.results.tables import _fmt_latency, _fmt_params, comparison_table, format_table
+from cxrkd.spaces.studies import ParetoSpec, front_keys
 
 TEST_METRICS = [("test_auroc_mcct", "test AUROC T2 (MCCT)"), ("test_auroc_mean", "test AUROC mean")]
 # Set by the final stage on top of the chosen configuration: not part of it.

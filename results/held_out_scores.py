@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 import pyarrow.fs as pafs
 
-from results.figure_data import final_rows
-from trainables import storage
+from cxrkd.results.figure_data import final_rows
+from cxrkd.trainables import storage
 
 # Equal to trainables.checkpoint.TEST_SCORES_FILE (a test checks); not imported from there,
 # as that would import torch into every report.

@@ -33,9 +33,9 @@ from optuna.distributions import (
 )
 from optuna.trial import TrialState, create_trial
 
-from results.figure_data import searched_rows, trial_order, varying_params
-from trainables import storage
-from trainables.errors import CxrkdError
+from cxrkd.results.figure_data import searched_rows, trial_order, varying_params
+from cxrkd.trainables import storage
+from cxrkd.trainables.errors import CxrkdError
 
 Distributions = dict[str, BaseDistribution]
 CellKey = tuple[str, str]  # (stage, cell)
@@ -69,8 +69,8 @@ def study_distributions(study) -> dict[CellKey, Distributions]:
     Cells whose stage cannot be built without a finished earlier stage are left out (their
     distributions are then inferred from the trials).
     """
-    from spaces.cell_space import CellSpace  # the driver's view of a cell: pins and bounds
-    from spaces.studies import SearchCell, StudyState
+    from cxrkd.spaces.cell_space import CellSpace  # the driver's view of a cell: pins and bounds
+    from cxrkd.spaces.studies import SearchCell, StudyState
 
     out: dict[CellKey, Distributions] = {}
     for stage in study.stages:

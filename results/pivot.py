@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from results.tables import (
+from cxrkd.results.tables import (
     _DASH,
     SHORT_NAMES,
     _fmt_mean_std,
@@ -19,7 +19,7 @@ from results.tables import (
     fmt_interval,
     fmt_p,
 )
-from results.uncertainty import CellStats
+from cxrkd.results.uncertainty import CellStats
 
 COLUMNS = ["row", "col", "cell", "metric", "n_seeds", "mean", "std", "ci_low", "ci_high"]
 COLUMNS += ["vs", "p", "p_method"]

@@ -16,7 +16,7 @@ import plotly.express as px
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from results.figure_data import STATUSES
+from cxrkd.results.figure_data import STATUSES
 
 STATUS_COLORS = {
     "completed": "#2a9d8f",

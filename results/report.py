@@ -10,11 +10,11 @@ import sys
 
 import pandas as pd
 
-from results.dashboard import write_study_dashboard
-from results.frames import load_records, write_frames
-from results.front import front_display, front_table
-from results.held_out_scores import load_test_scores
-from results.pivot import (
+from cxrkd.results.dashboard import write_study_dashboard
+from cxrkd.results.frames import load_records, write_frames
+from cxrkd.results.front import front_display, front_table
+from cxrkd.results.held_out_scores import load_test_scores
+from cxrkd.results.pivot import (
     PivotEntry,
     chosen_configs,
     expand_findings,
@@ -22,12 +22,12 @@ from results.pivot import (
     pivot_display,
     pivot_values,
 )
-from results.tables import comparison_table, format_table, render_markdown, write_tables
-from results.teacher_scores import registered_rows
-from results.uncertainty import CellStats, UncertaintyError
-from spaces.studies import ParetoSpec, PivotSpec, TableSpec, table_rows
-from trainables import storage
-from trainables.data.store import SYNTHETIC_BANNER
+from cxrkd.results.tables import comparison_table, format_table, render_markdown, write_tables
+from cxrkd.results.teacher_scores import registered_rows
+from cxrkd.results.uncertainty import CellStats, UncertaintyError
+from cxrkd.spaces.studies import ParetoSpec, PivotSpec, TableSpec, table_rows
+from cxrkd.trainables import storage
+from cxrkd.trainables.data.store import SYNTHETIC_BANNER
 
 
 def caption_of(study, manifest) -> str:
@@ -100,8 +100,8 @@ def with_registered_teachers(run_uri: str, study, manifest, trials: pd.DataFrame
     """``(trials + one final row per registered teacher the tables show, their scores,
     notes)``: see :mod:`results.teacher_scores`. The dataset is opened only when a teacher
     has not been scored in this run folder before."""
-    from trainables.context import DataBundle
-    from trainables.data.store import DatasetStore
+    from cxrkd.trainables.context import DataBundle
+    from cxrkd.trainables.data.store import DatasetStore
 
     def load_data():
         return DataBundle.from_store(DatasetStore.open(manifest.name), splits=("val", "test"))

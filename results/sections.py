@@ -11,12 +11,12 @@ import optuna
 import pandas as pd
 import plotly.graph_objects as go
 
-from results import figure_data as F
-from results import front, plots
-from results.held_out_scores import roc_curves
-from results.optuna_export import CellKey, Distributions, plot_notes
-from results.tables import TableError, comparison_table, format_table
-from spaces.studies import ParetoSpec
+from cxrkd.results import figure_data as F
+from cxrkd.results import front, plots
+from cxrkd.results.held_out_scores import roc_curves
+from cxrkd.results.optuna_export import CellKey, Distributions, plot_notes
+from cxrkd.results.tables import TableError, comparison_table, format_table
+from cxrkd.spaces.studies import ParetoSpec
 
 # Test metrics of the final models, in display order; the absent ones are left out.
 TEST_METRICS = [

@@ -20,10 +20,10 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-from results.stats import N_BOOT
-from results.uncertainty import CellStats, is_auroc
-from trainables import storage
-from trainables.errors import CxrkdError
+from cxrkd.results.stats import N_BOOT
+from cxrkd.results.uncertainty import CellStats, is_auroc
+from cxrkd.trainables import storage
+from cxrkd.trainables.errors import CxrkdError
 
 STD_NOTE = (
     "Values are mean ± sample standard deviation (ddof=1) over seeds; "
@@ -99,8 +99,8 @@ def _check_columns(trials: pd.DataFrame, wanted: list[str], what: str) -> None:
 def _check_config_keys(keys: set[str]) -> None:
     """Hyperparameters to show must be config fields of some method (a typo fails); a field no
     trial drew has no column and is left out of the string."""
-    from trainables.config import TrainConfig, field_names
-    from trainables.methods import METHODS
+    from cxrkd.trainables.config import TrainConfig, field_names
+    from cxrkd.trainables.methods import METHODS
 
     known = set(field_names(TrainConfig))
     for method in METHODS.all().values():

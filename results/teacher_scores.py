@@ -21,10 +21,10 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
-from results.held_out_scores import read_test_scores
-from spaces.studies import REGISTERED_PREFIX
-from trainables import storage
-from trainables.errors import CxrkdError
+from cxrkd.results.held_out_scores import read_test_scores
+from cxrkd.spaces.studies import REGISTERED_PREFIX
+from cxrkd.trainables import storage
+from cxrkd.trainables.errors import CxrkdError
 
 CACHE_DIR = "teacher_scores"
 
@@ -54,14 +54,14 @@ def score_teacher(teacher_uri: str, data) -> tuple[dict[str, float], dict[str, n
     ``trainables.context.DataBundle`` with val and test splits), as a final trial gets them."""
     import torch
 
-    from trainables import teachers
-    from trainables.config import parse_config
-    from trainables.context import TrialContext
-    from trainables.data.augment import Pipeline
-    from trainables.evaluate import predict, split_metrics, val_threshold
-    from trainables.loop import per_image_scores, pick_device
-    from trainables.methods import get_method
-    from trainables.teacher_files import fetch_model_dir
+    from cxrkd.trainables import teachers
+    from cxrkd.trainables.config import parse_config
+    from cxrkd.trainables.context import TrialContext
+    from cxrkd.trainables.data.augment import Pipeline
+    from cxrkd.trainables.evaluate import predict, split_metrics, val_threshold
+    from cxrkd.trainables.loop import per_image_scores, pick_device
+    from cxrkd.trainables.methods import get_method
+    from cxrkd.trainables.teacher_files import fetch_model_dir
 
     teachers.read_record(teacher_uri, dataset_fingerprint=data.info.fingerprint)
     folder = fetch_model_dir(teacher_uri)

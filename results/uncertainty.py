@@ -24,8 +24,8 @@ from collections.abc import Callable, Mapping
 import numpy as np
 import pandas as pd
 
-from results import stats
-from trainables.errors import CxrkdError
+from cxrkd.results import stats
+from cxrkd.trainables.errors import CxrkdError
 
 RATES = ("acc", "precision", "recall", "f1", "specificity")
 _KERNELS: dict[str, Callable] = {

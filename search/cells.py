@@ -22,17 +22,17 @@ from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialSch
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from search.searcher_json import (
+from cxrkd.search.searcher_json import (
     SEARCHER_FORMAT,
     asha_state,
     optuna_state,
     restore_asha,
     restore_optuna,
 )
-from spaces.cell_space import CellSpace
-from spaces.studies import Cell, SearchCell
-from trainables.errors import CxrkdError
-from trainables.trainable import CELL_KEY, STAGE_KEY
+from cxrkd.spaces.cell_space import CellSpace
+from cxrkd.spaces.studies import Cell, SearchCell
+from cxrkd.trainables.errors import CxrkdError
+from cxrkd.trainables.trainable import CELL_KEY, STAGE_KEY
 
 
 def cell_objectives(cell: Cell, *, metric: str, mode: str) -> tuple[tuple[str, str], ...]:

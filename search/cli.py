@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from trainables.errors import CxrkdError
+from cxrkd.trainables.errors import CxrkdError
 
 
 def cxrkd_version() -> str:
@@ -19,10 +19,10 @@ def cxrkd_version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from search.cli_data import add_data_commands
-    from search.cli_export import add_export_commands
-    from search.cli_report import add_report_commands
-    from search.cli_search import add_search_commands
+    from cxrkd.search.cli_data import add_data_commands
+    from cxrkd.search.cli_export import add_export_commands
+    from cxrkd.search.cli_report import add_report_commands
+    from cxrkd.search.cli_search import add_search_commands
 
     parser = argparse.ArgumentParser(
         prog="cxrkd",

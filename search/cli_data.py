@@ -7,7 +7,7 @@ import json
 import shutil
 import sys
 
-from trainables.data.store import (
+from cxrkd.trainables.data.store import (
     SYNTHETIC_BANNER,
     DatasetError,
     DatasetStore,
@@ -40,7 +40,7 @@ KIND_OPTIONS: dict[str, list[tuple[tuple[str, ...], dict]]] = {
 
 
 def add_data_commands(sub: argparse._SubParsersAction) -> None:
-    from trainables.data.importers import IMPORTERS
+    from cxrkd.trainables.data.importers import IMPORTERS
 
     data = sub.add_parser("data", help="dataset stores: import, list, show, preview, rm")
     dsub = data.add_subparsers(dest="data_cmd", required=True, metavar="COMMAND")
@@ -80,7 +80,7 @@ def add_data_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from trainables.data.importers import import_dataset
+    from cxrkd.trainables.data.importers import import_dataset
 
     options = {dest: getattr(args, dest) for dest in args.kind_options}
     if args.kind == "phantom" and options.get("n") is None:
@@ -137,7 +137,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_preview(args: argparse.Namespace) -> int:
-    from trainables.data.preview import write_preview
+    from cxrkd.trainables.data.preview import write_preview
 
     store = DatasetStore.open(args.name)
     path = write_preview(store, args.out, n=args.n, split=args.split, seed=args.seed)

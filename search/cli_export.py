@@ -13,7 +13,7 @@ import json
 import sys
 import time
 
-from trainables.export_format import FORMATS, SIDECAR, SIDECAR_VERSION
+from cxrkd.trainables.export_format import FORMATS, SIDECAR, SIDECAR_VERSION
 
 SYNTHETIC_NOTE = (
     "SYNTHETIC: this model was trained on phantom data; its outputs say nothing about real "
@@ -59,8 +59,8 @@ def _final_stage(study) -> str:
 def cmd_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from trainables.export import check_out
-    from trainables.export_format import check_format
+    from cxrkd.trainables.export import check_out
+    from cxrkd.trainables.export_format import check_format
 
     check_format(args.format)
     check_out(Path(args.out).expanduser().absolute())  # before anything is read or built
@@ -79,16 +79,16 @@ def export_run(run: str, *, cell: str, seed: int | None, fmt: str, out: str):
     import numpy as np
     import torch
 
-    from results.export import fetch_checkpoint, final_model
-    from results.frames import load_trials
-    from search.provenance import package_versions
-    from search.run_state import read_run, run_uri_of
-    from search.runner import study_of_run
-    from trainables.checkpoint import CheckpointError
-    from trainables.data.pipeline import DatasetInfo
-    from trainables.data.store import DatasetStore
-    from trainables.errors import CxrkdError
-    from trainables.export import (
+    from cxrkd.results.export import fetch_checkpoint, final_model
+    from cxrkd.results.frames import load_trials
+    from cxrkd.search.provenance import package_versions
+    from cxrkd.search.run_state import read_run, run_uri_of
+    from cxrkd.search.runner import study_of_run
+    from cxrkd.trainables.checkpoint import CheckpointError
+    from cxrkd.trainables.data.pipeline import DatasetInfo
+    from cxrkd.trainables.data.store import DatasetStore
+    from cxrkd.trainables.errors import CxrkdError
+    from cxrkd.trainables.export import (
         deployed_task,
         model_inputs,
         output_names,
@@ -189,7 +189,7 @@ def prediction_rows(sidecar: dict, paths: list[str], probs) -> list[dict]:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from trainables.export import predict_files
+    from cxrkd.trainables.export import predict_files
 
     sidecar, probs = predict_files(args.dir, args.images)
     rows = prediction_rows(sidecar, args.images, probs)

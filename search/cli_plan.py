@@ -70,10 +70,10 @@ def add_plan_command(ssub: argparse._SubParsersAction) -> None:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from search.cli_search import parse_sets
-    from search.plan import build_plan
-    from search.run_state import RunOptions
-    from trainables.errors import CxrkdError
+    from cxrkd.search.cli_search import parse_sets
+    from cxrkd.search.plan import build_plan
+    from cxrkd.search.run_state import RunOptions
+    from cxrkd.trainables.errors import CxrkdError
 
     if args.probe and args.gpu:
         raise CxrkdError("--probe measures this machine; leave out --gpu (or --probe)")

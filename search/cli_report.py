@@ -12,7 +12,7 @@ import sys
 import time
 from types import SimpleNamespace
 
-from trainables.errors import CxrkdError
+from cxrkd.trainables.errors import CxrkdError
 
 
 def add_report_commands(sub: argparse._SubParsersAction) -> None:
@@ -31,7 +31,7 @@ def add_report_commands(sub: argparse._SubParsersAction) -> None:
 def manifest_of(dataset: str):
     """The run's dataset manifest, or a stand-in naming it when this machine lacks the store
     (a report made away from the data: the caption then cannot say whether it is synthetic)."""
-    from trainables.data.store import DatasetStore
+    from cxrkd.trainables.data.store import DatasetStore
 
     try:
         return DatasetStore.open(dataset).manifest
@@ -41,13 +41,13 @@ def manifest_of(dataset: str):
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from results.dashboard import DASHBOARD
-    from results.frames import compact_records, load_raw_records, repeated_epochs
-    from results.optuna_export import OPTUNA_DB
-    from results.report import write_report
-    from search.run_state import RunOptions, read_run, run_uri_of
-    from search.study_options import study_with_options
-    from trainables import storage
+    from cxrkd.results.dashboard import DASHBOARD
+    from cxrkd.results.frames import compact_records, load_raw_records, repeated_epochs
+    from cxrkd.results.optuna_export import OPTUNA_DB
+    from cxrkd.results.report import write_report
+    from cxrkd.search.run_state import RunOptions, read_run, run_uri_of
+    from cxrkd.search.study_options import study_with_options
+    from cxrkd.trainables import storage
 
     started = time.perf_counter()
     run_uri = run_uri_of(args.run)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from trainables.errors import CxrkdError
+from cxrkd.trainables.errors import CxrkdError
 
 
 def parse_sets(items: list[str]) -> dict[str, str]:
@@ -21,7 +21,7 @@ def parse_sets(items: list[str]) -> dict[str, str]:
 
 def studies_epilog() -> str:
     """``search run --help``'s list of the studies and their profiles (from the registry)."""
-    from spaces.studies import STUDIES, get_study
+    from cxrkd.spaces.studies import STUDIES, get_study
 
     lines = ["studies (STUDY) and their profiles (--profile):"]
     for name, (_, profiles) in STUDIES.all().items():
@@ -100,7 +100,7 @@ def add_search_commands(sub: argparse._SubParsersAction) -> None:
         "the best trial by the study's own metric",
     )
     p.set_defaults(func=cmd_status)
-    from search.cli_plan import add_plan_command
+    from cxrkd.search.cli_plan import add_plan_command
 
     add_plan_command(ssub)
 
@@ -130,8 +130,8 @@ def add_search_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from search.run_state import RunOptions
-    from search.runner import run_study
+    from cxrkd.search.run_state import RunOptions
+    from cxrkd.search.runner import run_study
 
     overrides = parse_sets(args.set)
     if args.weights_dir:
@@ -158,14 +158,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from search.runner import resume_study
+    from cxrkd.search.runner import resume_study
 
     resume_study(args.run, address=args.address)
     return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from search.status import print_status, print_status_json
+    from cxrkd.search.status import print_status, print_status_json
 
     if args.json:
         print_status_json(args.run)
@@ -175,7 +175,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_weights_download(args: argparse.Namespace) -> int:
-    from trainables.weights import weights_download
+    from cxrkd.trainables.weights import weights_download
 
     for path in weights_download(args.names, args.out):
         print(f"saved {path}")
@@ -183,7 +183,7 @@ def cmd_weights_download(args: argparse.Namespace) -> int:
 
 
 def cmd_weights_pretrain_phantom(args: argparse.Namespace) -> int:
-    from trainables.phantom_backbones import SOURCE, build_builtin_weights, pretrain_phantom
+    from cxrkd.trainables.phantom_backbones import SOURCE, build_builtin_weights, pretrain_phantom
 
     if args.out is None:
         folder = build_builtin_weights(SOURCE, args.names)
@@ -196,7 +196,7 @@ def cmd_weights_pretrain_phantom(args: argparse.Namespace) -> int:
 def cmd_weights_check(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from trainables.weights import INDEX_FILE, check_weights_available, read_index
+    from cxrkd.trainables.weights import INDEX_FILE, check_weights_available, read_index
 
     folder = Path(args.dir).expanduser().resolve()
     index = read_index(folder)

@@ -14,9 +14,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from search.study_options import apply_overrides
-from spaces.studies import Cell, Stage, Study, StudyState
-from trainables.methods import get_method
+from cxrkd.search.study_options import apply_overrides
+from cxrkd.spaces.studies import Cell, Stage, Study, StudyState
+from cxrkd.trainables.methods import get_method
 
 PENDING = "<pending>"  # a value not chosen yet: a teacher's URI, or a key of a chosen config
 

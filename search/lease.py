@@ -36,8 +36,8 @@ from collections.abc import Callable, Iterator
 
 import pyarrow.fs as pafs
 
-from trainables import storage
-from trainables.errors import CxrkdError
+from cxrkd.trainables import storage
+from cxrkd.trainables.errors import CxrkdError
 
 LEASE = "lease"  # RUN/lease/<generation>.json
 _NAME = re.compile(r"^(\d{12})\.json$")

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from search.plan_costs import STARTUP_S, Rates, add_costs, dataset_images
-from search.plan_counts import CASES, StagePlan, plan_counts
-from search.plan_throughput import ThroughputTable, probe_table
-from search.run_state import RunOptions
-from search.study_options import study_with_options, typed_overrides
+from cxrkd.search.plan_costs import STARTUP_S, Rates, add_costs, dataset_images
+from cxrkd.search.plan_counts import CASES, StagePlan, plan_counts
+from cxrkd.search.plan_throughput import ThroughputTable, probe_table
+from cxrkd.search.run_state import RunOptions
+from cxrkd.search.study_options import study_with_options, typed_overrides
 
 DEFAULT_KIND, DEFAULT_WORKERS = "a10g", 8  # cluster.yaml: up to 8 g5.xlarge (one A10G each)
 
@@ -30,7 +30,7 @@ def build_plan(
     table_path: str | None = None,
 ) -> dict:
     """The plan as one JSON-ready dict (what ``--json`` prints)."""
-    from trainables.errors import CxrkdError
+    from cxrkd.trainables.errors import CxrkdError
 
     if workers < 1:
         raise CxrkdError(f"--workers must be at least 1, got {workers}")

@@ -13,10 +13,10 @@ import dataclasses
 import heapq
 from dataclasses import dataclass
 
-from search.plan_counts import CASES, StagePlan, config_value
-from search.plan_throughput import ModelSpec, Rate, ThroughputTable
-from search.study_dataset import SYNTHETIC_PROFILES
-from spaces.studies import Study
+from cxrkd.search.plan_counts import CASES, StagePlan, config_value
+from cxrkd.search.plan_throughput import ModelSpec, Rate, ThroughputTable
+from cxrkd.search.study_dataset import SYNTHETIC_PROFILES
+from cxrkd.spaces.studies import Study
 
 STARTUP_S = 30.0  # ASSUMED per trial: worker process, model, weights, teacher; not measured
 # Split sizes when no dataset store is named: what the profile is meant for.
@@ -46,7 +46,7 @@ class Images:
 def dataset_images(study: Study, dataset: str | None) -> Images:
     """Split sizes from the named store (or the demo's built-in one when imported), else the
     assumption for what the profile is meant for."""
-    from trainables.data.store import DatasetStore, datasets_dir
+    from cxrkd.trainables.data.store import DatasetStore, datasets_dir
 
     name = dataset
     synthetic = study.profile.name in SYNTHETIC_PROFILES

@@ -20,13 +20,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from search.cells import cell_epochs, cell_objectives
-from search.stage import stage_epochs
-from search.study_options import apply_overrides
-from spaces.cell_space import expand_choices
-from spaces.studies import Cell, SearchCell, Study, StudyState
-from trainables.config import TrainConfig
-from trainables.kd import get_kd
+from cxrkd.search.cells import cell_epochs, cell_objectives
+from cxrkd.search.stage import stage_epochs
+from cxrkd.search.study_options import apply_overrides
+from cxrkd.spaces.cell_space import expand_choices
+from cxrkd.spaces.studies import Cell, SearchCell, Study, StudyState
+from cxrkd.trainables.config import TrainConfig
+from cxrkd.trainables.kd import get_kd
 
 CASES = ("best", "typical", "worst")
 _REF = "<teacher-of:"

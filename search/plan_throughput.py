@@ -27,7 +27,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from trainables.errors import CxrkdError
+from cxrkd.trainables.errors import CxrkdError
 
 TABLE = Path(__file__).resolve().parents[1] / "bench" / "throughput.json"
 MODES = ("train", "eval")
@@ -200,7 +200,7 @@ def flops_key(spec: ModelSpec) -> str:
 def build_model(spec: ModelSpec):
     """The model a trial of ``spec`` trains, without weights (ViTs with the two heads)."""
     if spec.model.startswith("vit_"):
-        from trainables.vit import create_vit
+        from cxrkd.trainables.vit import create_vit
 
         return create_vit(
             spec.model,
@@ -210,7 +210,7 @@ def build_model(spec: ModelSpec):
             patch_size=spec.patch_size or None,
             depth=spec.depth or None,
         )
-    from trainables.models import create_model
+    from cxrkd.trainables.models import create_model
 
     return create_model(spec.model, num_outputs=1, pretrained=False)
 
@@ -218,7 +218,7 @@ def build_model(spec: ModelSpec):
 def count_model_flops(spec: ModelSpec) -> int:
     import torch
 
-    from trainables.profiling import count_flops
+    from cxrkd.trainables.profiling import count_flops
 
     model = build_model(spec)
     return count_flops(model, torch.zeros(1, 1, spec.img_size, spec.img_size))
@@ -240,9 +240,9 @@ def measure(
     one)."""
     import torch
 
-    from trainables.data.augment import Pipeline
-    from trainables.precision import autocast
-    from trainables.profiling import count_parameters
+    from cxrkd.trainables.data.augment import Pipeline
+    from cxrkd.trainables.precision import autocast
+    from cxrkd.trainables.profiling import count_parameters
 
     device = torch.device(device)
     cuda = device.type == "cuda"
@@ -295,7 +295,7 @@ def measure(
 def _flops_of(model, spec: ModelSpec, device) -> int:
     import torch
 
-    from trainables.profiling import count_flops
+    from cxrkd.trainables.profiling import count_flops
 
     return count_flops(model, torch.zeros(1, 1, spec.img_size, spec.img_size, device=device))
 

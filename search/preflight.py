@@ -8,12 +8,12 @@ are checked where they are read: :mod:`search.study_options`, :mod:`search.study
 
 from __future__ import annotations
 
-from search.study_options import apply_overrides
-from spaces.cell_space import CellSpace, expand_choices
-from spaces.studies import FixedCell, Study, StudyState
-from trainables.config import parse_config
-from trainables.data.store import DatasetStore
-from trainables.errors import CxrkdError
+from cxrkd.search.study_options import apply_overrides
+from cxrkd.spaces.cell_space import CellSpace, expand_choices
+from cxrkd.spaces.studies import FixedCell, Study, StudyState
+from cxrkd.trainables.config import parse_config
+from cxrkd.trainables.data.store import DatasetStore
+from cxrkd.trainables.errors import CxrkdError
 
 
 def check_models(models: dict[str, str]) -> None:
@@ -23,7 +23,7 @@ def check_models(models: dict[str, str]) -> None:
 
     import timm
 
-    from trainables.models import MODELS
+    from cxrkd.trainables.models import MODELS
 
     for name, cell in sorted(models.items()):
         if name in MODELS or timm.is_model(name):
@@ -62,6 +62,6 @@ def check_cells(study: Study, store: DatasetStore, overrides: dict | None = None
                     weights_dir = cfg.train.weights_dir
     check_models(names)
     if models:
-        from trainables.weights import check_weights_available
+        from cxrkd.trainables.weights import check_weights_available
 
         check_weights_available(sorted(models), weights_dir=weights_dir)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import os
 
-from search.run_state import RunOptions
+from cxrkd.search.run_state import RunOptions
 
 
 def init_ray(address: str | None) -> bool:

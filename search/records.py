@@ -26,16 +26,16 @@ import uuid
 import pyarrow.fs as pafs
 from ray.tune import Callback
 
-from results.frames import (
+from cxrkd.results.frames import (
     cell_folder,
     compact_records,
     read_record_file,
     record_files,
     write_record_object,
 )
-from search.cells import cell_budget, cell_epochs
-from trainables import storage
-from trainables.trainable import CELL_KEY, STAGE_KEY
+from cxrkd.search.cells import cell_budget, cell_epochs
+from cxrkd.trainables import storage
+from cxrkd.trainables.trainable import CELL_KEY, STAGE_KEY
 
 SKIP_RESULT_KEYS = {
     "config",

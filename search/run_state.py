@@ -8,9 +8,9 @@ import json
 import time
 from dataclasses import dataclass, field
 
-from spaces.studies import StudyState
-from trainables import storage
-from trainables.errors import CxrkdError
+from cxrkd.spaces.studies import StudyState
+from cxrkd.trainables import storage
+from cxrkd.trainables.errors import CxrkdError
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ RESERVED_RUN_NAMES = frozenset({"teachers"})
 def check_run_name(name: str) -> str:
     """A run name is one folder under the storage root: the dataset-name rule
     (:func:`trainables.data.store.check_name`), and not a folder the layout uses itself."""
-    from trainables.data.store import check_name
+    from cxrkd.trainables.data.store import check_name
 
     check_name(name, what="run", example="pneumonia-kd-demo-1")
     if name.lower() in RESERVED_RUN_NAMES:
@@ -64,7 +64,7 @@ def check_run_name(name: str) -> str:
 
 
 def default_storage() -> str:
-    from trainables.data.store import cxrkd_home
+    from cxrkd.trainables.data.store import cxrkd_home
 
     return str(cxrkd_home() / "runs")
 
@@ -82,7 +82,7 @@ def write_options(run_uri: str, options: RunOptions, extra: dict) -> None:
     (package versions, the code's commit: :mod:`search.provenance`). Created exclusively
     (:func:`trainables.storage.create_exclusive`): of two ``search run`` of one name, one
     starts the run and the other is refused."""
-    from search.provenance import provenance
+    from cxrkd.search.provenance import provenance
 
     text = json.dumps(
         {
@@ -110,7 +110,7 @@ def run_exists(run_uri: str) -> CxrkdError:
 def record_resume(run_uri: str, raw: dict) -> None:
     """Add this driver's provenance to ``run.json``'s ``resumed`` list: a resumed run may run
     on other code than the one that started it."""
-    from search.provenance import provenance
+    from cxrkd.search.provenance import provenance
 
     resumed = [*raw.get("resumed", []), {"at": time.time(), "provenance": provenance()}]
     storage.write_json(storage.join(run_uri, "run.json"), {**raw, "resumed": resumed})
@@ -189,7 +189,7 @@ def check_records(run_uri: str) -> None:
     parquet footer (cheap: no rows read)."""
     import pyarrow.parquet as pq
 
-    from results.frames import record_files
+    from cxrkd.results.frames import record_files
 
     for record in record_files(run_uri):
         fs, path = storage.filesystem(record.uri)

@@ -17,10 +17,10 @@ import dataclasses
 import sys
 import time
 
-from search import lease, signing
-from search.preflight import check_cells
-from search.ray_runtime import init_ray, max_concurrent, trial_resources
-from search.run_state import (
+from cxrkd.search import lease, signing
+from cxrkd.search.preflight import check_cells
+from cxrkd.search.ray_runtime import init_ray, max_concurrent, trial_resources
+from cxrkd.search.run_state import (
     RunOptions,
     default_storage,
     read_run,
@@ -30,12 +30,12 @@ from search.run_state import (
     run_uri_of,
     write_options,
 )
-from search.study_dataset import open_dataset
-from search.study_options import study_with_options, typed_overrides
-from search.study_run import EXPERIMENT, StudyContext, run_experiment
-from spaces.studies import Study
-from trainables import storage
-from trainables.errors import CxrkdError
+from cxrkd.search.study_dataset import open_dataset
+from cxrkd.search.study_options import study_with_options, typed_overrides
+from cxrkd.search.study_run import EXPERIMENT, StudyContext, run_experiment
+from cxrkd.spaces.studies import Study
+from cxrkd.trainables import storage
+from cxrkd.trainables.errors import CxrkdError
 
 
 def log(msg: str) -> None:
@@ -91,8 +91,8 @@ def resume_study(run: str, address: str | None = None) -> str:
 def _drive(study: Study, options: RunOptions, store, run_uri: str) -> str:
     import ray
 
-    from results.report import write_report  # late: plotting stack only when needed
-    from trainables.context import DataBundle
+    from cxrkd.results.report import write_report  # late: plotting stack only when needed
+    from cxrkd.trainables.context import DataBundle
 
     started = init_ray(options.address)
     try:
@@ -100,7 +100,7 @@ def _drive(study: Study, options: RunOptions, store, run_uri: str) -> str:
         data_ref = ray.put(bundle)
         from ray import tune
 
-        from trainables.trainable import tune_trainable
+        from cxrkd.trainables.trainable import tune_trainable
 
         ctx = StudyContext(
             study=study,

@@ -35,8 +35,8 @@ from unittest import mock
 
 import pyarrow.fs as pafs
 
-from trainables import storage
-from trainables.errors import CxrkdError
+from cxrkd.trainables import storage
+from cxrkd.trainables.errors import CxrkdError
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class SignatureError(CxrkdError):
 
 def key_path() -> Path:
     """``$CXRKD_HOME/keys/run-signing.key``: with the driver, never in a run folder."""
-    from trainables.data.store import cxrkd_home
+    from cxrkd.trainables.data.store import cxrkd_home
 
     return cxrkd_home() / "keys" / KEY_FILE
 

@@ -11,13 +11,13 @@ from pathlib import Path
 from ray import exceptions as ray_errors
 from ray.tune.experiment import Trial
 
-from results.figure_data import nondominated
-from search.cells import cell_epochs, cell_objectives
-from spaces.studies import Cell, StudyState, front_key
-from trainables.config import parse_config
-from trainables.errors import CxrkdError
-from trainables.teachers import TeacherKey, TeacherRegistry
-from trainables.trainable import CELL_KEY, STAGE_KEY
+from cxrkd.results.figure_data import nondominated
+from cxrkd.search.cells import cell_epochs, cell_objectives
+from cxrkd.spaces.studies import Cell, StudyState, front_key
+from cxrkd.trainables.config import parse_config
+from cxrkd.trainables.errors import CxrkdError
+from cxrkd.trainables.teachers import TeacherKey, TeacherRegistry
+from cxrkd.trainables.trainable import CELL_KEY, STAGE_KEY
 
 # Retries of a trial whose worker process died (a lost node, an OOM-kill): only those, as
 # an error the trial raised itself (a CxrkdError, a non-finite loss, CUDA out of memory)

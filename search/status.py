@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import math
 
-from results.frames import load_trials
-from search.run_state import read_run, read_state, run_uri_of
+from cxrkd.results.frames import load_trials
+from cxrkd.search.run_state import read_run, read_state, run_uri_of
 
 
 def status_lines(run_uri: str) -> list[str]:
@@ -49,7 +49,7 @@ def _study_of(opts: dict):
     importing torch, which that module needs (the method registry) and a status line does not."""
     import dataclasses
 
-    from spaces.studies import STUDIES, get_study
+    from cxrkd.spaces.studies import STUDIES, get_study
 
     study = get_study(opts["study"], opts["profile"])
     if opts.get("objectives"):
@@ -62,8 +62,8 @@ def _cell_metrics(study) -> dict[tuple[str, str], tuple[str, str]]:
     """``{(stage, cell): (metric, mode)}`` of the cells searched on objectives of their own
     (an open search: the first, as ``search.cells.cell_objectives`` ranks them); every other
     cell is ranked by the study's metric."""
-    from spaces.studies import SearchCell, StudyState
-    from trainables.errors import CxrkdError
+    from cxrkd.spaces.studies import SearchCell, StudyState
+    from cxrkd.trainables.errors import CxrkdError
 
     out = {}
     for stage in study.stages:

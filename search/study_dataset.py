@@ -3,11 +3,11 @@ first use, for the demo profile only), refused when its task and labels do not f
 
 from __future__ import annotations
 
-from search.study_options import study_methods
-from spaces.studies import Study
-from trainables.data.store import DatasetStore, datasets_dir
-from trainables.errors import CxrkdError
-from trainables.methods import get_method
+from cxrkd.search.study_options import study_methods
+from cxrkd.spaces.studies import Study
+from cxrkd.trainables.data.store import DatasetStore, datasets_dir
+from cxrkd.trainables.errors import CxrkdError
+from cxrkd.trainables.methods import get_method
 
 # Profiles meant for the built-in synthetic data; the others (the papers' settings) refuse it
 # unless --dataset names it, so no paper-scale table is made from phantoms by default.
@@ -28,7 +28,7 @@ TASK_LABELS = {
 def open_dataset(study: Study, name: str | None) -> DatasetStore:
     """The study's dataset: ``name``, else its built-in synthetic one (imported on first use,
     for the demo profile only); refused when its labels do not fit the study."""
-    from trainables.data.importers import import_dataset
+    from cxrkd.trainables.data.importers import import_dataset
 
     explicit = name is not None
     name = name or study.default_dataset

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from search.run_state import RunOptions
-from search.subset import restrict_study, select_cells
-from spaces.studies import (
+from cxrkd.search.run_state import RunOptions
+from cxrkd.search.subset import restrict_study, select_cells
+from cxrkd.spaces.studies import (
     STUDIES,
     FixedCell,
     SearchCell,
@@ -22,9 +22,9 @@ from spaces.studies import (
     get_study,
     parse_objectives,
 )
-from trainables.config import TrainConfig, coerce_field, field_names
-from trainables.errors import CxrkdError
-from trainables.methods import get_method
+from cxrkd.trainables.config import TrainConfig, coerce_field, field_names
+from cxrkd.trainables.errors import CxrkdError
+from cxrkd.trainables.methods import get_method
 
 
 def study_with_options(options: RunOptions) -> Study:

@@ -23,19 +23,19 @@ from ray import tune
 from ray.tune import Callback
 from ray.tune.search import ConcurrencyLimiter
 
-from search import dependencies
-from search.cells import (
+from cxrkd.search import dependencies
+from cxrkd.search.cells import (
     CellScheduler,
     CellSearcher,
     SchedulerState,
     cell_budget,
     cell_id,
 )
-from search.records import ProgressCallback, RecordsCallback, error_line
-from search.run_state import read_progress, write_state
-from search.signing import Signer, signed_tune_state
-from search.snapshots import durable_snapshots
-from search.stage import (
+from cxrkd.search.records import ProgressCallback, RecordsCallback, error_line
+from cxrkd.search.run_state import read_progress, write_state
+from cxrkd.search.signing import Signer, signed_tune_state
+from cxrkd.search.snapshots import durable_snapshots
+from cxrkd.search.stage import (
     KEEP_CHECKPOINTS,
     MAX_FAILURES,
     choose,
@@ -43,10 +43,10 @@ from search.stage import (
     register_teacher,
     retry_lost_workers_only,
 )
-from spaces.studies import Study
-from trainables import storage
-from trainables.errors import CxrkdError
-from trainables.trainable import CELL_KEY, STAGE_KEY
+from cxrkd.spaces.studies import Study
+from cxrkd.trainables import storage
+from cxrkd.trainables.errors import CxrkdError
+from cxrkd.trainables.trainable import CELL_KEY, STAGE_KEY
 
 EXPERIMENT = "study"  # the experiment's folder in the run folder
 

@@ -15,8 +15,8 @@ import fnmatch
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from spaces import studies
-from spaces.studies import (
+from cxrkd.spaces import studies
+from cxrkd.spaces.studies import (
     Cell,
     FixedCell,
     ParetoSpec,
@@ -27,7 +27,7 @@ from spaces.studies import (
     TableSpec,
     front_keys,
 )
-from trainables.errors import CxrkdError
+from cxrkd.trainables.errors import CxrkdError
 
 _REF = "<teacher-of:"
 

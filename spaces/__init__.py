@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from trainables.registry import Registry
+from cxrkd.trainables.registry import Registry
 
 _MODULES = (
-    "spaces.cnn_baseline",
-    "spaces.transfer",
-    "spaces.kd_logit",
-    "spaces.vit_mtl",
-    "spaces.kd_vit",
+    "cxrkd.spaces.cnn_baseline",
+    "cxrkd.spaces.transfer",
+    "cxrkd.spaces.kd_logit",
+    "cxrkd.spaces.vit_mtl",
+    "cxrkd.spaces.kd_vit",
 )
 
 SPACES: Registry[Callable] = Registry("space", _MODULES)

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from spaces import get_space
-from spaces.studies import SearchCell
-from trainables.errors import CxrkdError
+from cxrkd.spaces import get_space
+from cxrkd.spaces.studies import SearchCell
+from cxrkd.trainables.errors import CxrkdError
 
 
 class FixingTrial:

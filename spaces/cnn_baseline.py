@@ -1,6 +1,6 @@
 """Space of ``cnn_baseline``: optimiser + dropout (trained from scratch, so a higher lr range)."""
 
-from spaces import register_space, suggest_optimizer
+from cxrkd.spaces import register_space, suggest_optimizer
 
 
 @register_space("cnn_baseline")

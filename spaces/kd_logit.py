@@ -1,6 +1,6 @@
 """Space of ``kd_logit``: optimiser + Hinton's alpha in [0, 1] and temperature in [1, 20] (log)."""
 
-from spaces import register_space, suggest_optimizer
+from cxrkd.spaces import register_space, suggest_optimizer
 
 
 @register_space("kd_logit")

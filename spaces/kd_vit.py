@@ -8,9 +8,9 @@ ranges, and why one parameter name keeps one distribution across losses, are in
 ``trainables/kd/_space.py``.
 """
 
-from spaces import register_space
-from spaces.vit_mtl import suggest_vit_optimizer
-from trainables.kd import get_kd, kd_names
+from cxrkd.spaces import register_space
+from cxrkd.spaces.vit_mtl import suggest_vit_optimizer
+from cxrkd.trainables.kd import get_kd, kd_names
 
 
 @register_space("kd_vit")

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from spaces.studies import (
+from cxrkd.spaces.studies import (
     FixedCell,
     PivotSpec,
     Profile,
@@ -27,8 +27,8 @@ from spaces.studies import (
     register_study,
     registered,
 )
-from trainables.errors import CxrkdError
-from trainables.kd import kd_names, paper_approaches
+from cxrkd.trainables.errors import CxrkdError
+from cxrkd.trainables.kd import kd_names, paper_approaches
 
 SIZES = {
     "tiny": ("vit_tiny_patch16_224", "ViT-Tiny"),

@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from spaces import lowres_kd
-from spaces.lowres_kd import KD_KEYS, SIZES, Grid, lowres_study, teacher_cells, teacher_key
-from spaces.studies import (
+from cxrkd.spaces import lowres_kd
+from cxrkd.spaces.lowres_kd import KD_KEYS, SIZES, Grid, lowres_study, teacher_cells, teacher_key
+from cxrkd.spaces.studies import (
     ParetoSpec,
     Profile,
     SearchCell,
@@ -36,8 +36,8 @@ from spaces.studies import (
     parse_objectives,
     register_study,
 )
-from trainables.errors import CxrkdError
-from trainables.kd import kd_names
+from cxrkd.trainables.errors import CxrkdError
+from cxrkd.trainables.kd import kd_names
 
 OPEN = "open"  # the open search cell's key
 CONFIG_KEYS = ["model", "low_res", "kd_approach", *KD_KEYS]

@@ -8,7 +8,7 @@ configuration of each (and the teacher's) re-trained on several seeds and tested
 
 from __future__ import annotations
 
-from spaces.studies import (
+from cxrkd.spaces.studies import (
     Profile,
     SearchCell,
     Study,

@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass, field
 
-from trainables.errors import CxrkdError
-from trainables.registry import Registry
+from cxrkd.trainables.errors import CxrkdError
+from cxrkd.trainables.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -172,7 +172,7 @@ class Profile:
 
     @property
     def banner(self) -> str:
-        from trainables.weights import pretrained_source  # timm and torch: only when asked
+        from cxrkd.trainables.weights import pretrained_source  # timm and torch: only when asked
 
         f = self.fixed
         t = {**f, **self.teacher_fixed}
@@ -273,7 +273,9 @@ class Study:
 StudyFactory = Callable[[Profile], Study]
 # name -> (factory, profiles); studies register themselves in their modules
 STUDIES: Registry[tuple[StudyFactory, dict[str, Profile]]] = Registry(
-    "study", ("spaces.pneumonia_kd", "spaces.lowres_kd", "spaces.lowres_open"), plural="studies"
+    "study",
+    ("cxrkd.spaces.pneumonia_kd", "cxrkd.spaces.lowres_kd", "cxrkd.spaces.lowres_open"),
+    plural="studies",
 )
 
 

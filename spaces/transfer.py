@@ -1,6 +1,6 @@
 """Space of ``transfer`` (fine-tuned or frozen timm models, and teachers)."""
 
-from spaces import register_space, suggest_optimizer
+from cxrkd.spaces import register_space, suggest_optimizer
 
 
 @register_space("transfer")

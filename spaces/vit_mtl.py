@@ -5,7 +5,7 @@ searched: lr, log-uniform over [1e-5, 3e-3] around the paper's 5e-4, and AdamW's
 weight decay, log-uniform over [1e-4, 0.3] (ViT fine-tuning recipes use 0.01 to 0.3).
 """
 
-from spaces import register_space
+from cxrkd.spaces import register_space
 
 
 def suggest_vit_optimizer(trial) -> dict:

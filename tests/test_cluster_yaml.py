@@ -28,7 +28,7 @@ import ray
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
-from trainables.config import TrainConfig, field_names
+from cxrkd.trainables.config import TrainConfig, field_names
 
 ROOT = Path(__file__).resolve().parents[1]
 AWS = ROOT / "cluster.yaml"
@@ -445,10 +445,10 @@ def _driver_written() -> list[str]:
     from ray.tune.search.search_generator import SearchGenerator
     from ray.tune.search.searcher import Searcher
 
-    from search.lease import _lease_uri as lease_record_uri
-    from search.records import records_uri
-    from search.signing import signatures_uri
-    from trainables.teachers import TeacherRegistry
+    from cxrkd.search.lease import _lease_uri as lease_record_uri
+    from cxrkd.search.records import records_uri
+    from cxrkd.search.signing import signatures_uri
+    from cxrkd.trainables.teachers import TeacherRegistry
 
     stage = f"{RUN}/teacher"
     session = "2026-11-30_16-00-00"
@@ -477,8 +477,8 @@ def _driver_written() -> list[str]:
 
 def _worker_written() -> list[str]:
     """What trials write from the workers: their checkpoints and the teachers' outputs."""
-    from trainables.teacher_outputs import outputs_uri
-    from trainables.teachers import TeacherRegistry
+    from cxrkd.trainables.teacher_outputs import outputs_uri
+    from cxrkd.trainables.teachers import TeacherRegistry
 
     trial = f"{RUN}/teacher/tune_trainable_a1b2_00000/checkpoint_000003"
     teacher = TeacherRegistry("s3://YOUR-BUCKET/runs").uri("0123abcd")

@@ -13,7 +13,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from trainables.weights import ALLOW_RANDOM_ENV, write_random_weights
+from cxrkd.trainables.weights import ALLOW_RANDOM_ENV, write_random_weights
 
 __all__ = ["ALLOW_RANDOM_ENV", "make_weights_dir"]
 

@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from trainables.config import TrialConfig
-from trainables.errors import CxrkdError
-from trainables.task import Task
+from cxrkd.trainables.config import TrialConfig
+from cxrkd.trainables.errors import CxrkdError
+from cxrkd.trainables.task import Task
 
 TEST_SCORES_FILE = "test_scores.npz"
 MODEL_FILE = "model.pt"

@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any, get_type_hints
 
-from trainables.errors import CxrkdError
+from cxrkd.trainables.errors import CxrkdError
 
 
 class ConfigError(CxrkdError):
@@ -135,7 +135,7 @@ def field_names(cls: type) -> set[str]:
 
 def parse_config(flat: dict[str, Any]) -> TrialConfig:
     """Split, type and validate a flat trial config; unknown keys are an error."""
-    from trainables.methods import get_method
+    from cxrkd.trainables.methods import get_method
 
     if "method" not in flat:
         raise ConfigError("trial config has no 'method' key")

@@ -11,11 +11,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from trainables import teacher_outputs, teachers
-from trainables.data.augment import IMAGENET_GRAY_MEAN, IMAGENET_GRAY_STD, Pipeline
-from trainables.data.pipeline import BatchLoader, DatasetInfo, SplitData
-from trainables.data.store import DatasetStore
-from trainables.teacher_files import TeacherError, fetch_model_dir
+from cxrkd.trainables import teacher_outputs, teachers
+from cxrkd.trainables.data.augment import IMAGENET_GRAY_MEAN, IMAGENET_GRAY_STD, Pipeline
+from cxrkd.trainables.data.pipeline import BatchLoader, DatasetInfo, SplitData
+from cxrkd.trainables.data.store import DatasetStore
+from cxrkd.trainables.teacher_files import TeacherError, fetch_model_dir
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ class DataBundle:
 
     def split(self, name: str) -> SplitData:
         if name not in self.splits:
-            from trainables.data.store import DatasetError
+            from cxrkd.trainables.data.store import DatasetError
 
             raise DatasetError(
                 f"dataset {self.info.name!r} has no {name!r} split (has {sorted(self.splits)})"
@@ -54,8 +54,8 @@ class TrialContext:
         """The registered teacher's deployed model, frozen, in eval mode, on the device."""
         if teacher_uri in self._teachers:
             return self._teachers[teacher_uri]
-        from trainables.config import parse_config
-        from trainables.methods import get_method
+        from cxrkd.trainables.config import parse_config
+        from cxrkd.trainables.methods import get_method
 
         teachers.read_record(teacher_uri, dataset_fingerprint=self.data.info.fingerprint)
         folder = fetch_model_dir(teacher_uri)

@@ -16,9 +16,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from trainables.data.augment import Pipeline
-from trainables.data.pipeline import BatchLoader, DatasetInfo, SplitData
-from trainables.metrics import (
+from cxrkd.trainables.data.augment import Pipeline
+from cxrkd.trainables.data.pipeline import BatchLoader, DatasetInfo, SplitData
+from cxrkd.trainables.metrics import (
     average_precision,
     binary_metrics,
     choose_threshold,
@@ -26,8 +26,8 @@ from trainables.metrics import (
     multilabel_macro,
     sensitivity_at_95,
 )
-from trainables.precision import autocast
-from trainables.task import Task
+from cxrkd.trainables.precision import autocast
+from cxrkd.trainables.task import Task
 
 __all__ = ["autocast", "predict", "split_metrics", "val_threshold"]
 

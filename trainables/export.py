@@ -31,11 +31,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from trainables.config import TrainConfig, field_names, parse_config
-from trainables.data.augment import Pipeline
-from trainables.data.pipeline import BatchLoader, DatasetInfo
-from trainables.errors import CxrkdError
-from trainables.export_format import (
+from cxrkd.trainables.config import TrainConfig, field_names, parse_config
+from cxrkd.trainables.data.augment import Pipeline
+from cxrkd.trainables.data.pipeline import BatchLoader, DatasetInfo
+from cxrkd.trainables.errors import CxrkdError
+from cxrkd.trainables.export_format import (
     FORMATS,
     ONNX_INSTALL,
     SIDECAR,
@@ -43,7 +43,7 @@ from trainables.export_format import (
     check_format,
     read_sidecar,
 )
-from trainables.task import Task
+from cxrkd.trainables.task import Task
 
 __all__ = ["FORMATS", "SIDECAR", "ExportError", "check_format", "read_sidecar"]
 
@@ -63,7 +63,7 @@ def deployed_task(flat: dict, info: DatasetInfo, state: dict) -> tuple[Task, dic
     The trial's own method when it needs no teacher, else the first teacher-free method for
     the dataset's task whose model takes the weights with a strict load and that keeps the
     trial's low-resolution view."""
-    from trainables.methods import get_method, load_methods
+    from cxrkd.trainables.methods import get_method, load_methods
 
     own = get_method(str(flat.get("method")))
     methods = [own] if not own.needs_teacher else []
@@ -168,16 +168,16 @@ def _is_dicom(path: Path) -> bool:
 
 def read_image(path: str | os.PathLike, size: int) -> np.ndarray:
     """A PNG, JPEG or DICOM file as the importers store it: uint8 ``(size, size)``."""
-    from trainables.data.import_plan import resize_square
+    from cxrkd.trainables.data.import_plan import resize_square
 
     path = Path(path)
     try:
         if _is_dicom(path):
-            from trainables.data.dicom import decode_dicom
+            from cxrkd.trainables.data.dicom import decode_dicom
 
             image, _, _ = decode_dicom({"source_path": str(path)}, size)
         else:
-            from trainables.data.jpeg import decode_image_file
+            from cxrkd.trainables.data.jpeg import decode_image_file
 
             image, _, _ = decode_image_file({"source_path": str(path)}, size)
         return resize_square(image, size)
@@ -269,7 +269,7 @@ def load_model(folder: str | os.PathLike) -> Callable[[torch.Tensor], np.ndarray
     else:
         from safetensors.torch import load_file
 
-        from trainables.methods import get_method
+        from cxrkd.trainables.methods import get_method
 
         cfg = parse_config(sidecar["architecture"])
         info = info_of(sidecar)

@@ -7,7 +7,7 @@ import json
 import os
 from pathlib import Path
 
-from trainables.errors import CxrkdError
+from cxrkd.trainables.errors import CxrkdError
 
 SIDECAR = "cxrkd-model.json"
 SIDECAR_VERSION = 1

@@ -19,24 +19,24 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from trainables import checkpoint
-from trainables.config import ConfigError, TrialConfig, parse_config
-from trainables.context import DataBundle, TrialContext
-from trainables.data.augment import Augment, epoch_generator
-from trainables.data.pipeline import BatchLoader
-from trainables.errors import CxrkdError
-from trainables.evaluate import predict, split_metrics, val_threshold
-from trainables.methods import get_method
-from trainables.optim import make_optimizer, make_scheduler
-from trainables.precision import autocast
-from trainables.profiling import (
+from cxrkd.trainables import checkpoint
+from cxrkd.trainables.config import ConfigError, TrialConfig, parse_config
+from cxrkd.trainables.context import DataBundle, TrialContext
+from cxrkd.trainables.data.augment import Augment, epoch_generator
+from cxrkd.trainables.data.pipeline import BatchLoader
+from cxrkd.trainables.errors import CxrkdError
+from cxrkd.trainables.evaluate import predict, split_metrics, val_threshold
+from cxrkd.trainables.methods import get_method
+from cxrkd.trainables.optim import make_optimizer, make_scheduler
+from cxrkd.trainables.precision import autocast
+from cxrkd.trainables.profiling import (
     count_flops,
     count_parameters,
     measure_latency_ms,
     measure_throughput,
 )
-from trainables.scratch import scratch_dir
-from trainables.task import Task
+from cxrkd.trainables.scratch import scratch_dir
+from cxrkd.trainables.task import Task
 
 # Augmentation when `augment=True`: small, as chest films are taken in a standard position.
 AUGMENT = dict(degrees=7.0, translate=0.05, scale=0.05, brightness=0.1, contrast=0.1)

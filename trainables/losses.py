@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from trainables.errors import CxrkdError
+from cxrkd.trainables.errors import CxrkdError
 
 
 class LossError(CxrkdError, ValueError):

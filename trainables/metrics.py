@@ -33,7 +33,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from trainables.errors import CxrkdError
+from cxrkd.trainables.errors import CxrkdError
 
 
 class MetricError(CxrkdError, ValueError):

@@ -18,8 +18,8 @@ import timm.models
 import timm.utils
 from torch import nn
 
-from trainables.data.augment import IMAGENET_GRAY_MEAN, IMAGENET_GRAY_STD, gray_stats
-from trainables.weights import UnknownModel, create_timm_model, unknown_model_message
+from cxrkd.trainables.data.augment import IMAGENET_GRAY_MEAN, IMAGENET_GRAY_STD, gray_stats
+from cxrkd.trainables.weights import UnknownModel, create_timm_model, unknown_model_message
 
 __all__ = [
     "DEFAULT_NORMALIZATION",

@@ -8,7 +8,7 @@ from fnmatch import fnmatch
 import torch
 from torch import nn
 
-from trainables.config import TrainConfig
+from cxrkd.trainables.config import TrainConfig
 
 
 def no_weight_decay_names(module: nn.Module) -> set[str]:

@@ -36,11 +36,11 @@ import timm
 import torch
 import torch.nn.functional as F
 
-from trainables.data.pipeline import BatchLoader, Pipeline
-from trainables.data.store import DatasetStore, cxrkd_home, datasets_dir
-from trainables.errors import CxrkdError
-from trainables.metrics import roc_auc
-from trainables.weights_folder import ORIGIN_PHANTOM, add_weights, read_index
+from cxrkd.trainables.data.pipeline import BatchLoader, Pipeline
+from cxrkd.trainables.data.store import DatasetStore, cxrkd_home, datasets_dir
+from cxrkd.trainables.errors import CxrkdError
+from cxrkd.trainables.metrics import roc_auc
+from cxrkd.trainables.weights_folder import ORIGIN_PHANTOM, add_weights, read_index
 
 SOURCE = "phantom-findings"
 SOURCE_CAPTION = "backbones pretrained on the SYNTHETIC findings phantom, not ImageNet"
@@ -87,7 +87,7 @@ def build_builtin_weights(
 
 def source_store(*, log: Callable[[str], None] = print) -> DatasetStore:
     """The ``findings`` phantom store the backbones learn from (imported once)."""
-    from trainables.data.importers import import_dataset
+    from cxrkd.trainables.data.importers import import_dataset
 
     if not (datasets_dir() / STORE_NAME).exists():
         log(f"importing {STORE_NAME!r} (SYNTHETIC findings phantom, {RECIPE['images']} images)")
@@ -108,7 +108,7 @@ def pretrain_phantom(
     names: Iterable[str], out: str | Path, *, log: Callable[[str], None] = print
 ) -> Path:
     """Train each timm model of ``names`` on the findings phantom; save them into ``out``."""
-    from trainables.models import model_normalization
+    from cxrkd.trainables.models import model_normalization
 
     unknown = [n for n in names if not timm.is_model(n)]
     if unknown:

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from trainables.errors import CxrkdError
+from cxrkd.trainables.errors import CxrkdError
 
 # The fewest timed calls a time budget leaves (their median is the figure).
 MIN_REPEATS = 5

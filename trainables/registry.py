@@ -8,7 +8,7 @@ import importlib
 import pkgutil
 from typing import Generic, TypeVar
 
-from trainables.errors import CxrkdError
+from cxrkd.trainables.errors import CxrkdError
 
 T = TypeVar("T")
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
-from trainables.errors import CxrkdError
+from cxrkd.trainables.errors import CxrkdError
 
 
 class StorageError(CxrkdError):

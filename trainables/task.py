@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from trainables.data.augment import Augment, Pipeline
+from cxrkd.trainables.data.augment import Augment, Pipeline
 
 
 class Task(nn.Module):

@@ -21,8 +21,8 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from trainables import storage
-from trainables.errors import CxrkdError
+from cxrkd.trainables import storage
+from cxrkd.trainables.errors import CxrkdError
 
 
 class TeacherError(CxrkdError):
@@ -91,7 +91,7 @@ def teacher_cache_dir() -> Path:
     disk), created with mode 0700. Not a shared ``/tmp`` folder: another user there could
     plant a model before us. Entries are named by content hash and checked before use, so
     the cache may also sit in a home folder shared by the nodes."""
-    from trainables.data.store import cxrkd_home
+    from cxrkd.trainables.data.store import cxrkd_home
 
     root = cxrkd_home() / "cache" / "teachers"
     for folder in (root.parent, root):

@@ -9,7 +9,7 @@ import uuid
 
 import numpy as np
 
-from trainables import storage
+from cxrkd.trainables import storage
 
 
 def outputs_uri(teacher_uri: str, view_key: str) -> str:

@@ -24,13 +24,13 @@ from collections.abc import Collection
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from trainables import storage
-from trainables.data.augment import IMAGENET_GRAY_MEAN, IMAGENET_GRAY_STD
-from trainables.models import model_normalization
+from cxrkd.trainables import storage
+from cxrkd.trainables.data.augment import IMAGENET_GRAY_MEAN, IMAGENET_GRAY_STD
+from cxrkd.trainables.models import model_normalization
 
 # TeacherError is the registry's error too (raised here, and kept importable from here so that
 # trial errors pickled before it moved still load).
-from trainables.teacher_files import (
+from cxrkd.trainables.teacher_files import (
     RECORD,
     TeacherError,
     content_hash,
@@ -183,7 +183,7 @@ def check_teacher_config(
     says what that is and how to get one), at high resolution (``low_res=0``) on that input
     size, since the teacher sees the student's high-resolution view. The dataset is checked
     when the teacher is loaded (:func:`read_record`). One check for every KD method."""
-    from trainables.config import ConfigError
+    from cxrkd.trainables.config import ConfigError
 
     flat = json.loads((fetch_model_dir(teacher_uri) / "config.json").read_text())
     if flat.get("method") not in methods:

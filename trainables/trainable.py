@@ -16,9 +16,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from trainables.context import DataBundle
-from trainables.loop import run_trial
-from trainables.scratch import scratch_dir
+from cxrkd.trainables.context import DataBundle
+from cxrkd.trainables.loop import run_trial
+from cxrkd.trainables.scratch import scratch_dir
 
 # The driver tags each trial's config with its cell; it is not a training setting.
 CELL_KEY = "cell"
@@ -77,7 +77,7 @@ def device_name() -> str:
     CPU's model name (``/proc/cpuinfo``, else ``platform``)."""
     import torch
 
-    from trainables.loop import pick_device
+    from cxrkd.trainables.loop import pick_device
 
     device = pick_device()
     if device.type == "cuda":

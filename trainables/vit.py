@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from trainables.weights import create_timm_model
+from cxrkd.trainables.weights import create_timm_model
 
 
 class MultiTaskViT(nn.Module):

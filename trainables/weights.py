@@ -41,8 +41,8 @@ import timm
 import torch
 from torch import nn
 
-from trainables.errors import CxrkdError
-from trainables.weights_folder import (
+from cxrkd.trainables.errors import CxrkdError
+from cxrkd.trainables.weights_folder import (
     ALLOW_RANDOM_ENV,
     INDEX_FILE,
     ORIGIN_HUB,
@@ -108,7 +108,7 @@ def weights_dir_or_env(weights_dir: str | os.PathLike | None) -> Path | None:
     if chosen is None:
         return None
     if str(chosen).startswith(BUILTIN_PREFIX):
-        from trainables.phantom_backbones import builtin_weights_dir
+        from cxrkd.trainables.phantom_backbones import builtin_weights_dir
 
         return builtin_weights_dir(str(chosen)[len(BUILTIN_PREFIX) :])
     return Path(chosen).expanduser().resolve()
@@ -119,7 +119,7 @@ def pretrained_source(weights_dir: str | os.PathLike | None) -> str:
     phantom backbones when the folder is the built-in one or holds only phantom-pretrained
     files (`cxrkd weights pretrain-phantom --out DIR`), random inits when it holds a test's,
     else ImageNet (timm's weights)."""
-    from trainables.phantom_backbones import SOURCE_CAPTION
+    from cxrkd.trainables.phantom_backbones import SOURCE_CAPTION
 
     if str(weights_dir or "").startswith(BUILTIN_PREFIX):
         return SOURCE_CAPTION
@@ -271,7 +271,7 @@ def check_weights_available(
     """
     names = list(dict.fromkeys(names))
     if build_builtin and str(weights_dir or "").startswith(BUILTIN_PREFIX):
-        from trainables.phantom_backbones import build_builtin_weights
+        from cxrkd.trainables.phantom_backbones import build_builtin_weights
 
         build_builtin_weights(str(weights_dir)[len(BUILTIN_PREFIX) :], names)
     folder = weights_dir_or_env(weights_dir)

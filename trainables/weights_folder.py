@@ -32,7 +32,7 @@ import timm
 import torch
 from torch import nn
 
-from trainables.errors import CxrkdError
+from cxrkd.trainables.errors import CxrkdError
 
 INDEX_FILE = "weights_index.json"
 ALLOW_RANDOM_ENV = "CXRKD_ALLOW_RANDOM_WEIGHTS"

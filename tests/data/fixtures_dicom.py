@@ -20,7 +20,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from trainables.data.vindr import GLOBAL_LABELS, LOCAL_LABELS
+from cxrkd.trainables.data.vindr import GLOBAL_LABELS, LOCAL_LABELS
 
 # Values that must never leave the source files (checked byte for byte in the store).
 IDENTIFYING = {

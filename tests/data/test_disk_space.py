@@ -16,12 +16,12 @@ from collections import namedtuple
 import numpy as np
 import pytest
 
+from cxrkd.trainables.data import writer
+from cxrkd.trainables.data.disk_space import DISK_MARGIN, DiskSpaceError
+from cxrkd.trainables.data.store import IMAGES_FILE, DatasetStore, list_datasets
+from cxrkd.trainables.data.writer import write_store
+from cxrkd.trainables.errors import CxrkdError
 from tests.data.test_store import make_plan
-from trainables.data import writer
-from trainables.data.disk_space import DISK_MARGIN, DiskSpaceError
-from trainables.data.store import IMAGES_FILE, DatasetStore, list_datasets
-from trainables.data.writer import write_store
-from trainables.errors import CxrkdError
 
 SIZE = 64  # 12 images of 64x64: 49,152 bytes, a dozen pages
 Usage = namedtuple("Usage", "total used free")

@@ -27,12 +27,12 @@ from fixtures_kaggle import (
 )
 from PIL import Image
 
-from search.cli import main
-from trainables.data.importers import import_dataset
-from trainables.data.jpeg import decode_image_file
-from trainables.data.kaggle import IMPORTER_VERSION, parse_name, plan_kaggle
-from trainables.data.splits import assert_patient_disjoint
-from trainables.data.store import DatasetError, DatasetStore, datasets_dir
+from cxrkd.search.cli import main
+from cxrkd.trainables.data.importers import import_dataset
+from cxrkd.trainables.data.jpeg import decode_image_file
+from cxrkd.trainables.data.kaggle import IMPORTER_VERSION, parse_name, plan_kaggle
+from cxrkd.trainables.data.splits import assert_patient_disjoint
+from cxrkd.trainables.data.store import DatasetError, DatasetStore, datasets_dir
 
 
 def _import(src, home, **options):

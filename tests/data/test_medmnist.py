@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from trainables.data.import_plan import resize_square
-from trainables.data.importers import import_dataset
-from trainables.data.medmnist import CHEST_LABELS, KEYS, npz_array, plan_medmnist
-from trainables.data.store import DatasetError, DatasetStore, datasets_dir
+from cxrkd.trainables.data.import_plan import resize_square
+from cxrkd.trainables.data.importers import import_dataset
+from cxrkd.trainables.data.medmnist import CHEST_LABELS, KEYS, npz_array, plan_medmnist
+from cxrkd.trainables.data.store import DatasetError, DatasetStore, datasets_dir
 
 COUNTS = {"train": 7, "val": 3, "test": 4}
 

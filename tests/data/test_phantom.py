@@ -9,11 +9,11 @@ import pickle
 import numpy as np
 import pytest
 
-from trainables.data.importers import import_dataset
-from trainables.data.phantom import FINDINGS, plan_phantom, render_phantom
-from trainables.data.phantom_film import render_params
-from trainables.data.splits import assert_patient_disjoint
-from trainables.data.store import SYNTHETIC_BANNER, DatasetError, DatasetStore
+from cxrkd.trainables.data.importers import import_dataset
+from cxrkd.trainables.data.phantom import FINDINGS, plan_phantom, render_phantom
+from cxrkd.trainables.data.phantom_film import render_params
+from cxrkd.trainables.data.splits import assert_patient_disjoint
+from cxrkd.trainables.data.store import SYNTHETIC_BANNER, DatasetError, DatasetStore
 
 
 def _import(home, *, seed=0, name=None, workers=1, preset="findings", n=120, size=64):

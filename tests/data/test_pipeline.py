@@ -11,8 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trainables.data.import_plan import ImportPlan
-from trainables.data.pipeline import (
+from cxrkd.trainables.data.import_plan import ImportPlan
+from cxrkd.trainables.data.pipeline import (
     IMAGENET_GRAY_MEAN,
     IMAGENET_GRAY_STD,
     Augment,
@@ -28,8 +28,8 @@ from trainables.data.pipeline import (
     normalize,
     resize,
 )
-from trainables.data.store import DatasetStore
-from trainables.data.writer import write_store
+from cxrkd.trainables.data.store import DatasetStore
+from cxrkd.trainables.data.writer import write_store
 
 
 def decode_constant(row: dict, size: int) -> tuple[np.ndarray, int, int]:

@@ -11,9 +11,9 @@ import pytest
 from fixtures_dicom import write_vindr_learnable_tree
 from fixtures_kaggle import image_bytes, write_kaggle_tree
 
-from search.cli import main
-from trainables.data.importers import import_dataset
-from trainables.data.store import DatasetError, datasets_dir
+from cxrkd.search.cli import main
+from cxrkd.trainables.data.importers import import_dataset
+from cxrkd.trainables.data.store import DatasetError, datasets_dir
 
 
 def _kaggle(tmp_path: Path) -> Path:

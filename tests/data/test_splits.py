@@ -7,12 +7,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from trainables.data.splits import (
+from cxrkd.trainables.data.splits import (
     grouped_validation,
     min_stratum_size,
     stratified_validation,
 )
-from trainables.data.store import DatasetError
+from cxrkd.trainables.data.store import DatasetError
 
 # 100 train images: stratum A 47, B 31, then 22 singletons pooled into "rest"; 5 test images.
 STRATA = ["A"] * 47 + ["B"] * 31 + [f"s{k}" for k in range(22)] + ["T"] * 5

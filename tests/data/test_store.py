@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from search.cli import main
-from trainables.data.import_plan import ImportPlan, resize_square, to_uint8
-from trainables.data.store import BASE_COLUMNS, DatasetError, DatasetStore, list_datasets
-from trainables.data.writer import write_store
+from cxrkd.search.cli import main
+from cxrkd.trainables.data.import_plan import ImportPlan, resize_square, to_uint8
+from cxrkd.trainables.data.store import BASE_COLUMNS, DatasetError, DatasetStore, list_datasets
+from cxrkd.trainables.data.writer import write_store
 
 BROKEN = set()
 
@@ -137,7 +137,7 @@ def test_too_many_unreadable_fails_then_resumes(tmp_path):
 
 
 def test_interrupted_import_resumes_without_redecoding(tmp_path, monkeypatch):
-    import trainables.data.writer as writer
+    import cxrkd.trainables.data.writer as writer
 
     calls = []
     real = writer._decode_chunk

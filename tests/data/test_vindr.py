@@ -24,19 +24,19 @@ from fixtures_dicom import (
 )
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLosslessSV1
 
-from trainables.data import dicom
-from trainables.data.dicom import HEADER_FIELDS, decode_dicom, decoder_problem, read_header
-from trainables.data.import_plan import resize_square
-from trainables.data.importers import import_dataset
-from trainables.data.store import BASE_COLUMNS, DatasetError, DatasetStore, datasets_dir
-from trainables.data.vindr import (
+from cxrkd.trainables.data import dicom
+from cxrkd.trainables.data.dicom import HEADER_FIELDS, decode_dicom, decoder_problem, read_header
+from cxrkd.trainables.data.import_plan import resize_square
+from cxrkd.trainables.data.importers import import_dataset
+from cxrkd.trainables.data.store import BASE_COLUMNS, DatasetError, DatasetStore, datasets_dir
+from cxrkd.trainables.data.vindr import (
     GLOBAL_LABELS,
     IMPORTER_VERSION,
     LOCAL_LABELS,
     combine_readers,
     plan_vindr,
 )
-from trainables.data.writer import write_store
+from cxrkd.trainables.data.writer import write_store
 
 NO = []  # a reader who marked "No finding"
 TRAIN = {

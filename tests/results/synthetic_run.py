@@ -185,7 +185,7 @@ def lowres_final_run(cells: list[str], *, seeds: int = 2) -> tuple[pd.DataFrame,
     metrics computed from the scores by the loop's own ``split_metrics``."""
     from types import SimpleNamespace
 
-    from trainables.evaluate import split_metrics
+    from cxrkd.trainables.evaluate import split_metrics
 
     k = len(FINDINGS)
     info = SimpleNamespace(

@@ -21,10 +21,10 @@ import pytest
 from plotly.offline import get_plotlyjs
 from synthetic_run import synthetic_frames, write_synthetic_run
 
-from results.dashboard import build_dashboard, render_page, write_study_dashboard
-from results.frames import load_records
-from results.sections import Section
-from spaces.studies import get_study
+from cxrkd.results.dashboard import build_dashboard, render_page, write_study_dashboard
+from cxrkd.results.frames import load_records
+from cxrkd.results.sections import Section
+from cxrkd.spaces.studies import get_study
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 needs_chromium = pytest.mark.skipif(
@@ -135,8 +135,8 @@ def test_sections_without_data_say_why():
 
 
 def test_confusion_matrices_of_a_large_grid_study_fit_on_one_figure():
-    from results.figure_data import CONFUSION
-    from results.plots import confusion_figure
+    from cxrkd.results.figure_data import CONFUSION
+    from cxrkd.results.plots import confusion_figure
 
     cells = [f"kd_tiny_{low}px_{a}" for low in (112, 56, 28) for a in range(16)]  # 48 cells
     rows = [

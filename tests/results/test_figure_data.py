@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from synthetic_run import synthetic_frames
 
-from results import figure_data as F
+from cxrkd.results import figure_data as F
 
 STAGES = ["teacher", "search", "final"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from results.frames import (
+from cxrkd.results.frames import (
     EPOCH_COLUMNS,
     TRIAL_COLUMNS,
     dedupe_epochs,
@@ -149,8 +149,8 @@ def s3_bucket(monkeypatch):
 
 
 def test_s3_run_records_to_frames_and_tables(s3_bucket, run_dir):
-    from results.tables import comparison_table, format_table, write_tables
-    from trainables import storage
+    from cxrkd.results.tables import comparison_table, format_table, write_tables
+    from cxrkd.trainables import storage
 
     run = storage.join(s3_bucket, "run")
     storage.upload_dir(run_dir / "records", storage.join(run, "records"))

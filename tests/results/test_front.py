@@ -8,9 +8,9 @@ import optuna
 import pandas as pd
 import pytest
 
-from results.figure_data import nondominated, pareto_mask
-from results.front import front_display, front_table, search_points
-from spaces.studies import ParetoSpec, front_key
+from cxrkd.results.figure_data import nondominated, pareto_mask
+from cxrkd.results.front import front_display, front_table, search_points
+from cxrkd.spaces.studies import ParetoSpec, front_key
 
 QUALITY_COST = ("max", "min")
 
@@ -144,7 +144,7 @@ def test_single_objective_table_is_the_cells_own_final_model():
 
 
 def test_dashboard_section_draws_every_trial_and_the_front():
-    from results.sections import open_front
+    from cxrkd.results.sections import open_front
 
     (part,) = open_front(open_run(), SPEC).parts
     fig, _, _ = part

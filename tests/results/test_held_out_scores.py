@@ -10,25 +10,25 @@ import pyarrow.fs as pafs
 import pytest
 from synthetic_run import scores_of, write_synthetic_run
 
-from results.held_out_scores import (
+from cxrkd.results.held_out_scores import (
     TEST_SCORES_FILE,
     load_test_scores,
     locate_test_scores,
     roc_curve,
     roc_curves,
 )
-from trainables.metrics import roc_auc
+from cxrkd.trainables.metrics import roc_auc
 
 
 def test_the_file_name_is_the_one_the_checkpoint_writes():
-    from trainables import checkpoint
+    from cxrkd.trainables import checkpoint
 
     assert checkpoint.TEST_SCORES_FILE == TEST_SCORES_FILE
 
 
 def _bundle(n: int = 64, size: int = 16):
-    from trainables.context import DataBundle
-    from trainables.data.pipeline import DatasetInfo, SplitData
+    from cxrkd.trainables.context import DataBundle
+    from cxrkd.trainables.data.pipeline import DatasetInfo, SplitData
 
     rng = np.random.default_rng(0)
     splits = {}
@@ -46,8 +46,8 @@ def _bundle(n: int = 64, size: int = 16):
 
 
 def test_the_final_trial_saves_its_test_scores_in_its_last_checkpoint(tmp_path):
-    from trainables.loop import run_trial
-    from trainables.trainable import LocalReporter
+    from cxrkd.trainables.loop import run_trial
+    from cxrkd.trainables.trainable import LocalReporter
 
     reporter = LocalReporter(keep=tmp_path)
     flat = {"method": "cnn_baseline", "model": "cnn_baseline", "img_size": 16, "epochs": 2}
@@ -64,7 +64,7 @@ def test_the_final_trial_saves_its_test_scores_in_its_last_checkpoint(tmp_path):
 
 
 def test_multilabel_scores_keep_the_findings():
-    from trainables.loop import per_image_scores
+    from cxrkd.trainables.loop import per_image_scores
 
     info = SimpleNamespace(
         task="multilabel", finding_labels=("effusion", "nodule"), label_columns=lambda: ((0, 1), 2)
@@ -79,7 +79,7 @@ def test_multilabel_scores_keep_the_findings():
 
 
 def test_checkpoint_uri_names_local_paths_and_remote_uris():
-    from search.records import checkpoint_uri
+    from cxrkd.search.records import checkpoint_uri
 
     local = SimpleNamespace(filesystem=pafs.LocalFileSystem(), path="/runs/r/final/t/ckpt")
     assert checkpoint_uri(local) == "/runs/r/final/t/ckpt"

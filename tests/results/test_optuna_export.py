@@ -12,7 +12,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState, create_trial
 from synthetic_run import synthetic_frames, write_synthetic_run
 
-from results.optuna_export import (
+from cxrkd.results.optuna_export import (
     cell_studies,
     export_studies,
     fit_distributions,
@@ -20,7 +20,7 @@ from results.optuna_export import (
     plot_notes,
     study_distributions,
 )
-from spaces.studies import get_study
+from cxrkd.spaces.studies import get_study
 
 DISTS = {
     ("teacher", "resnet50_teacher"): {
@@ -181,10 +181,10 @@ def s3_bucket(monkeypatch):
 
 
 def test_dashboard_and_optuna_storage_of_a_run_on_s3(s3_bucket, tmp_path):
-    from results.dashboard import write_study_dashboard
-    from results.frames import load_records
-    from results.held_out_scores import load_test_scores
-    from trainables import storage
+    from cxrkd.results.dashboard import write_study_dashboard
+    from cxrkd.results.frames import load_records
+    from cxrkd.results.held_out_scores import load_test_scores
+    from cxrkd.trainables import storage
 
     write_synthetic_run(tmp_path / "run")
     run = storage.join(s3_bucket, "run")

@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from results import stats
-from trainables import metrics as M
+from cxrkd.results import stats
+from cxrkd.trainables import metrics as M
 
 
 def _data(seed: int, n: int = 120, *, shift: float = 1.0, ties: bool = True):

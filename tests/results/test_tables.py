@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from results.tables import (
+from cxrkd.results.tables import (
     STD_NOTE,
     TableError,
     comparison_table,

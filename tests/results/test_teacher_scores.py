@@ -11,11 +11,11 @@ import pandas as pd
 import pytest
 from synthetic_run import lowres_final_run
 
-from results.report import build_table
-from results.teacher_scores import registered_rows, score_teacher, teacher_uri_of
-from results.uncertainty import CellStats
-from spaces.studies import get_study, registered
-from trainables.errors import CxrkdError
+from cxrkd.results.report import build_table
+from cxrkd.results.teacher_scores import registered_rows, score_teacher, teacher_uri_of
+from cxrkd.results.uncertainty import CellStats
+from cxrkd.spaces.studies import get_study, registered
+from cxrkd.trainables.errors import CxrkdError
 
 
 def _helpers():

@@ -16,11 +16,11 @@ from synthetic_run import (
     write_synthetic_run,
 )
 
-from results import stats
-from results.report import build_table, cell_stats, table_caption
-from results.tables import CI_NOTE, comparison_table, format_table, render_markdown
-from results.uncertainty import CellStats, UncertaintyError, is_auroc
-from spaces.studies import get_study
+from cxrkd.results import stats
+from cxrkd.results.report import build_table, cell_stats, table_caption
+from cxrkd.results.tables import CI_NOTE, comparison_table, format_table, render_markdown
+from cxrkd.results.uncertainty import CellStats, UncertaintyError, is_auroc
+from cxrkd.spaces.studies import get_study
 
 STUDY = get_study("lowres-kd", "demo")
 TABLE1, TABLE2, FINDING_TABLE = STUDY.tables
@@ -57,7 +57,7 @@ def test_unit_counts_reproduce_the_trials_test_metrics(run):
 
 
 def test_unit_counts_reproduce_threshold_metrics_at_the_validation_threshold():
-    from trainables.evaluate import split_metrics
+    from cxrkd.trainables.evaluate import split_metrics
 
     rng = np.random.default_rng(4)
     y = (rng.random(300) < 0.4).astype(np.float32)

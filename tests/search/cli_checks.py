@@ -6,7 +6,7 @@ import re
 
 import ray
 
-from search.cli import main
+from cxrkd.search.cli import main
 
 
 def fails(capsys, argv: list[str], *patterns: str) -> str:

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from trainables.data.importers import import_dataset
-from trainables.data.store import Manifest
+from cxrkd.trainables.data.importers import import_dataset
+from cxrkd.trainables.data.store import Manifest
 
 # Every trial of these tests: 16 px, 2 epochs of 2 steps of 8 images (seconds on a CPU), and
 # no pretrained weights: the demo profile's phantom backbones take a minute to build

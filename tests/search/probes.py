@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 
-from spaces.studies import STUDIES, FixedCell, Profile, Stage, Study
+from cxrkd.spaces.studies import STUDIES, FixedCell, Profile, Stage, Study
 
 # The torture test's study: one stage, one cell of fixed configs (one per seed), no early
 # stopping, so every trial runs every epoch and the expected records are known exactly.
@@ -53,7 +53,7 @@ def cli(argv: list[str] | None = None) -> int:
     environment: ``KILL_PROBE_TRIALS``, ``KILL_PROBE_EPOCHS``)."""
     import os
 
-    from search.cli import main
+    from cxrkd.search.cli import main
 
     profile = kill_probe_profile(
         trials=int(os.environ.get("KILL_PROBE_TRIALS", "4")),

@@ -17,9 +17,9 @@ import pytest
 from cli_checks import fails
 from probes import probe_profile
 
-from search.run_state import RunOptions
-from search.runner import run_study
-from spaces.studies import STUDIES, FixedCell, Profile, Stage, Study, TableSpec, final_cells
+from cxrkd.search.run_state import RunOptions
+from cxrkd.search.runner import run_study
+from cxrkd.spaces.studies import STUDIES, FixedCell, Profile, Stage, Study, TableSpec, final_cells
 
 
 @pytest.fixture
@@ -136,7 +136,7 @@ def test_unknown_model_is_refused_with_close_matches_even_untrained(capsys, run_
 
 
 def test_custom_models_pass_the_model_check():
-    from search.preflight import check_models
+    from cxrkd.search.preflight import check_models
 
     check_models({"cnn_baseline": "baseline_cnn", "resnet18": "x", "vit_tiny_patch16_224": "y"})
 
@@ -174,9 +174,9 @@ def test_paper_profile_refuses_an_imported_builtin_phantom_too(capsys, home, tmp
 def test_paper_profile_takes_synthetic_data_named_with_dataset(tiny_store):
     """Named explicitly, the phantom passes the data check; the tables then say SYNTHETIC
     (the rendered files are checked in the end-to-end run of test_subset.py)."""
-    from results.report import caption_of
-    from search.study_dataset import open_dataset
-    from search.study_options import study_with_options
+    from cxrkd.results.report import caption_of
+    from cxrkd.search.study_dataset import open_dataset
+    from cxrkd.search.study_options import study_with_options
 
     study = study_with_options(RunOptions(study="pneumonia-kd", profile="paper"))
     store = open_dataset(study, tiny_store.name)

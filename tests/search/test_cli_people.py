@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from search.cli import build_parser, main
-from search.run_state import RunOptions
+from cxrkd.search.cli import build_parser, main
+from cxrkd.search.run_state import RunOptions
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "results"))
 from synthetic_run import write_synthetic_run
@@ -32,7 +32,7 @@ def test_version_names_the_installed_cxrkd(capsys):
 
 
 def test_search_run_help_lists_every_study_and_profile(capsys):
-    from spaces.studies import STUDIES
+    from cxrkd.spaces.studies import STUDIES
 
     with pytest.raises(SystemExit):
         main(["search", "run", "--help"])
@@ -71,7 +71,7 @@ def test_status_json_ranks_each_cell_by_the_studys_metric(tmp_path, capsys):
     assert cnn["errors"] == ["RuntimeError: boom"]
     assert cells[("search", "resnet18_kd")]["status"] == {"completed": 1, "running": 1}
     # An open search's cell is ranked by its own first objective, as the driver chose it.
-    from search.status import _cell_metrics, _study_of
+    from cxrkd.search.status import _cell_metrics, _study_of
 
     opts = {"study": "lowres-kd-open", "profile": "demo"}
     opts["objectives"] = ["val_auroc_mlct", "params"]
@@ -79,8 +79,8 @@ def test_status_json_ranks_each_cell_by_the_studys_metric(tmp_path, capsys):
 
 
 def _home_with_store(tmp_path, monkeypatch) -> Path:
+    from cxrkd.trainables.data.writer import write_store
     from tests.data.test_store import make_plan
-    from trainables.data.writer import write_store
 
     monkeypatch.setenv("CXRKD_HOME", str(tmp_path))
     write_store(make_plan(), size=8, home=tmp_path, workers=1)

@@ -9,7 +9,7 @@ from pathlib import Path
 import optuna
 import pandas as pd
 
-from search.cli import main
+from cxrkd.search.cli import main
 
 
 def _write_synthetic_run(run: Path) -> None:

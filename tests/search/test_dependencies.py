@@ -3,8 +3,8 @@ whole stage before it has ended (no stage barrier)."""
 
 from __future__ import annotations
 
-from search.dependencies import study_cells, teacher_gate, waits
-from spaces.studies import StudyState, get_study
+from cxrkd.search.dependencies import study_cells, teacher_gate, waits
+from cxrkd.spaces.studies import StudyState, get_study
 
 
 def _ready(study, state) -> dict[str, list[str]]:

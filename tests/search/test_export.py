@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from search.cli import main
+from cxrkd.search.cli import main
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "results"))
@@ -61,9 +61,9 @@ def test_a_low_resolution_multitask_model_exports_and_predicts_its_test_scores(t
     """No Ray: one vit_mtl trial on the low-resolution view, its checkpoint exported."""
     import torch
 
-    from trainables.context import DataBundle
-    from trainables.data.pipeline import DatasetInfo, SplitData
-    from trainables.export import (
+    from cxrkd.trainables.context import DataBundle
+    from cxrkd.trainables.data.pipeline import DatasetInfo, SplitData
+    from cxrkd.trainables.export import (
         ExportError,
         deployed_task,
         model_inputs,
@@ -72,8 +72,8 @@ def test_a_low_resolution_multitask_model_exports_and_predicts_its_test_scores(t
         preprocessing,
         write_export,
     )
-    from trainables.loop import run_trial
-    from trainables.trainable import LocalReporter
+    from cxrkd.trainables.loop import run_trial
+    from cxrkd.trainables.trainable import LocalReporter
 
     rng = np.random.default_rng(0)
     labels = (rng.random((60, 3)) < 0.4).astype(np.float32)
@@ -126,7 +126,7 @@ def test_a_low_resolution_multitask_model_exports_and_predicts_its_test_scores(t
 
 
 def test_the_final_model_is_picked_by_seed_or_validation_and_needs_a_threshold(tmp_path):
-    from results.export import final_model
+    from cxrkd.results.export import final_model
 
     trials, _ = write_synthetic_run(tmp_path)
     for last in (tmp_path / "final").glob("*/checkpoint_000001"):
@@ -152,9 +152,9 @@ def test_the_final_model_is_picked_by_seed_or_validation_and_needs_a_threshold(t
 def check_export_and_predict(run: Path, tiny_store, tmp_path, capsys) -> None:
     """Export and predict on a finished tiny ``pneumonia-kd --only resnet18_kd`` run (test_subset
     makes it: one tiny real run serves several end-to-end checks)."""
-    from results.held_out_scores import load_test_scores
-    from trainables.data.store import DatasetStore
-    from trainables.models import model_normalization
+    from cxrkd.results.held_out_scores import load_test_scores
+    from cxrkd.trainables.data.store import DatasetStore
+    from cxrkd.trainables.models import model_normalization
 
     trials = pd.read_parquet(run / "trials.parquet")
     final = trials[(trials["stage"] == "final") & (trials["cell"] == "resnet18_kd")]

@@ -20,11 +20,11 @@ import pytest
 from cli_checks import fails
 from test_s3_storage import S3, s3  # noqa: F401 (the local S3 server fixture)
 
-from search import lease
-from search.lease import Lease, LeaseHeld, current
-from search.run_state import RunOptions, write_options
-from trainables import storage
-from trainables.errors import CxrkdError
+from cxrkd.search import lease
+from cxrkd.search.lease import Lease, LeaseHeld, current
+from cxrkd.search.run_state import RunOptions, write_options
+from cxrkd.trainables import storage
+from cxrkd.trainables.errors import CxrkdError
 
 
 @pytest.fixture

@@ -9,9 +9,9 @@ import json
 import pandas as pd
 import pytest
 
-import spaces.lowres_kd as lowres
-from search.run_state import RunOptions
-from search.runner import run_study
+import cxrkd.spaces.lowres_kd as lowres
+from cxrkd.search.run_state import RunOptions
+from cxrkd.search.runner import run_study
 
 pytestmark = pytest.mark.slow
 

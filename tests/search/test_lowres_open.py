@@ -15,20 +15,20 @@ import pandas as pd
 import pytest
 import ray
 
-import spaces.lowres_kd as lowres
-import spaces.lowres_open as lowres_open
-from results.figure_data import nondominated
-from search.cells import CellScheduler, CellSearcher
-from search.cli import main
-from search.run_state import RunOptions
-from search.runner import run_study
-from search.stage import choose
-from search.study_options import apply_overrides, study_with_options
-from spaces.cell_space import CellSpace, expand_choices
-from spaces.studies import StudyState, front_key, get_study, parse_objectives
-from trainables.config import parse_config
-from trainables.errors import CxrkdError
-from trainables.kd import get_kd, kd_names
+import cxrkd.spaces.lowres_kd as lowres
+import cxrkd.spaces.lowres_open as lowres_open
+from cxrkd.results.figure_data import nondominated
+from cxrkd.search.cells import CellScheduler, CellSearcher
+from cxrkd.search.cli import main
+from cxrkd.search.run_state import RunOptions
+from cxrkd.search.runner import run_study
+from cxrkd.search.stage import choose
+from cxrkd.search.study_options import apply_overrides, study_with_options
+from cxrkd.spaces.cell_space import CellSpace, expand_choices
+from cxrkd.spaces.studies import StudyState, front_key, get_study, parse_objectives
+from cxrkd.trainables.config import parse_config
+from cxrkd.trainables.errors import CxrkdError
+from cxrkd.trainables.kd import get_kd, kd_names
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 MCCT = "val_auroc_mcct"

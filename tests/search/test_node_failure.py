@@ -18,9 +18,9 @@ import pytest
 from probes import kill_probe, kill_probe_profile
 from trial_spy import Spy, install
 
-from search.run_state import RunOptions
-from search.runner import run_study
-from spaces.studies import STUDIES, Profile, Study
+from cxrkd.search.run_state import RunOptions
+from cxrkd.search.runner import run_study
+from cxrkd.spaces.studies import STUDIES, Profile, Study
 
 STUDY = "node-loss-probe"
 OBJECT_STORE = 100 * 1024 * 1024  # per node; the tiny dataset is ~100 KB

@@ -24,7 +24,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from search.cli import main
+from cxrkd.search.cli import main
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
 from fixtures_dicom import write_vindr_learnable_tree

@@ -8,13 +8,13 @@ import json
 import pytest
 from ray.tune.schedulers.async_hyperband import _Bracket
 
-from results.frames import load_records
-from search import plan_throughput
-from search.cli import main
-from search.plan import build_plan
-from search.plan_counts import asha_rungs, plan_counts, typical_epochs
-from search.run_state import RunOptions
-from search.study_options import study_with_options, typed_overrides
+from cxrkd.results.frames import load_records
+from cxrkd.search import plan_throughput
+from cxrkd.search.cli import main
+from cxrkd.search.plan import build_plan
+from cxrkd.search.plan_counts import asha_rungs, plan_counts, typical_epochs
+from cxrkd.search.run_state import RunOptions
+from cxrkd.search.study_options import study_with_options, typed_overrides
 
 FLOPS = {"cnn_baseline@32/patch0/depth0": 10**7, "resnet18@32/patch0/depth0": 7 * 10**7}
 

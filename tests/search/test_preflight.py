@@ -7,11 +7,11 @@ import time
 import pytest
 import torch
 
-from search.run_state import RunOptions
-from search.runner import run_study
-from trainables.errors import CxrkdError
-from trainables.loop import TrialError, run_trial
-from trainables.trainable import LocalReporter
+from cxrkd.search.run_state import RunOptions
+from cxrkd.search.runner import run_study
+from cxrkd.trainables.errors import CxrkdError
+from cxrkd.trainables.loop import TrialError, run_trial
+from cxrkd.trainables.trainable import LocalReporter
 
 
 def test_paper_profile_offline_fails_once_before_any_trial(tiny_store, tmp_path, monkeypatch):
@@ -44,7 +44,7 @@ def test_cuda_out_of_memory_becomes_a_trial_error(monkeypatch):
     sys.path.insert(0, str(Path(__file__).parents[1] / "trainables"))
     from helpers import binary_bundle
 
-    import trainables.loop as loop
+    import cxrkd.trainables.loop as loop
 
     def boom(*args, **kwargs):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-import search.provenance as prov
-from search.provenance import git_state, package_versions, provenance
-from trainables.trainable import device_name
+import cxrkd.search.provenance as prov
+from cxrkd.search.provenance import git_state, package_versions, provenance
+from cxrkd.trainables.trainable import device_name
 
 needs_git = pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
 

@@ -14,18 +14,18 @@ import pandas as pd
 import pytest
 from test_s3_storage import s3  # noqa: F401  (the moto S3 fixture)
 
-import results.frames as frames
-from results.frames import (
+import cxrkd.results.frames as frames
+from cxrkd.results.frames import (
     compact_records,
     load_raw_records,
     load_records,
     record_files,
     repeated_epochs,
 )
-from search.records import RecordsCallback
-from search.run_state import check_records
-from trainables import storage
-from trainables.errors import CxrkdError
+from cxrkd.search.records import RecordsCallback
+from cxrkd.search.run_state import check_records
+from cxrkd.trainables import storage
+from cxrkd.trainables.errors import CxrkdError
 
 STAGE, CELL = "search", "cnn"
 

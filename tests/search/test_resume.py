@@ -24,8 +24,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from results.frames import load_raw_records, load_trials, repeated_epochs
-from search.cli import main
+from cxrkd.results.frames import load_raw_records, load_trials, repeated_epochs
+from cxrkd.search.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
 BUDGET = {  # num_samples=2: trials per (stage, cell)
@@ -52,7 +52,12 @@ class Driver:
     output in a log file."""
 
     def __init__(
-        self, args: list[str], *, env: dict, log: Path, python_args: tuple = ("-m", "search.cli")
+        self,
+        args: list[str],
+        *,
+        env: dict,
+        log: Path,
+        python_args: tuple = ("-m", "cxrkd.search.cli"),
     ) -> None:
         self.log = log
         self.out = log.open("ab")

@@ -19,11 +19,11 @@ from probes import probe_profile
 from ray import exceptions as ray_errors
 from ray.tune.experiment import Trial
 
-from search.run_state import RunOptions
-from search.runner import run_study
-from search.stage import MAX_FAILURES, retry_lost_workers_only, worker_lost
-from spaces.studies import STUDIES, FixedCell, Profile, Stage, Study
-from trainables.loop import TrialError, out_of_memory
+from cxrkd.search.run_state import RunOptions
+from cxrkd.search.runner import run_study
+from cxrkd.search.stage import MAX_FAILURES, retry_lost_workers_only, worker_lost
+from cxrkd.spaces.studies import STUDIES, FixedCell, Profile, Stage, Study
+from cxrkd.trainables.loop import TrialError, out_of_memory
 
 STUDY = "retry-probe"
 EPOCHS = 2
@@ -80,7 +80,7 @@ def _attempt_counter(folder: Path):
     so the workers need not import this test module."""
 
     def hook() -> None:
-        import trainables.trainable as trainable
+        import cxrkd.trainables.trainable as trainable
 
         run_trial = trainable.run_trial
 

@@ -17,10 +17,10 @@ import pytest
 import ray
 from cli_checks import fails
 
-from search.cli import main
-from search.run_state import RESERVED_RUN_NAMES, RunOptions, check_run_name, write_options
-from trainables.data.store import DatasetError, check_name
-from trainables.errors import CxrkdError
+from cxrkd.search.cli import main
+from cxrkd.search.run_state import RESERVED_RUN_NAMES, RunOptions, check_run_name, write_options
+from cxrkd.trainables.data.store import DatasetError, check_name
+from cxrkd.trainables.errors import CxrkdError
 
 
 class RayInitCalled(Exception):
@@ -72,7 +72,7 @@ def test_a_name_the_storage_layout_uses_is_reserved(name, capsys, tmp_path, ray_
 
 
 def test_the_reserved_names_cover_the_teacher_registry():
-    from trainables.teachers import TeacherRegistry
+    from cxrkd.trainables.teachers import TeacherRegistry
 
     root = Path(TeacherRegistry("/tmp/some-storage").root)
     assert root.parent == Path("/tmp/some-storage")
@@ -224,7 +224,7 @@ def _plant_everywhere(stage: Path, marker: Path) -> None:
 
 @pytest.mark.parametrize("file", ["tuner.pkl", "searcher-state-2026-11-30_16-00-00.pkl"])
 def test_resume_never_unpickles_planted_tune_state(file, run_folder, capsys, ray_init_spy):
-    from search.signing import Signer
+    from cxrkd.search.signing import Signer
 
     marker = run_folder.parent / "PWNED"
     stage = run_folder / "study"
@@ -249,9 +249,9 @@ def test_resume_never_unpickles_planted_tune_state(file, run_folder, capsys, ray
 def test_a_signed_stage_resumes_and_a_finished_stage_is_not_read(
     planted_run, ray_init_spy, tmp_path
 ):
-    from search.run_state import write_state
-    from search.signing import Signer
-    from spaces.studies import StudyState
+    from cxrkd.search.run_state import write_state
+    from cxrkd.search.signing import Signer
+    from cxrkd.spaces.studies import StudyState
 
     marker = tmp_path / "PWNED"
     # A finished stage's folder (as a cxrkd before 2026-12 left it): never restored.

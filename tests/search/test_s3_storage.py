@@ -26,9 +26,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from trainables import storage, teacher_files, teacher_outputs, teachers
-from trainables.storage import StorageError
-from trainables.teachers import TeacherError, TeacherKey, TeacherRegistry
+from cxrkd.trainables import storage, teacher_files, teacher_outputs, teachers
+from cxrkd.trainables.storage import StorageError
+from cxrkd.trainables.teachers import TeacherError, TeacherKey, TeacherRegistry
 
 REGION = "us-east-1"
 
@@ -329,9 +329,9 @@ def s3_ray(s3: S3, monkeypatch, tmp_path):
 
 @pytest.mark.slow
 def test_a_study_runs_end_to_end_on_s3_storage(s3_ray: S3, tiny_store, tiny, tmp_path):
-    from search.run_state import RunOptions
-    from search.runner import run_study
-    from search.status import status_lines
+    from cxrkd.search.run_state import RunOptions
+    from cxrkd.search.runner import run_study
+    from cxrkd.search.status import status_lines
 
     s3 = s3_ray
     run_uri = run_study(

@@ -21,8 +21,8 @@ from ray.tune.schedulers import TrialScheduler
 from ray.tune.search import ConcurrencyLimiter, Searcher
 from test_s3_storage import s3  # noqa: F401 (the local S3 server fixture)
 
-from search.cells import CellScheduler, CellSearcher, SchedulerState
-from search.signing import (
+from cxrkd.search.cells import CellScheduler, CellSearcher, SchedulerState
+from cxrkd.search.signing import (
     SignatureError,
     Signer,
     check_stages,
@@ -32,8 +32,8 @@ from search.signing import (
     signing_key,
     tune_state_kind,
 )
-from spaces.studies import FixedCell, SearchCell
-from trainables.trainable import CELL_KEY, STAGE_KEY
+from cxrkd.spaces.studies import FixedCell, SearchCell
+from cxrkd.trainables.trainable import CELL_KEY, STAGE_KEY
 
 SESSION = "2026-11-30_16-00-00"
 
@@ -416,7 +416,7 @@ def test_asha_rungs_cross_a_restart_as_plain_json():
 def test_signatures_and_checks_on_s3(s3, tmp_path):  # noqa: F811 (the fixture)
     """The same on S3: signatures are objects under RUN/signatures/STAGE, and a planted
     tuner.pkl there is refused by the check a resume makes."""
-    from trainables import storage
+    from cxrkd.trainables import storage
 
     run = f"{s3.root}/runs/R"
     marker = tmp_path / "PWNED"

@@ -19,12 +19,12 @@ from ray import cloudpickle
 from ray.tune.schedulers import TrialScheduler
 from ray.tune.search import Searcher
 
-from search.cells import CellScheduler, CellSearcher, SchedulerState
-from search.run_state import RunOptions
-from search.runner import run_study
-from search.stage import stage_epochs
-from spaces.studies import FixedCell, SearchCell
-from trainables.trainable import CELL_KEY, STAGE_KEY
+from cxrkd.search.cells import CellScheduler, CellSearcher, SchedulerState
+from cxrkd.search.run_state import RunOptions
+from cxrkd.search.runner import run_study
+from cxrkd.search.stage import stage_epochs
+from cxrkd.spaces.studies import FixedCell, SearchCell
+from cxrkd.trainables.trainable import CELL_KEY, STAGE_KEY
 
 METRIC = "val_auc"
 BASE = {"img_size": 16, "epochs": 4, "pretrained": False}
@@ -195,7 +195,7 @@ def test_earlier_stages_first_and_one_trial_computes_a_teachers_outputs():
 
 def test_a_completed_trials_training_state_goes_with_the_next_snapshot(tmp_path):
     """Not when its cell ends: a cell of ViT-Base trials held ~1 GB per kept checkpoint each."""
-    from search.study_run import EXPERIMENT, StudyDriver
+    from cxrkd.search.study_run import EXPERIMENT, StudyDriver
 
     def trial(name: str, status: str) -> SimpleNamespace:
         folder = tmp_path / "run" / EXPERIMENT / name

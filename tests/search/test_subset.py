@@ -15,16 +15,16 @@ import pytest
 from test_export import check_export_and_predict
 from test_plan import assert_plan_matches_run
 
-from search.cli import main
-from search.run_state import RunOptions, read_run
-from search.study_options import study_with_options
-from search.subset import restrict_study, select_cells, study_cells
-from spaces.studies import StudyState, get_study
+from cxrkd.search.cli import main
+from cxrkd.search.run_state import RunOptions, read_run
+from cxrkd.search.study_options import study_with_options
+from cxrkd.search.subset import restrict_study, select_cells, study_cells
+from cxrkd.spaces.studies import StudyState, get_study
 
 
 def registered_teacher() -> str:
     """The table key of pneumonia-kd's registered teacher (a row the report may show)."""
-    import spaces.studies as studies
+    import cxrkd.spaces.studies as studies
 
     return getattr(studies, "REGISTERED_PREFIX", "registered:") + "resnet50_teacher"
 

@@ -19,11 +19,11 @@ import pytest
 from probes import probe_profile
 from trial_spy import Spy, install
 
-from results.frames import load_records
-from search.run_state import RunOptions
-from search.runner import resume_study, run_study
-from spaces.studies import STUDIES, FixedCell, Profile, Stage, Study
-from trainables.errors import CxrkdError
+from cxrkd.results.frames import load_records
+from cxrkd.search.run_state import RunOptions
+from cxrkd.search.runner import resume_study, run_study
+from cxrkd.spaces.studies import STUDIES, FixedCell, Profile, Stage, Study
+from cxrkd.trainables.errors import CxrkdError
 
 STUDY = "teacher-probe"
 EPOCHS = 3

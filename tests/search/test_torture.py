@@ -28,7 +28,7 @@ import pytest
 from probes import KILL_PROBE
 from test_resume import REPO, Driver, driver_env  # noqa: F401  (driver_env: a fixture)
 
-from results.frames import load_raw_records, repeated_epochs
+from cxrkd.results.frames import load_raw_records, repeated_epochs
 
 SEED = 20261130
 KILLS = 10

@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import search.study_run
-from trainables.trainable import STAGE_KEY
+import cxrkd.search.study_run as study_run
+from cxrkd.trainables.trainable import STAGE_KEY
 
 
 @dataclass
@@ -31,7 +31,7 @@ class Spy:
         return [r for r in self.results if r[1] == trial_id]
 
 
-class _Spied(search.study_run.ProgressCallback):
+class _Spied(study_run.ProgressCallback):
     """Defined here, not in :func:`install`: Tune pickles its callbacks with the experiment,
     and a class at module level is pickled by name, without the spy (whose ``on_saved`` may
     hold a Ray cluster, which cannot be pickled)."""
@@ -51,6 +51,6 @@ _ACTIVE: dict[str, Spy] = {}
 
 def install(monkeypatch, spy: Spy) -> Spy:
     """Use ``spy`` in the study's Tuner until the test ends."""
-    monkeypatch.setattr(search.study_run, "ProgressCallback", _Spied)
+    monkeypatch.setattr(study_run, "ProgressCallback", _Spied)
     monkeypatch.setitem(_ACTIVE, "spy", spy)
     return spy

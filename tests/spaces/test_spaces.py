@@ -6,12 +6,12 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from spaces import get_space, load_spaces
-from spaces.cell_space import CellSpace
-from spaces.studies import STUDIES, FixedCell, SearchCell, StudyState, get_study
-from trainables.config import field_names, parse_config
-from trainables.errors import CxrkdError
-from trainables.methods import load_methods
+from cxrkd.spaces import get_space, load_spaces
+from cxrkd.spaces.cell_space import CellSpace
+from cxrkd.spaces.studies import STUDIES, FixedCell, SearchCell, StudyState, get_study
+from cxrkd.trainables.config import field_names, parse_config
+from cxrkd.trainables.errors import CxrkdError
+from cxrkd.trainables.methods import load_methods
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -173,8 +173,8 @@ def test_unknown_study_and_profile_are_refused():
 
 
 def test_demo_teachers_train_longer_than_students_unless_set_says_otherwise():
-    from search.run_state import RunOptions
-    from search.study_options import apply_overrides, study_with_options
+    from cxrkd.search.run_state import RunOptions
+    from cxrkd.search.study_options import apply_overrides, study_with_options
 
     study = get_study("lowres-kd", "demo")
     (teacher,) = study.stages[0].cells(StudyState())
@@ -193,7 +193,7 @@ def test_demo_teachers_train_longer_than_students_unless_set_says_otherwise():
 def _lowres_cells(profile: str, img_size: int | None = None) -> dict[str, dict]:
     import dataclasses
 
-    import spaces.lowres_kd as lowres
+    import cxrkd.spaces.lowres_kd as lowres
 
     prof = lowres.PROFILES[profile]
     if img_size is not None:

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import numpy as np
 
-from trainables.config import parse_config
-from trainables.context import DataBundle
-from trainables.data.pipeline import DatasetInfo, SplitData
-from trainables.loop import run_trial
-from trainables.teachers import TeacherKey, TeacherRegistry
-from trainables.trainable import LocalReporter
+from cxrkd.trainables.config import parse_config
+from cxrkd.trainables.context import DataBundle
+from cxrkd.trainables.data.pipeline import DatasetInfo, SplitData
+from cxrkd.trainables.loop import run_trial
+from cxrkd.trainables.teachers import TeacherKey, TeacherRegistry
+from cxrkd.trainables.trainable import LocalReporter
 
 
 def binary_bundle(n: int = 96, size: int = 32, seed: int = 0, fingerprint: str = "fp0"):
@@ -97,7 +97,7 @@ def example_bundle(task: str) -> DataBundle:
 
 def example_config(method: str, teacher_uri: str | None = None) -> dict:
     """A tiny trial config of ``method`` (``teacher_uri`` for the methods that need one)."""
-    from trainables.methods import load_methods
+    from cxrkd.trainables.methods import load_methods
 
     if method not in EXAMPLES:
         raise KeyError(

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from trainables import checkpoint
+from cxrkd.trainables import checkpoint
 
 
 class _Planted:
@@ -68,7 +68,7 @@ def test_an_old_format_checkpoint_gets_the_clear_error(tmp_path):
 def _tiny(seed: int):
     from types import SimpleNamespace
 
-    from trainables.task import Task
+    from cxrkd.trainables.task import Task
 
     torch.manual_seed(seed)
     task = Task(torch.nn.Linear(3, 2), normalization=(0.5, 0.5))

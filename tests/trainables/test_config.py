@@ -8,9 +8,9 @@ import re
 
 import pytest
 
-from trainables.config import ConfigError, TrainConfig, field_names, parse_config
-from trainables.errors import CxrkdError
-from trainables.methods import load_methods
+from cxrkd.trainables.config import ConfigError, TrainConfig, field_names, parse_config
+from cxrkd.trainables.errors import CxrkdError
+from cxrkd.trainables.methods import load_methods
 
 METHODS = sorted(load_methods())
 

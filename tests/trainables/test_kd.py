@@ -13,11 +13,11 @@ import optuna
 import pytest
 import torch
 
-import trainables.kd as kd_package
-from trainables.errors import CxrkdError
-from trainables.kd import WEIGHTS, get_kd, kd_losses, kd_names, paper_approaches
-from trainables.losses import LossError
-from trainables.registry import Registry
+import cxrkd.trainables.kd as kd_package
+from cxrkd.trainables.errors import CxrkdError
+from cxrkd.trainables.kd import WEIGHTS, get_kd, kd_losses, kd_names, paper_approaches
+from cxrkd.trainables.losses import LossError
+from cxrkd.trainables.registry import Registry
 
 NAMES = list(kd_names())
 

@@ -12,10 +12,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trainables.kd import get_kd
-from trainables.kd.dkd import dkd_loss, dkd_terms
-from trainables.kd.vanilla import vanilla_multitask_kd
-from trainables.losses import LossError, softmax_kl
+from cxrkd.trainables.kd import get_kd
+from cxrkd.trainables.kd.dkd import dkd_loss, dkd_terms
+from cxrkd.trainables.kd.vanilla import vanilla_multitask_kd
+from cxrkd.trainables.losses import LossError, softmax_kl
 
 
 def tt(a) -> torch.Tensor:

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from trainables.kd import get_kd
-from trainables.kd.fitnets import MIDDLE, hint_loss, middle_block
-from trainables.losses import LossError
+from cxrkd.trainables.kd import get_kd
+from cxrkd.trainables.kd.fitnets import MIDDLE, hint_loss, middle_block
+from cxrkd.trainables.losses import LossError
 
 
 def tt(a) -> torch.Tensor:

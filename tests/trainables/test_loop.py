@@ -11,15 +11,15 @@ import pytest
 import torch
 from helpers import TEACHERS, TINY, example_bundle, example_config, train_teacher
 
-from trainables import checkpoint
-from trainables.config import ConfigError, parse_config
-from trainables.context import DataBundle, TrialContext
-from trainables.data.store import DatasetError
-from trainables.loop import TrialError, run_trial, seed_everything
-from trainables.methods import get_method, load_methods
-from trainables.methods.classify import ClassifierTask
-from trainables.models import create_model
-from trainables.trainable import LocalReporter
+from cxrkd.trainables import checkpoint
+from cxrkd.trainables.config import ConfigError, parse_config
+from cxrkd.trainables.context import DataBundle, TrialContext
+from cxrkd.trainables.data.store import DatasetError
+from cxrkd.trainables.loop import TrialError, run_trial, seed_everything
+from cxrkd.trainables.methods import get_method, load_methods
+from cxrkd.trainables.methods.classify import ClassifierTask
+from cxrkd.trainables.models import create_model
+from cxrkd.trainables.trainable import LocalReporter
 
 METHODS = sorted(load_methods())
 TASKS = ("binary", "multilabel")

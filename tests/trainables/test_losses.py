@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 import torch
 
-from trainables.kd import get_kd, kd_names, paper_approaches
-from trainables.kd.last_block import last_block_loss
-from trainables.kd.mlcak import mlcak_loss
-from trainables.kd.one_to_one import one_to_one_loss
-from trainables.kd.vanilla import vanilla_multitask_kd
-from trainables.losses import (
+from cxrkd.trainables.kd import get_kd, kd_names, paper_approaches
+from cxrkd.trainables.kd.last_block import last_block_loss
+from cxrkd.trainables.kd.mlcak import mlcak_loss
+from cxrkd.trainables.kd.one_to_one import one_to_one_loss
+from cxrkd.trainables.kd.vanilla import vanilla_multitask_kd
+from cxrkd.trainables.losses import (
     LOSSES,
     LossError,
     feature_mse,

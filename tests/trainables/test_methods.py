@@ -16,12 +16,12 @@ from helpers import (
     train_teacher,
 )
 
-from trainables.config import ConfigError, parse_config
-from trainables.context import DataBundle, TrialContext
-from trainables.data.pipeline import BatchLoader
-from trainables.errors import CxrkdError
-from trainables.methods import get_method, load_methods, register_method
-from trainables.task import Task
+from cxrkd.trainables.config import ConfigError, parse_config
+from cxrkd.trainables.context import DataBundle, TrialContext
+from cxrkd.trainables.data.pipeline import BatchLoader
+from cxrkd.trainables.errors import CxrkdError
+from cxrkd.trainables.methods import get_method, load_methods, register_method
+from cxrkd.trainables.task import Task
 
 METHODS = sorted(load_methods())
 CPU = torch.device("cpu")

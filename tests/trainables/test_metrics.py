@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 import pytest
 
-from trainables.metrics import (
+from cxrkd.trainables.metrics import (
     MetricError,
     average_precision,
     binary_metric_names,
@@ -291,7 +291,7 @@ def test_multilabel_macro_matches_sklearn_macro():
 def test_split_metrics_report_auprc_and_sensitivity_for_both_tasks():
     from types import SimpleNamespace
 
-    from trainables.evaluate import split_metrics
+    from cxrkd.trainables.evaluate import split_metrics
 
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 2, (120, 3)).astype(np.float32)

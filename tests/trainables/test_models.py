@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from trainables.models import MODELS, ModelRegistry, UnknownModel, create_model
-from trainables.vit import FeatureAdapter, MultiTaskViT, create_vit
+from cxrkd.trainables.models import MODELS, ModelRegistry, UnknownModel, create_model
+from cxrkd.trainables.vit import FeatureAdapter, MultiTaskViT, create_vit
 
 
 def n_params(module: nn.Module) -> int:

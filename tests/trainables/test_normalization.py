@@ -10,18 +10,23 @@ import pytest
 import torch
 from helpers import TINY, binary_bundle, train_teacher
 
-from trainables import teacher_files
-from trainables.config import parse_config
-from trainables.context import TrialContext
-from trainables.data.augment import normalize, resize
-from trainables.loop import run_trial
-from trainables.methods import get_method
-from trainables.methods.classify import ClassifierTask
-from trainables.models import DEFAULT_NORMALIZATION, UnknownModel, model_normalization
-from trainables.precision import fp32_head
-from trainables.task import Task
-from trainables.teachers import LEGACY_NORMALIZATION, TeacherError, TeacherKey, TeacherRegistry
-from trainables.trainable import LocalReporter
+from cxrkd.trainables import teacher_files
+from cxrkd.trainables.config import parse_config
+from cxrkd.trainables.context import TrialContext
+from cxrkd.trainables.data.augment import normalize, resize
+from cxrkd.trainables.loop import run_trial
+from cxrkd.trainables.methods import get_method
+from cxrkd.trainables.methods.classify import ClassifierTask
+from cxrkd.trainables.models import DEFAULT_NORMALIZATION, UnknownModel, model_normalization
+from cxrkd.trainables.precision import fp32_head
+from cxrkd.trainables.task import Task
+from cxrkd.trainables.teachers import (
+    LEGACY_NORMALIZATION,
+    TeacherError,
+    TeacherKey,
+    TeacherRegistry,
+)
+from cxrkd.trainables.trainable import LocalReporter
 
 CPU = torch.device("cpu")
 IMAGENET = (0.449, 0.226)  # (0.485 + 0.456 + 0.406) / 3, (0.229 + 0.224 + 0.225) / 3

@@ -10,10 +10,10 @@ import timm.optim
 import torch
 from helpers import multilabel_bundle
 
-from trainables.config import TrainConfig
-from trainables.methods.vit_mtl import MultiTaskTask
-from trainables.optim import make_optimizer
-from trainables.vit import create_vit
+from cxrkd.trainables.config import TrainConfig
+from cxrkd.trainables.methods.vit_mtl import MultiTaskTask
+from cxrkd.trainables.optim import make_optimizer
+from cxrkd.trainables.vit import create_vit
 
 CFG = TrainConfig(method="vit_mtl", weight_decay=0.05)
 SMALL = {"img_size": 32, "patch_size": 8, "depth": 1, "in_chans": 1, "num_classes": 1}

@@ -14,15 +14,15 @@ import safetensors.torch
 import torch
 from helpers import binary_bundle
 
-from search.cli import main
-from spaces.cell_space import CellSpace
-from spaces.studies import SearchCell, StudyState, get_study
-from trainables import phantom_backbones as pb
-from trainables.config import parse_config
-from trainables.context import TrialContext
-from trainables.methods import get_method
-from trainables.models import create_model
-from trainables.weights import (
+from cxrkd.search.cli import main
+from cxrkd.spaces.cell_space import CellSpace
+from cxrkd.spaces.studies import SearchCell, StudyState, get_study
+from cxrkd.trainables import phantom_backbones as pb
+from cxrkd.trainables.config import parse_config
+from cxrkd.trainables.context import TrialContext
+from cxrkd.trainables.methods import get_method
+from cxrkd.trainables.models import create_model
+from cxrkd.trainables.weights import (
     ALLOW_RANDOM_ENV,
     ORIGIN_PHANTOM,
     WeightsUnavailable,

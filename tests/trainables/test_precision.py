@@ -9,17 +9,17 @@ import torch
 from helpers import TEACHERS, TINY, TINY_VIT, binary_bundle, multilabel_bundle, train_teacher
 from torch import nn
 
-from trainables import precision
-from trainables.config import parse_config
-from trainables.context import TrialContext
-from trainables.data.pipeline import DatasetInfo, SplitData
-from trainables.evaluate import predict, split_metrics
-from trainables.loop import run_trial
-from trainables.methods import get_method, kd_logit
-from trainables.methods.classify import ClassifierTask
-from trainables.metrics import roc_auc
-from trainables.precision import autocast, fp32_head
-from trainables.trainable import LocalReporter
+from cxrkd.trainables import precision
+from cxrkd.trainables.config import parse_config
+from cxrkd.trainables.context import TrialContext
+from cxrkd.trainables.data.pipeline import DatasetInfo, SplitData
+from cxrkd.trainables.evaluate import predict, split_metrics
+from cxrkd.trainables.loop import run_trial
+from cxrkd.trainables.methods import get_method, kd_logit
+from cxrkd.trainables.methods.classify import ClassifierTask
+from cxrkd.trainables.metrics import roc_auc
+from cxrkd.trainables.precision import autocast, fp32_head
+from cxrkd.trainables.trainable import LocalReporter
 
 CPU = torch.device("cpu")
 
@@ -113,8 +113,8 @@ def test_predict_refuses_reduced_precision_logits():
 
 def test_every_registered_models_predict_gives_fp32_logits_under_autocast():
     # The heads of the repo's own models (cnn_baseline, timm via fp32_head, MultiTaskViT).
-    from trainables.models import create_model
-    from trainables.vit import create_vit
+    from cxrkd.trainables.models import create_model
+    from cxrkd.trainables.vit import create_vit
 
     x = torch.rand(2, 1, 32, 32)
     vit = create_vit("vit_tiny_patch16_224", num_findings=2, pretrained=False, img_size=32,

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from trainables.profiling import (
+from cxrkd.trainables.profiling import (
     ProfilingError,
     count_flops,
     count_parameters,

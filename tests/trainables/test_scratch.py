@@ -10,13 +10,13 @@ import textwrap
 
 import pytest
 
-from trainables.scratch import scratch_dir, sweep
+from cxrkd.trainables.scratch import scratch_dir, sweep
 
 CHILD = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from trainables.scratch import scratch_dir
+    from cxrkd.trainables.scratch import scratch_dir
     d = scratch_dir("ckpt", Path(sys.argv[1]))
     (d / "state.pt").write_bytes(b"x" * 4096)
     print(d, flush=True)

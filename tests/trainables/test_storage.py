@@ -8,7 +8,7 @@ import os
 import pandas as pd
 import pytest
 
-from trainables import storage
+from cxrkd.trainables import storage
 
 
 @pytest.fixture

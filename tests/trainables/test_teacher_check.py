@@ -10,11 +10,11 @@ import pytest
 import torch
 from helpers import TEACHERS, binary_bundle, example_config, train_teacher
 
-from trainables import teacher_files
-from trainables.config import ConfigError, parse_config
-from trainables.context import TrialContext
-from trainables.methods import get_method
-from trainables.teachers import TeacherError, TeacherKey, TeacherRegistry
+from cxrkd.trainables import teacher_files
+from cxrkd.trainables.config import ConfigError, parse_config
+from cxrkd.trainables.context import TrialContext
+from cxrkd.trainables.methods import get_method
+from cxrkd.trainables.teachers import TeacherError, TeacherKey, TeacherRegistry
 
 
 @pytest.fixture(scope="module")

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from trainables import storage, teacher_files, teachers
-from trainables.errors import CxrkdError
-from trainables.teachers import TeacherError, TeacherKey, TeacherRegistry
+from cxrkd.trainables import storage, teacher_files, teachers
+from cxrkd.trainables.errors import CxrkdError
+from cxrkd.trainables.teachers import TeacherError, TeacherKey, TeacherRegistry
 
 FLAT = {"method": "transfer", "model": "resnet50", "img_size": 48, "seed": 0, "lr": 1e-3}
 

@@ -8,14 +8,14 @@ import pytest
 import torch
 from helpers import TINY, binary_bundle, train_teacher
 
-from trainables import teacher_files, teacher_outputs
-from trainables.config import ConfigError, parse_config
-from trainables.context import DataBundle, TrialContext
-from trainables.data.augment import Pipeline
-from trainables.loop import run_trial
-from trainables.methods import get_method
-from trainables.teachers import TeacherError, TeacherKey, TeacherRegistry, read_record
-from trainables.trainable import LocalReporter
+from cxrkd.trainables import teacher_files, teacher_outputs
+from cxrkd.trainables.config import ConfigError, parse_config
+from cxrkd.trainables.context import DataBundle, TrialContext
+from cxrkd.trainables.data.augment import Pipeline
+from cxrkd.trainables.loop import run_trial
+from cxrkd.trainables.methods import get_method
+from cxrkd.trainables.teachers import TeacherError, TeacherKey, TeacherRegistry, read_record
+from cxrkd.trainables.trainable import LocalReporter
 
 CPU = torch.device("cpu")
 # A teacher trained enough that its logits separate the classes (positives ~ +0.7,

@@ -18,17 +18,17 @@ import torch
 import torch.nn.functional as F
 from helpers import TEACHERS, TINY, TINY_VIT, binary_bundle, multilabel_bundle, train_teacher
 
-from spaces import get_space
-from trainables import teacher_files, teacher_outputs
-from trainables.config import ConfigError, parse_config
-from trainables.context import DataBundle, TrialContext
-from trainables.data.pipeline import BatchLoader
-from trainables.kd import get_kd, kd_names
-from trainables.loop import run_trial, seed_everything
-from trainables.methods import get_method, kd_vit, load_methods
-from trainables.task import Task
-from trainables.teachers import TeacherError, TeacherKey, TeacherRegistry
-from trainables.trainable import LocalReporter
+from cxrkd.spaces import get_space
+from cxrkd.trainables import teacher_files, teacher_outputs
+from cxrkd.trainables.config import ConfigError, parse_config
+from cxrkd.trainables.context import DataBundle, TrialContext
+from cxrkd.trainables.data.pipeline import BatchLoader
+from cxrkd.trainables.kd import get_kd, kd_names
+from cxrkd.trainables.loop import run_trial, seed_everything
+from cxrkd.trainables.methods import get_method, kd_vit, load_methods
+from cxrkd.trainables.task import Task
+from cxrkd.trainables.teachers import TeacherError, TeacherKey, TeacherRegistry
+from cxrkd.trainables.trainable import LocalReporter
 
 CPU = torch.device("cpu")
 BATCH = 8

@@ -11,18 +11,18 @@ import pytest
 import safetensors.torch
 import torch
 
-from trainables import weights
-from trainables.errors import CxrkdError
-from trainables.models import create_model
-from trainables.vit import create_vit
-from trainables.weights import (
+from cxrkd.trainables import weights
+from cxrkd.trainables.errors import CxrkdError
+from cxrkd.trainables.models import create_model
+from cxrkd.trainables.vit import create_vit
+from cxrkd.trainables.weights import (
     UnknownModel,
     WeightsUnavailable,
     check_weights_available,
     resolve_pretrained,
     weights_download,
 )
-from trainables.weights_folder import sha256_of
+from cxrkd.trainables.weights_folder import sha256_of
 
 
 @pytest.fixture(autouse=True)

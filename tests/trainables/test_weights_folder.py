@@ -19,16 +19,16 @@ import torch
 from helpers import binary_bundle, multilabel_bundle
 from weights_fixture import ALLOW_RANDOM_ENV, make_weights_dir
 
-from search.cli import main
-from spaces.cell_space import CellSpace
-from spaces.studies import SearchCell, StudyState, get_study
-from trainables import weights
-from trainables.config import parse_config
-from trainables.context import TrialContext
-from trainables.errors import CxrkdError
-from trainables.methods import get_method
-from trainables.models import create_model
-from trainables.weights import (
+from cxrkd.search.cli import main
+from cxrkd.spaces.cell_space import CellSpace
+from cxrkd.spaces.studies import SearchCell, StudyState, get_study
+from cxrkd.trainables import weights
+from cxrkd.trainables.config import parse_config
+from cxrkd.trainables.context import TrialContext
+from cxrkd.trainables.errors import CxrkdError
+from cxrkd.trainables.methods import get_method
+from cxrkd.trainables.models import create_model
+from cxrkd.trainables.weights import (
     INDEX_FILE,
     ORIGIN_RANDOM,
     RandomWeightsRefused,
@@ -37,7 +37,7 @@ from trainables.weights import (
     check_weights_available,
     read_index,
 )
-from trainables.weights_folder import sha256_of
+from cxrkd.trainables.weights_folder import sha256_of
 
 # resnet18/resnet50: pneumonia-kd's paper profile; the three ViTs: lowres-kd's paper profile;
 # convnext_atto stands for "any timm name" (built through pneumonia-kd's transfer cell).
@@ -184,7 +184,7 @@ def test_a_changed_file_is_refused_with_the_fix(small_weights, allow_random, cap
 def test_paper_run_with_a_damaged_folder_exits_2_before_any_trial(
     small_weights, allow_random, tmp_path, capsys
 ):
-    from trainables.data.importers import import_dataset
+    from cxrkd.trainables.data.importers import import_dataset
 
     import_dataset("phantom", "pneumonia", name="tiny", n=40, size=16, progress=False, workers=1)
     make_weights_dir(small_weights, ["resnet50"])
@@ -227,7 +227,7 @@ def test_a_listed_file_that_is_gone_or_a_damaged_index_is_named(small_weights, a
 
 
 def test_an_index_written_before_origins_existed_still_reads(small_weights, allow_random):
-    from trainables.weights_folder import origin_of
+    from cxrkd.trainables.weights_folder import origin_of
 
     assert origin_of({"file": "x", "random_init": False}) == weights.ORIGIN_HUB
     assert origin_of({"file": "x", "random_init": True}) == ORIGIN_RANDOM

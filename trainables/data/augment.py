@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from trainables.errors import CxrkdError
+from cxrkd.trainables.errors import CxrkdError
 
 # ImageNet statistics (timm's IMAGENET_DEFAULT_MEAN/STD, RGB) averaged over the three channels.
 # An ImageNet model converted to one input channel (timm ``in_chans=1`` sums the stem's RGB

@@ -23,7 +23,7 @@ from pydicom.multival import MultiValue
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 from pydicom.uid import UID
 
-from trainables.data.import_plan import to_uint8
+from cxrkd.trainables.data.import_plan import to_uint8
 
 # The only header fields an importer may keep (display parameters, never identifying).
 HEADER_FIELDS = (

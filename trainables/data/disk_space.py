@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trainables.data.store import DatasetError
+from cxrkd.trainables.data.store import DatasetError
 
 # Free space kept beyond the image bytes: metadata, manifest, filesystem overhead.
 DISK_MARGIN = 64 * 2**20

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from trainables.data.store import SPLITS, DatasetError
+from cxrkd.trainables.data.store import SPLITS, DatasetError
 
 # decode(row, size) -> (uint8 image (H, W), original width, original height). ``size`` is a hint
 # (a JPEG decoder may use it to decode at reduced scale); the writer resizes to exactly size.

@@ -13,15 +13,15 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from trainables.data.import_plan import ImportPlan
-from trainables.data.store import (
+from cxrkd.trainables.data.import_plan import ImportPlan
+from cxrkd.trainables.data.store import (
     DatasetError,
     DatasetStore,
     Manifest,
     check_name,
     datasets_dir,
 )
-from trainables.data.writer import write_store
+from cxrkd.trainables.data.writer import write_store
 
 
 @dataclass(frozen=True)
@@ -40,22 +40,22 @@ IMPORTERS: dict[str, Importer] = {
     for imp in (
         Importer(
             "phantom",
-            "trainables.data.phantom:plan_phantom",
+            "cxrkd.trainables.data.phantom:plan_phantom",
             "built-in SYNTHETIC chest-radiograph phantom; SRC is a preset (pneumonia, findings)",
         ),
         Importer(
             "kaggle-pneumonia",
-            "trainables.data.kaggle:plan_kaggle",
+            "cxrkd.trainables.data.kaggle:plan_kaggle",
             "Kaggle 'Chest X-Ray Images (Pneumonia)' folder (chest_xray/{train,val,test}/...)",
         ),
         Importer(
             "vindr",
-            "trainables.data.vindr:plan_vindr",
+            "cxrkd.trainables.data.vindr:plan_vindr",
             "VinDr-CXR as published on PhysioNet (train/, test/, annotations/)",
         ),
         Importer(
             "medmnist",
-            "trainables.data.medmnist:plan_medmnist",
+            "cxrkd.trainables.data.medmnist:plan_medmnist",
             "a MedMNIST .npz file (PneumoniaMNIST or ChestMNIST, any size)",
         ),
     )

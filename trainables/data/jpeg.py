@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from trainables.data.import_plan import to_uint8
+from cxrkd.trainables.data.import_plan import to_uint8
 
 # Modes holding more than 8 bits per pixel (16-bit PNGs open as I;16 or I).
 _WIDE_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")

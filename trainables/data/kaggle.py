@@ -35,11 +35,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from trainables.data.import_plan import ImportPlan
-from trainables.data.jpeg import decode_image_file
-from trainables.data.source_tree import refuse_symlinks, walk_files
-from trainables.data.splits import assert_patient_disjoint, grouped_validation
-from trainables.data.store import DatasetError
+from cxrkd.trainables.data.import_plan import ImportPlan
+from cxrkd.trainables.data.jpeg import decode_image_file
+from cxrkd.trainables.data.source_tree import refuse_symlinks, walk_files
+from cxrkd.trainables.data.splits import assert_patient_disjoint, grouped_validation
+from cxrkd.trainables.data.store import DatasetError
 
 KIND = "kaggle-pneumonia"
 LABEL = "pneumonia"

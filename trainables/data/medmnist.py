@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from trainables.data.import_plan import ImportPlan
-from trainables.data.store import SPLITS, DatasetError
+from cxrkd.trainables.data.import_plan import ImportPlan
+from cxrkd.trainables.data.store import SPLITS, DatasetError
 
 CHEST_LABELS = (
     "atelectasis",

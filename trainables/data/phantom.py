@@ -25,11 +25,11 @@ import json
 import numpy as np
 import pandas as pd
 
-from trainables.data import phantom_anatomy as pa
-from trainables.data.import_plan import ImportPlan
-from trainables.data.phantom_film import render_params
-from trainables.data.splits import grouped_validation
-from trainables.data.store import DatasetError
+from cxrkd.trainables.data import phantom_anatomy as pa
+from cxrkd.trainables.data.import_plan import ImportPlan
+from cxrkd.trainables.data.phantom_film import render_params
+from cxrkd.trainables.data.splits import grouped_validation
+from cxrkd.trainables.data.store import DatasetError
 
 FINDINGS = ["nodule", "mass", "consolidation", "pleural_effusion", "cardiomegaly", "pneumothorax"]
 PRESETS = {

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageFilter
 
-from trainables.data.phantom_anatomy import (
+from cxrkd.trainables.data.phantom_anatomy import (
     LOBE_SIDE,
     blob,
     clavicles,

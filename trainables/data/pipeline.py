@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from trainables.data.augment import (
+from cxrkd.trainables.data.augment import (
     IMAGENET_GRAY_MEAN,
     IMAGENET_GRAY_STD,
     Augment,
@@ -29,7 +29,7 @@ from trainables.data.augment import (
     normalize,
     resize,
 )
-from trainables.data.store import SPLITS, DatasetStore
+from cxrkd.trainables.data.store import SPLITS, DatasetStore
 
 __all__ = [
     "IMAGENET_GRAY_MEAN",

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from trainables.data.store import SYNTHETIC_BANNER, DatasetError, DatasetStore
+from cxrkd.trainables.data.store import SYNTHETIC_BANNER, DatasetError, DatasetStore
 
 CAPTION_PX = 12
 

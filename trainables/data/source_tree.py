@@ -15,7 +15,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from trainables.data.store import DatasetError
+from cxrkd.trainables.data.store import DatasetError
 
 _SHOWN = 5
 

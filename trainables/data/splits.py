@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from trainables.data.store import DatasetError
+from cxrkd.trainables.data.store import DatasetError
 
 
 def grouped_validation(

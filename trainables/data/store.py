@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from trainables.errors import CxrkdError
+from cxrkd.trainables.errors import CxrkdError
 
 SPLITS = ("train", "val", "test")
 TASKS = ("binary", "multilabel")

@@ -35,12 +35,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from trainables.data.dicom import HEADER_FIELDS, decode_dicom, decoder_problem, read_header
-from trainables.data.import_plan import ImportPlan
-from trainables.data.jpeg import decode_image_file
-from trainables.data.source_tree import refuse_symlinks
-from trainables.data.splits import min_stratum_size, stratified_validation
-from trainables.data.store import DatasetError
+from cxrkd.trainables.data.dicom import HEADER_FIELDS, decode_dicom, decoder_problem, read_header
+from cxrkd.trainables.data.import_plan import ImportPlan
+from cxrkd.trainables.data.jpeg import decode_image_file
+from cxrkd.trainables.data.source_tree import refuse_symlinks
+from cxrkd.trainables.data.splits import min_stratum_size, stratified_validation
+from cxrkd.trainables.data.store import DatasetError
 
 LOCAL_LABELS = (
     "Aortic enlargement",

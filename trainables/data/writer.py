@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trainables.data.disk_space import (
+from cxrkd.trainables.data.disk_space import (
     DISK_MARGIN,
     FULL_DISK_ERRNOS,
     check_free,
@@ -39,8 +39,8 @@ from trainables.data.disk_space import (
     free_bytes,
     reserved_memmap,
 )
-from trainables.data.import_plan import Decoder, ImportPlan, resize_square
-from trainables.data.store import (
+from cxrkd.trainables.data.import_plan import Decoder, ImportPlan, resize_square
+from cxrkd.trainables.data.store import (
     IMAGES_FILE,
     MANIFEST_FILE,
     META_FILE,

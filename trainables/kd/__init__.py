@@ -29,8 +29,8 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from trainables.errors import CxrkdError
-from trainables.registry import Registry
+from cxrkd.trainables.errors import CxrkdError
+from cxrkd.trainables.registry import Registry
 
 # The kd_vit config fields a loss may read (KDLoss.params); the config has no others.
 WEIGHTS = ("alpha", "beta", "gamma", "temperature")

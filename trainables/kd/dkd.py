@@ -37,9 +37,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from trainables.kd import register_kd
-from trainables.kd._space import suggest_alpha, suggest_temperature
-from trainables.losses import (
+from cxrkd.trainables.kd import register_kd
+from cxrkd.trainables.kd._space import suggest_alpha, suggest_temperature
+from cxrkd.trainables.losses import (
     LossError,
     check_heads,
     check_nonneg_weight,

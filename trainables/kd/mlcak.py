@@ -12,9 +12,9 @@ from collections.abc import Sequence
 
 from torch import Tensor
 
-from trainables.kd import Blocks, register_kd
-from trainables.kd._space import feature_space
-from trainables.losses import LossError, block_list, feature_kd, feature_mse
+from cxrkd.trainables.kd import Blocks, register_kd
+from cxrkd.trainables.kd._space import feature_space
+from cxrkd.trainables.losses import LossError, block_list, feature_kd, feature_mse
 
 
 def block_mean(blocks: Sequence[Tensor]) -> Tensor:

@@ -10,9 +10,9 @@ from collections.abc import Sequence
 
 from torch import Tensor
 
-from trainables.kd import register_kd
-from trainables.kd._space import suggest_alpha, suggest_beta, suggest_temperature
-from trainables.losses import (
+from cxrkd.trainables.kd import register_kd
+from cxrkd.trainables.kd._space import suggest_alpha, suggest_beta, suggest_temperature
+from cxrkd.trainables.losses import (
     bernoulli_kl,
     check_heads,
     check_nonneg_weight,

@@ -10,14 +10,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from trainables.registry import Registry
+from cxrkd.trainables.registry import Registry
 
 _MODULES = (
-    "trainables.methods.cnn_baseline",
-    "trainables.methods.transfer",
-    "trainables.methods.kd_logit",
-    "trainables.methods.vit_mtl",
-    "trainables.methods.kd_vit",
+    "cxrkd.trainables.methods.cnn_baseline",
+    "cxrkd.trainables.methods.transfer",
+    "cxrkd.trainables.methods.kd_logit",
+    "cxrkd.trainables.methods.vit_mtl",
+    "cxrkd.trainables.methods.kd_vit",
 )
 
 

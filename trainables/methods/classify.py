@@ -6,9 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainables.data.pipeline import DatasetInfo
-from trainables.precision import fp32_head
-from trainables.task import Task, squeeze_logit
+from cxrkd.trainables.data.pipeline import DatasetInfo
+from cxrkd.trainables.precision import fp32_head
+from cxrkd.trainables.task import Task, squeeze_logit
 
 
 class ClassifierTask(Task):

@@ -24,15 +24,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from trainables import teachers
-from trainables.config import ConfigError, TrialConfig
-from trainables.context import TeacherOutputs
-from trainables.data.augment import Pipeline
-from trainables.losses import hinton_kd
-from trainables.methods import register_method
-from trainables.models import create_model, model_normalization
-from trainables.precision import amp_enabled, autocast, fp32_head, precision_tag
-from trainables.task import Task, squeeze_logit, teacher_view
+from cxrkd.trainables import teachers
+from cxrkd.trainables.config import ConfigError, TrialConfig
+from cxrkd.trainables.context import TeacherOutputs
+from cxrkd.trainables.data.augment import Pipeline
+from cxrkd.trainables.losses import hinton_kd
+from cxrkd.trainables.methods import register_method
+from cxrkd.trainables.models import create_model, model_normalization
+from cxrkd.trainables.precision import amp_enabled, autocast, fp32_head, precision_tag
+from cxrkd.trainables.task import Task, squeeze_logit, teacher_view
 
 
 @dataclass(frozen=True)
@@ -116,7 +116,7 @@ class LogitKDTask(Task):
 def check_teacher(cfg: TrialConfig, *, task: str) -> None:
     """The teacher must be a one-logit classifier of this task (a method registered for it,
     e.g. ``transfer``) trained at the student's input size (as ``kd_vit`` checks its own)."""
-    from trainables.methods import load_methods
+    from cxrkd.trainables.methods import load_methods
 
     methods = sorted(n for n, m in load_methods().items() if task in m.tasks)
     teachers.check_teacher_config(

@@ -46,17 +46,23 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from trainables import teachers
-from trainables.config import ConfigError, TrialConfig
-from trainables.context import TeacherOutputs
-from trainables.data.augment import Pipeline
-from trainables.kd import WEIGHTS, Blocks, get_kd, kd_names
-from trainables.methods import register_method
-from trainables.methods.vit_mtl import MultiTaskTask, ViTMTLConfig, build_vit, check_low_res, heads
-from trainables.models import model_normalization
-from trainables.precision import amp_enabled, autocast, precision_tag
-from trainables.task import teacher_view
-from trainables.vit import FeatureAdapter, MultiTaskViT
+from cxrkd.trainables import teachers
+from cxrkd.trainables.config import ConfigError, TrialConfig
+from cxrkd.trainables.context import TeacherOutputs
+from cxrkd.trainables.data.augment import Pipeline
+from cxrkd.trainables.kd import WEIGHTS, Blocks, get_kd, kd_names
+from cxrkd.trainables.methods import register_method
+from cxrkd.trainables.methods.vit_mtl import (
+    MultiTaskTask,
+    ViTMTLConfig,
+    build_vit,
+    check_low_res,
+    heads,
+)
+from cxrkd.trainables.models import model_normalization
+from cxrkd.trainables.precision import amp_enabled, autocast, precision_tag
+from cxrkd.trainables.task import teacher_view
+from cxrkd.trainables.vit import FeatureAdapter, MultiTaskViT
 
 # Host memory one trial may spend on cached teacher targets before `auto` runs it online.
 CACHE_BUDGET_BYTES = 2 * 2**30

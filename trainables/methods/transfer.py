@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from trainables.config import ConfigError, TrialConfig
-from trainables.methods import register_method
-from trainables.methods.classify import ClassifierTask
-from trainables.models import create_model, model_normalization
+from cxrkd.trainables.config import ConfigError, TrialConfig
+from cxrkd.trainables.methods import register_method
+from cxrkd.trainables.methods.classify import ClassifierTask
+from cxrkd.trainables.models import create_model, model_normalization
 
 
 @dataclass(frozen=True)

@@ -16,13 +16,13 @@ from dataclasses import dataclass
 
 import torch
 
-from trainables.config import ConfigError, TrialConfig
-from trainables.data.pipeline import DatasetInfo
-from trainables.losses import multitask_bce
-from trainables.methods import register_method
-from trainables.models import model_normalization
-from trainables.task import Task
-from trainables.vit import MultiTaskViT, create_vit
+from cxrkd.trainables.config import ConfigError, TrialConfig
+from cxrkd.trainables.data.pipeline import DatasetInfo
+from cxrkd.trainables.losses import multitask_bce
+from cxrkd.trainables.methods import register_method
+from cxrkd.trainables.models import model_normalization
+from cxrkd.trainables.task import Task
+from cxrkd.trainables.vit import MultiTaskViT, create_vit
 
 
 @dataclass(frozen=True)
