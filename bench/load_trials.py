@@ -73,14 +73,11 @@ def register_study(args) -> None:
 
     def factory(profile: Profile) -> Study:
         cnn = {**profile.fixed, "method": "cnn_baseline", "model": "cnn_baseline"}
-
-        def cells(state) -> list:
-            return [SearchCell("cnn", "cnn_baseline", cnn, profile.samples)]
-
+        cells = [SearchCell("cnn", "cnn_baseline", cnn, profile.samples)]
         return Study(name=STUDY, task="binary", default_dataset="unused",
                      default_import=("phantom", "pneumonia", {}),
                      stages=[Stage("search", "search", cells, early_stopping=False)],
-                     tables=[], profile=profile)  # fmt: skip
+                     profile=profile)  # fmt: skip
 
     STUDIES.all()[STUDY] = (factory, {"demo": profile})
 

@@ -6,7 +6,7 @@ and it stays stable when the layers' modules move::
 
     import cxrkd
 
-    cxrkd.studies()                       # ['lowres-kd', 'lowres-kd-open', 'pneumonia-kd']
+    cxrkd.studies()   # ['lowres-kd', 'lowres-kd-open', 'pneumonia-kd', 'pneumonia-kd-open']
     run = cxrkd.run("pneumonia-kd", profile="demo", num_samples=2, name="my-first-run")
     trials, epochs = cxrkd.load_run(run)  # pandas frames: one row per trial / per trial-epoch
     trials.groupby("cell")["val_auc"].max()
@@ -108,13 +108,22 @@ def kd_losses() -> list[str]:
 
 
 def registries() -> dict:
-    """The registries a plug-in adds to: ``{"study", "method", "space", "kd_loss"}``, each a
-    :class:`cxrkd.trainables.registry.Registry` (``.all()``, ``.get(name)``, ``.add``); the
-    decorators that add to them are ``register_study``, ``register_method``,
-    ``register_space`` and ``register_kd`` in the same modules."""
+    """The registries a new module adds itself to: ``{"study", "study_tables", "method",
+    "space", "kd_loss"}``, each a :class:`cxrkd.trainables.registry.Registry` (``.all()``,
+    ``.get(name)``, ``.add``). What adds to them: ``register_study``
+    (``cxrkd.spaces.studies``), ``register_tables`` (``cxrkd.results.study_tables``),
+    ``register_method`` (``cxrkd.trainables.methods``), ``register_space``
+    (``cxrkd.spaces``) and ``register_kd`` (``cxrkd.trainables.kd``)."""
+    from cxrkd.results.study_tables import STUDY_TABLES
     from cxrkd.spaces import SPACES
     from cxrkd.spaces.studies import STUDIES
     from cxrkd.trainables.kd import KD_LOSSES
     from cxrkd.trainables.methods import METHODS
 
-    return {"study": STUDIES, "method": METHODS, "space": SPACES, "kd_loss": KD_LOSSES}
+    return {
+        "study": STUDIES,
+        "study_tables": STUDY_TABLES,
+        "method": METHODS,
+        "space": SPACES,
+        "kd_loss": KD_LOSSES,
+    }

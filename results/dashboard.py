@@ -29,7 +29,8 @@ from cxrkd.results.optuna_export import (
     export_studies,
     study_distributions,
 )
-from cxrkd.spaces.studies import ParetoSpec
+from cxrkd.results.study_tables import study_tables
+from cxrkd.results.table_specs import ParetoSpec
 from cxrkd.trainables import storage
 
 DASHBOARD = "dashboard.html"
@@ -188,6 +189,6 @@ def write_study_dashboard(
         stages=[(stage.name, stage.role) for stage in study.stages],
         distributions=distributions,
         scores=load_test_scores(run_uri, trials),
-        fronts=[spec for spec in study.tables if isinstance(spec, ParetoSpec)],
+        fronts=[spec for spec in study_tables(study) if isinstance(spec, ParetoSpec)],
     )
     return {"dashboard": page, "optuna": db}

@@ -1,4 +1,4 @@
-"""An open search's Pareto front (``spaces.studies.ParetoSpec``): the data behind its table
+"""An open search's Pareto front (``results.table_specs.ParetoSpec``): the data behind its table
 and its dashboard figure, pure functions of the trials frame.
 
 :func:`search_points`: every trial of the search cell that reported all objectives, and
@@ -15,8 +15,9 @@ import numpy as np
 import pandas as pd
 
 from cxrkd.results.figure_data import config_string, final_rows, missing_columns, nondominated
+from cxrkd.results.table_specs import ParetoSpec
 from cxrkd.results.tables import _fmt_latency, _fmt_params, comparison_table, format_table
-from cxrkd.spaces.studies import ParetoSpec, front_keys
+from cxrkd.spaces.studies import front_keys
 
 TEST_METRICS = [("test_auroc_mcct", "test AUROC T2 (MCCT)"), ("test_auroc_mean", "test AUROC mean")]
 # Set by the final stage on top of the chosen configuration: not part of it.

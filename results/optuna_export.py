@@ -35,7 +35,6 @@ from optuna.trial import TrialState, create_trial
 
 from cxrkd.results.figure_data import searched_rows, trial_order, varying_params
 from cxrkd.trainables import storage
-from cxrkd.trainables.errors import CxrkdError
 
 Distributions = dict[str, BaseDistribution]
 CellKey = tuple[str, str]  # (stage, cell)
@@ -64,21 +63,15 @@ def study_name(stage: str, cell: str) -> str:
 
 
 def study_distributions(study) -> dict[CellKey, Distributions]:
-    """``{(stage, cell): distributions}`` of every search cell of a ``spaces.studies.Study``.
-
-    Cells whose stage cannot be built without a finished earlier stage are left out (their
-    distributions are then inferred from the trials).
-    """
+    """``{(stage, cell): distributions}`` of every search cell of a ``spaces.studies.Study``,
+    read from the study's cells as they are (a reference to an earlier cell's choice, such as
+    a student's teacher, is a pinned value: it has no distribution)."""
     from cxrkd.spaces.cell_space import CellSpace  # the driver's view of a cell: pins and bounds
-    from cxrkd.spaces.studies import SearchCell, StudyState
+    from cxrkd.spaces.studies import SearchCell
 
     out: dict[CellKey, Distributions] = {}
     for stage in study.stages:
-        try:
-            cells = stage.cells(StudyState(placeholder=True))
-        except CxrkdError:
-            continue
-        for cell in cells:
+        for cell in stage.cells:
             if isinstance(cell, SearchCell):
                 with quiet_optuna():
                     probe = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))

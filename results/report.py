@@ -22,10 +22,11 @@ from cxrkd.results.pivot import (
     pivot_display,
     pivot_values,
 )
+from cxrkd.results.study_tables import study_tables
+from cxrkd.results.table_specs import ParetoSpec, Spec, TableSpec, spec_cells, table_rows
 from cxrkd.results.tables import comparison_table, format_table, render_markdown, write_tables
 from cxrkd.results.teacher_scores import registered_rows
 from cxrkd.results.uncertainty import CellStats, UncertaintyError
-from cxrkd.spaces.studies import ParetoSpec, PivotSpec, TableSpec, table_rows
 from cxrkd.trainables import storage
 from cxrkd.trainables.data.store import SYNTHETIC_BANNER
 
@@ -88,14 +89,6 @@ def cell_stats(run_uri: str, trials: pd.DataFrame, extra_scores=None) -> CellSta
         return None
 
 
-def _spec_cells(spec) -> list[str]:
-    if isinstance(spec, TableSpec):
-        return [key for key, _ in table_rows(spec)]
-    if isinstance(spec, PivotSpec):
-        return [cell for _, _, cell, _ in spec.entries]
-    return []
-
-
 def with_registered_teachers(run_uri: str, study, manifest, trials: pd.DataFrame):
     """``(trials + one final row per registered teacher the tables show, their scores,
     notes)``: see :mod:`results.teacher_scores`. The dataset is opened only when a teacher
@@ -106,7 +99,7 @@ def with_registered_teachers(run_uri: str, study, manifest, trials: pd.DataFrame
     def load_data():
         return DataBundle.from_store(DatasetStore.open(manifest.name), splits=("val", "test"))
 
-    cells = [c for spec in study.tables for c in _spec_cells(spec)]
+    cells = [c for spec in study_tables(study) for c in spec_cells(spec)]
     rows, scores, notes = registered_rows(run_uri, trials, cells, load_data)
     if rows.empty:
         return trials, scores, notes
@@ -114,7 +107,7 @@ def with_registered_teachers(run_uri: str, study, manifest, trials: pd.DataFrame
 
 
 def build_table(
-    spec: TableSpec | PivotSpec | ParetoSpec,
+    spec: Spec,
     trials: pd.DataFrame,
     stats: CellStats | None = None,
 ):
@@ -161,11 +154,11 @@ def write_report(
     shown, teacher_scores, notes = with_registered_teachers(run_uri, study, manifest, trials)
     stats = cell_stats(run_uri, shown, teacher_scores)
     tables = []
-    for spec in study.tables:
+    for spec in study_tables(study):
         numeric, display, extra = build_table(spec, shown, stats)
         title = f"{spec.title} [SYNTHETIC phantom data]" if manifest.synthetic else spec.title
         text = table_caption(spec, caption, stats, shown)
-        mine = [notes[c] for c in dict.fromkeys(_spec_cells(spec)) if c in notes]
+        mine = [notes[c] for c in dict.fromkeys(spec_cells(spec)) if c in notes]
         if mine:
             text = f"{text} Registered teacher not shown: {'; '.join(mine)}."
         write_tables(display, out, spec.stem, numeric=numeric, title=title, caption=text)

@@ -15,8 +15,8 @@ from cxrkd.results import figure_data as F
 from cxrkd.results import front, plots
 from cxrkd.results.held_out_scores import roc_curves
 from cxrkd.results.optuna_export import CellKey, Distributions, plot_notes
+from cxrkd.results.table_specs import ParetoSpec
 from cxrkd.results.tables import TableError, comparison_table, format_table
-from cxrkd.spaces.studies import ParetoSpec
 
 # Test metrics of the final models, in display order; the absent ones are left out.
 TEST_METRICS = [

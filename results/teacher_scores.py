@@ -2,7 +2,7 @@
 
 The final stage re-trains every chosen configuration on fresh seeds, teachers included; those
 re-trained teachers are other models than the registered checkpoint every KD student learned
-from. A table column or row whose cell is :func:`spaces.studies.registered` (``registered:
+from. A table column or row whose cell is :func:`results.table_specs.registered` (``registered:
 <teacher cell>``) shows the registered checkpoint itself: the report scores it on the test
 split exactly as the loop scores a final model (threshold chosen on validation, the same
 metrics, per-image scores) and adds it to the trials frame as a one-seed final row.
@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from cxrkd.results.held_out_scores import read_test_scores
-from cxrkd.spaces.studies import REGISTERED_PREFIX
+from cxrkd.results.table_specs import REGISTERED_PREFIX
 from cxrkd.trainables import storage
 from cxrkd.trainables.errors import CxrkdError
 

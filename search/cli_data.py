@@ -15,6 +15,18 @@ from cxrkd.trainables.data.store import (
     list_datasets,
 )
 
+# The folder and csv importers draw the splits a source does not give (None: the default).
+_DRAWN_SPLITS = [
+    (
+        ("--val-fraction",),
+        dict(type=float, default=None, help="share drawn as val when there is none (0.1)"),
+    ),
+    (
+        ("--test-fraction",),
+        dict(type=float, default=None, help="share drawn as test when there is none (0.15)"),
+    ),
+    (("--seed",), dict(type=int, default=0, help="seed of the drawn splits")),
+]
 # Options of each importer beyond the common ones: (flags, argparse kwargs).
 KIND_OPTIONS: dict[str, list[tuple[tuple[str, ...], dict]]] = {
     "phantom": [
@@ -36,6 +48,32 @@ KIND_OPTIONS: dict[str, list[tuple[tuple[str, ...], dict]]] = {
         (("--seed",), dict(type=int, default=0)),
     ],
     "medmnist": [],
+    "folder": [
+        (
+            ("--positive",),
+            dict(
+                metavar="CLASS",
+                help="the positive class folder (default: the class not named normal, "
+                "negative, neg, 0, healthy or 'no finding')",
+            ),
+        ),
+        *_DRAWN_SPLITS,
+    ],
+    "csv": [
+        (
+            ("--image-root",),
+            dict(required=True, metavar="DIR", help="the folder the path column is relative to"),
+        ),
+        (
+            ("--labels",),
+            dict(
+                metavar="A,B",
+                help="label columns, comma-separated (default: every column but path, "
+                "patient_id and split)",
+            ),
+        ),
+        *_DRAWN_SPLITS,
+    ],
 }
 
 

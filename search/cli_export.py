@@ -53,7 +53,9 @@ def add_export_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _final_stage(study) -> str:
-    return next((s.name for s in study.stages if s.role == "final"), "final")
+    from cxrkd.spaces.studies import Role
+
+    return next((s.name for s in study.stages if s.role == Role.FINAL), "final")
 
 
 def cmd_export(args: argparse.Namespace) -> int:

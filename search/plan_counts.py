@@ -1,7 +1,8 @@
 """Trials and trial-epochs per cell of a plan (``cxrkd search plan``, :mod:`search.plan`).
 
-The study's stages are walked the way the runner walks them, with a stand-in state: each
-teacher cell "registers" a reference to itself, each searched cell "chooses" its own pinned
+The study's stages are walked the way the runner walks them: search cells are read as they
+are (a student's teacher is the ``TeacherOf`` reference to its teacher cell), and final cells
+are resolved against a stand-in state in which each searched cell "chose" its own pinned
 values. No Ray, no Optuna study, no run folder, no import.
 
 Counts per cell: trials (a Pareto front's size is only known after the search: 1 row to its
@@ -24,12 +25,20 @@ from cxrkd.search.cells import cell_epochs, cell_objectives
 from cxrkd.search.stage import stage_epochs
 from cxrkd.search.study_options import apply_overrides
 from cxrkd.spaces.cell_space import expand_choices
-from cxrkd.spaces.studies import Cell, SearchCell, Study, StudyState
+from cxrkd.spaces.studies import (
+    Cell,
+    FinalCell,
+    Role,
+    SearchCell,
+    Study,
+    StudyState,
+    TeacherOf,
+    resolve,
+)
 from cxrkd.trainables.config import TrainConfig
-from cxrkd.trainables.kd import get_kd
+from cxrkd.trainables.kd import LAYOUTS, get_kd, layout_of, use_teacher_cache
 
 CASES = ("best", "typical", "worst")
-_REF = "<teacher-of:"
 # Objectives fixed by the model alone: a Pareto front of (quality, these) holds at most one
 # configuration per model (the best of each).
 MODEL_COSTS = {"params", "flops"}
@@ -106,11 +115,13 @@ def front_bound(cell: SearchCell) -> int:
 
 def plan_counts(study: Study, overrides: dict) -> list[StagePlan]:
     """Every stage ``search run`` would run, with its cells' trials and trial-epochs."""
-    state = StudyState()  # what each stage hands on: filled below, as the runner does
+    state = StudyState()  # what the cells choose: filled below, as the runner does
     searched: dict[str, SearchCell] = {}
     stages: list[StagePlan] = []
     for stage in study.stages:
-        cells = apply_overrides(stage.cells(state), overrides)
+        cells = [r for c in stage.cells
+                 for r in (resolve(c, state) if isinstance(c, FinalCell) else (c,))]  # fmt: skip
+        cells = apply_overrides(cells, overrides)
         if not cells:  # --only selected none: the runner skips the stage
             continue
         max_t = stage_epochs(cells, default=int(study.profile.fixed["epochs"]))
@@ -118,13 +129,12 @@ def plan_counts(study: Study, overrides: dict) -> list[StagePlan]:
             _cell_plan(study, stage.early_stopping, c, max_t, searched, state.best) for c in cells
         ]
         for cell in cells:
-            if stage.role == "teacher":
-                state.teachers[cell.key] = f"{_REF}{cell.key}>"
             if isinstance(cell, SearchCell):
                 searched[cell.key] = cell
+            if stage.role != Role.FINAL:
                 state.best[cell.key] = variants(cell)[0]
         after = stages[-1].name if stages else None
-        stages.append(StagePlan(stage.name, stage.role, after, plans))
+        stages.append(StagePlan(stage.name, stage.role.value, after, plans))
     return stages
 
 
@@ -164,8 +174,8 @@ def _teacher_of(config: dict, chosen: dict) -> dict | None:
     """The configuration of the teacher a KD config runs online (None: no teacher, or its
     outputs are cached)."""
     path = config.get("teacher_path")
-    if isinstance(path, str) and path.startswith(_REF) and teacher_online(config):
-        return chosen[path[len(_REF) : -1]]
+    if isinstance(path, TeacherOf) and teacher_online(config):
+        return chosen[path.cell]
     return None
 
 
@@ -176,11 +186,16 @@ def config_value(config: dict, name: str):
 
 def teacher_online(config: dict) -> bool:
     """Whether a KD trial runs its teacher every step (augmented views, a KD loss whose
-    targets cannot be cached such as one_to_one's every block, or ``teacher_cache=off``)
-    instead of reading cached outputs."""
-    approach = config.get("kd_approach")
-    return (
-        config.get("teacher_cache", "auto") == "off"
-        or bool(config_value(config, "augment"))
-        or (approach is not None and not get_kd(approach).cacheable)
+    targets cannot be cached such as one_to_one's every block or a CNN stage's map, or
+    ``teacher_cache=off``) instead of reading cached outputs: the trial's own rule
+    (:func:`trainables.kd.use_teacher_cache`), on the loss of the method's head layout."""
+    layout = layout_of(str(config.get("method")))
+    if layout is None:
+        return False
+    approach = config.get("kd_approach", LAYOUTS[layout].default)
+    cached = use_teacher_cache(
+        get_kd(approach).on(layout),
+        teacher_cache=config.get("teacher_cache", "auto"),
+        augment=bool(config_value(config, "augment")),
     )
+    return not cached

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from cxrkd.search.study_options import apply_overrides
 from cxrkd.spaces.cell_space import CellSpace, expand_choices
-from cxrkd.spaces.studies import FixedCell, Study, StudyState
+from cxrkd.spaces.studies import SearchCell, Study, StudyState, TeacherOf, resolve, searched_cells
 from cxrkd.trainables.config import parse_config
 from cxrkd.trainables.data.store import DatasetStore
 from cxrkd.trainables.errors import CxrkdError
@@ -43,23 +43,22 @@ def check_cells(study: Study, store: DatasetStore, overrides: dict | None = None
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    state = StudyState(placeholder=True)
     models: set[str] = set()
     names: dict[str, str] = {}  # every model, pretrained or not -> a cell that uses it
     weights_dir = None
-    for stage in study.stages:
-        if stage.role == "final":
-            continue
-        for searched in apply_overrides(stage.cells(state), overrides or {}):
-            if isinstance(searched, FixedCell):
-                continue
-            for cell in expand_choices(searched):  # every size of an open search, etc.
-                trial = optuna.create_study().ask()
-                cfg = parse_config(CellSpace(cell)(trial))
-                names.setdefault(cfg.train.model, cell.key)
-                if cfg.train.pretrained:
-                    models.add(cfg.train.model)
-                    weights_dir = cfg.train.weights_dir
+    cells = [c for _, c in searched_cells(study) if isinstance(c, SearchCell)]
+    for searched in apply_overrides(cells, overrides or {}):
+        # No teacher is registered yet: each reference stands in as its own text, a string
+        # as the trial's config needs.
+        stand_ins = StudyState(teachers={t: str(TeacherOf(t)) for t in searched.teachers})
+        (concrete,) = resolve(searched, stand_ins)
+        for cell in expand_choices(concrete):  # every size of an open search, etc.
+            trial = optuna.create_study().ask()
+            cfg = parse_config(CellSpace(cell)(trial))
+            names.setdefault(cfg.train.model, cell.key)
+            if cfg.train.pretrained:
+                models.add(cfg.train.model)
+                weights_dir = cfg.train.weights_dir
     check_models(names)
     if models:
         from cxrkd.trainables.weights import check_weights_available

@@ -62,19 +62,14 @@ def _cell_metrics(study) -> dict[tuple[str, str], tuple[str, str]]:
     """``{(stage, cell): (metric, mode)}`` of the cells searched on objectives of their own
     (an open search: the first, as ``search.cells.cell_objectives`` ranks them); every other
     cell is ranked by the study's metric."""
-    from cxrkd.spaces.studies import SearchCell, StudyState
-    from cxrkd.trainables.errors import CxrkdError
+    from cxrkd.spaces.studies import SearchCell
 
-    out = {}
-    for stage in study.stages:
-        try:  # stages that need an earlier stage's choices have no objectives of their own
-            cells = stage.cells(StudyState(placeholder=True))
-        except CxrkdError:
-            continue
-        for cell in cells:
-            if isinstance(cell, SearchCell) and cell.objectives:
-                out[(stage.name, cell.key)] = cell.objectives[0]
-    return out
+    return {
+        (stage.name, cell.key): cell.objectives[0]
+        for stage in study.stages
+        for cell in stage.cells
+        if isinstance(cell, SearchCell) and cell.objectives
+    }
 
 
 def _number(value) -> float | None:

@@ -18,9 +18,9 @@ from cxrkd.spaces.studies import (
     FixedCell,
     SearchCell,
     Study,
-    StudyState,
     get_study,
     parse_objectives,
+    searched_cells,
 )
 from cxrkd.trainables.config import TrainConfig, coerce_field, field_names
 from cxrkd.trainables.errors import CxrkdError
@@ -54,8 +54,8 @@ def study_with_options(options: RunOptions) -> Study:
             )
         parse_objectives(options.objectives)  # the bad name, before the study is rebuilt
         profile = dataclasses.replace(profile, objectives=tuple(options.objectives))
-    # Rebuilt by the study's factory, not `replace(study, profile=...)`: the stages' cell
-    # functions close over the profile they were made with (budgets, fixed values).
+    # Rebuilt by the study's factory, not `replace(study, profile=...)`: the factory made the
+    # stages' cells from the profile (budgets, fixed values).
     factory, _ = STUDIES.get(study.name)
     study = factory(profile)
     if options.only:
@@ -78,12 +78,9 @@ def typed_overrides(study: Study, overrides: dict) -> dict:
 
 def study_methods(study: Study) -> set[str]:
     """Every method the study's search and fixed cells train (the final stage re-runs them)."""
-    state = StudyState(placeholder=True)
     methods = set()
-    for stage in study.stages:
-        if stage.role == "final":
-            continue
-        for cell in stage.cells(state):  # fixed cells may appear in any stage, not only final
+    for _, cell in searched_cells(study):  # fixed cells may appear in any stage, not only final
+        if isinstance(cell, SearchCell | FixedCell):
             configs = cell.configs if isinstance(cell, FixedCell) else [cell.fixed]
             methods |= {config["method"] for config in configs}
     return methods
@@ -103,7 +100,8 @@ def _check_override_keys(study: Study, overrides: dict) -> None:
 
 
 def apply_overrides(cells: list, overrides: dict) -> list:
-    """Pin ``--set`` values in every cell whose method has that config field."""
+    """Pin ``--set`` values in every search cell whose method has that config field (a pinned
+    value replaces a reference, e.g. ``--set teacher_path=...``)."""
     out = []
     for cell in cells:
         if isinstance(cell, SearchCell):

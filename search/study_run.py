@@ -5,7 +5,9 @@ a baseline (no teacher) at once, a final re-training once its search cell has en
 trial processes (each one has imported torch, torchvision and timm: ~9 s) serve every stage.
 :class:`StudyDriver`, a Tune callback, notices a cell whose trials have all ended, chooses its
 configuration (:func:`search.stage.choose`), registers a teacher, writes ``state.json``, then
-opens the cells that became ready (:mod:`search.dependencies`) in the :class:`CellSearcher`.
+opens the cells that became ready (:mod:`search.dependencies`: each study cell resolved, its
+references to teachers and chosen configurations replaced by their values) in the
+:class:`CellSearcher`.
 
 **Resume.** The experiment (``RUN/study``) is restored by Tune from its newest snapshot. The
 driver's own state is ``state.json``: cells finished and what they chose. A restored driver
@@ -43,7 +45,7 @@ from cxrkd.search.stage import (
     register_teacher,
     retry_lost_workers_only,
 )
-from cxrkd.spaces.studies import Study
+from cxrkd.spaces.studies import Role, Study
 from cxrkd.trainables import storage
 from cxrkd.trainables.errors import CxrkdError
 from cxrkd.trainables.trainable import CELL_KEY, STAGE_KEY
@@ -71,8 +73,8 @@ class StudyContext:
 
 class _Active:
     """The live context of the experiment this process drives. Tune pickles the driver
-    callback in ``tuner.pkl``; the study (closures) and the data reference stay out of it,
-    and a restored driver finds them here."""
+    callback in ``tuner.pkl``; the study and the data reference stay out of it (the opened
+    cells, resolved, are in the searcher's pickle), and a restored driver finds them here."""
 
     context: StudyContext | None = None
     driver: StudyDriver | None = None
@@ -203,7 +205,7 @@ class StudyDriver(Callback):
         cell = self.searcher.cells[cid]
         results = [TrialResult.of(t) for t in trials]
         chosen = choose(results, metric=study.metric, cells=[cell])
-        if stage.role != "final" and cell.key not in chosen:
+        if stage.role != Role.FINAL and cell.key not in chosen:
             self._fail(nothing_chosen(stage, cell.key, results, study.metric, self.ctx.run_uri))
         return stage, chosen
 
@@ -224,10 +226,10 @@ class StudyDriver(Callback):
         stage_name, cell = stage.name, self.searcher.cells[cid]
         if self.failed:
             return
-        if stage.role != "final":
+        if stage.role != Role.FINAL:
             for key, result in chosen.items():
                 self.state.best[key] = config_of(result)
-            if stage.role == "teacher":
+            if stage.role == Role.TEACHER:
                 uri = register_teacher(ctx, cell.key, chosen[cell.key], self.state)
                 log(f"[{stage_name}] teacher {cell.key} registered at {uri}")
         best = chosen.get(cell.key)
@@ -237,7 +239,7 @@ class StudyDriver(Callback):
         self.cells_done.append(cid)
         # Its trials can no longer be resumed, so their training state is dead weight (a
         # ResNet-50 checkpoint is ~130 MB); final-stage models stay, for deployment.
-        dead = ("state.pt",) if stage.role == "final" else ("state.pt", "model.pt")
+        dead = ("state.pt",) if stage.role == Role.FINAL else ("state.pt", "model.pt")
         exp_uri = storage.join(ctx.run_uri, EXPERIMENT)
         self._doomed += [(storage.join(exp_uri, t.storage.trial_dir_name), dead) for t in trials]
 
@@ -316,8 +318,9 @@ def nothing_chosen(stage, cell: str, results, metric: str, run_uri: str) -> str:
         line = (result.error or "")[:300]
         if line and line not in reasons:
             reasons.append(line)
-    what = "teacher cell" if stage.role == "teacher" else "cell"
-    then = "no student trial was started" if stage.role == "teacher" else "no later stage started"
+    teacher = stage.role == Role.TEACHER
+    what = "teacher cell" if teacher else "cell"
+    then = "no student trial was started" if teacher else "no later stage started"
     because = f" (errors: {'; '.join(reasons[:3])})" if reasons else ""
     return (
         f"stage {stage.name!r}: no trial of {what} {cell!r} finished with a finite {metric}, "

@@ -16,16 +16,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cxrkd.spaces.studies import (
-    FixedCell,
-    PivotSpec,
     Profile,
     SearchCell,
     Study,
-    StudyState,
+    StudyGrid,
+    TeacherOf,
     final_cells,
     kd_stages,
     register_study,
-    registered,
 )
 from cxrkd.trainables.errors import CxrkdError
 from cxrkd.trainables.kd import kd_names, paper_approaches
@@ -36,19 +34,10 @@ SIZES = {
     "base": ("vit_base_patch16_224", "ViT-Base"),
 }
 APPROACHES = paper_approaches()  # vanilla, last_block, one_to_one, mlcak
-TASKS = (("T1 (MLCT)", "test_auroc_mlct"), ("T2 (MCCT)", "test_auroc_mcct"))
-FINDING_METRIC = "test_auroc_{finding}"  # one column per finding (PivotSpec.per_finding)
-HR_NOTE = (
-    "'HR teacher (distilled from)' is the registered teacher checkpoint every student of that "
-    "size distilled from: one model, so no ± (its CI covers test images only). 'HR (teacher "
-    "config, re-trained)' is that configuration re-trained on the final stage's seeds: other "
-    "models than the students' teacher, ± over those seeds."
-)
-KD_KEYS = ["lr", "weight_decay", "alpha", "beta", "gamma", "temperature"]
 
 
 @dataclass(frozen=True)
-class Grid:
+class Grid(StudyGrid):
     sizes: tuple[str, ...]  # teacher = student size
     # The student sees img_size // factor px: the paper's 224 -> 112/56/28 is (2, 4, 8). Ratios,
     # not pixels, so `--set img_size=...` keeps the paper's 8:4:2:1 (a small rehearsal at 32 px
@@ -60,15 +49,22 @@ class Grid:
     depth: int = 0
 
     def __post_init__(self) -> None:
+        unknown = [s for s in self.sizes if s not in SIZES]
+        if unknown or not self.sizes:
+            raise CxrkdError(f"unknown ViT size(s) {unknown} in the grid; known: {list(SIZES)}")
+        bad = [p for p in self.pairs if len(p) != 2 or not set(p) <= set(SIZES)]
+        if bad:
+            raise CxrkdError(f"grid pairs must be (teacher, student) sizes of {list(SIZES)}: {bad}")
         if not self.factors or any(int(f) != f or f < 2 for f in self.factors):
             raise CxrkdError(
                 f"low-resolution factors must be whole numbers >= 2, got {self.factors}"
             )
-        unknown = [a for a in self.approaches if a not in kd_names()]
+        known = kd_names("mtl")  # the losses kd_vit's two heads can take
+        unknown = [a for a in self.approaches if a not in known]
         if unknown or not self.approaches:
             raise CxrkdError(
-                f"unknown KD approach(es) {unknown} in the grid; known (trainables/kd): "
-                f"{list(kd_names())}"
+                f"unknown KD approach(es) {unknown} in the grid; the ViT students' KD losses "
+                f"(trainables/kd, layout mtl): {list(known)}"
             )
 
     def lows(self, img_size: int) -> tuple[int, ...]:
@@ -105,7 +101,7 @@ PROFILES = {
         # The teachers get 300 steps (val AUROC MCCT ~0.7 on the phantom, under 2 minutes on a
         # 2-core CPU); with the students' 80 they stay near chance.
         teacher_fixed={"epochs": 6, "steps_per_epoch": 50},
-        grid={"grid": Grid(sizes=("tiny",), factors=(2, 4, 8), patch_size=8, depth=4)},
+        grid=Grid(sizes=("tiny",), factors=(2, 4, 8), patch_size=8, depth=4),
     ),
     # The paper: 224 px, batch 64, AdamW around lr 5e-4 with cosine annealing, 100 epochs.
     "paper": Profile(
@@ -128,9 +124,16 @@ PROFILES = {
         reduction_factor=3,
         bounds={"lr": (1e-4, 1e-3)},
         device_hint="GPU cluster",
-        grid={"grid": Grid(sizes=("tiny", "small", "base"), factors=(2, 4, 8))},
+        grid=Grid(sizes=("tiny", "small", "base"), factors=(2, 4, 8)),
     ),
 }
+
+
+def grid_of(profile: Profile) -> Grid:
+    """The profile's ViT grid (a lowres profile without one is a mistake in the profile)."""
+    if not isinstance(profile.grid, Grid):
+        raise CxrkdError(f"profile {profile.name!r} has no ViT grid (lowres_kd.Grid)")
+    return profile.grid
 
 
 def _vit(base: dict, grid: Grid, size: str) -> dict:
@@ -150,7 +153,8 @@ def kd_key(teacher: str, student: str, low: int, approach: str) -> str:
     return f"kd_{pair}_{low}px_{approach}"
 
 
-def _pairs(grid: Grid) -> list[tuple[str, str]]:
+def grid_pairs(grid: Grid) -> list[tuple[str, str]]:
+    """``(teacher size, student size)`` of every KD cell: the same size, then cross-size."""
     return [(s, s) for s in grid.sizes] + list(grid.pairs)
 
 
@@ -158,7 +162,7 @@ def teacher_cells(profile: Profile, sizes: list[str]) -> list[SearchCell]:
     """One high-resolution ``vit_mtl`` teacher cell per size. Shared with ``lowres-kd-open``:
     the same profile gives the same teacher configurations, so runs of both studies on one
     storage find each other's teachers in the registry."""
-    grid: Grid = profile.grid["grid"]
+    grid = grid_of(profile)
     return [
         SearchCell(
             teacher_key(size), "vit_mtl",
@@ -172,108 +176,35 @@ def teacher_cells(profile: Profile, sizes: list[str]) -> list[SearchCell]:
 
 @register_study("lowres-kd", PROFILES)
 def lowres_kd(profile: Profile) -> Study:
-    grid: Grid = profile.grid["grid"]
+    grid = grid_of(profile)
     base = dict(profile.fixed)
     lows = grid.lows(base["img_size"])
     n, b = profile.samples, profile.bounds
-    teacher_sizes = list(dict.fromkeys(t for t, _ in _pairs(grid)))
-
-    def teachers(state: StudyState) -> list:
-        return teacher_cells(profile, teacher_sizes)
-
-    def students(state: StudyState) -> list:
-        cells = [
-            SearchCell(
-                base_key(size, low), "vit_mtl",
-                {**_vit(base, grid, size), "method": "vit_mtl", "low_res": low}, n, b,
-            )
-            for size in grid.sizes
-            for low in lows
-        ]  # fmt: skip
-        for t, s in _pairs(grid):
-            for low in lows:
-                for approach in grid.approaches:
-                    fixed = {
-                        **_vit(base, grid, s),
-                        "method": "kd_vit",
-                        "low_res": low,
-                        "kd_approach": approach,
-                        "teacher_path": state.teacher(teacher_key(t)),
-                    }
-                    cells.append(SearchCell(kd_key(t, s, low, approach), "kd_vit", fixed, n, b))
-        return cells
-
-    def final(state: StudyState) -> list[FixedCell]:
-        keys = [c.key for c in teachers(state)] + [c.key for c in students(state)]
-        return final_cells(state, keys, profile.seeds)
-
-    # Two high-resolution columns: the registered teacher the students distilled from (one
-    # model), and its configuration re-trained on the final stage's seeds.
-    hr = f"HR {base['img_size']} px (teacher config, re-trained)"
-    hr_teacher = f"HR {base['img_size']} px teacher (distilled from)"
-    table1 = [
-        (SIZES[size][1], task, col, cell, metric)
+    teachers = teacher_cells(profile, list(dict.fromkeys(t for t, _ in grid_pairs(grid))))
+    students = [
+        SearchCell(
+            base_key(size, low), "vit_mtl",
+            {**_vit(base, grid, size), "method": "vit_mtl", "low_res": low}, n, b,
+        )
         for size in grid.sizes
-        for task, metric in TASKS
-        for col, cell in [(hr_teacher, registered(teacher_key(size))), (hr, teacher_key(size))]
-        + [(f"{low} px", base_key(size, low)) for low in lows]
-    ]
-    table2 = [
-        (pair_name(t, s), approach, task, f"{low} px", kd_key(t, s, low, approach), metric)
-        for t, s in _pairs(grid)
-        for approach in grid.approaches
-        for task, metric in TASKS
         for low in lows
-    ]
-    kd_cells = [kd_key(t, s, low, a) for t, s in _pairs(grid) for low in lows
-                for a in grid.approaches]  # fmt: skip
-    # Each KD cell is tested against vit_mtl without KD at the student's size and resolution.
-    baselines = {kd_key(t, s, low, a): base_key(s, low) for t, s in _pairs(grid)
-                 for low in lows for a in grid.approaches}  # fmt: skip
-    findings = [((SIZES[size][1], hr_teacher, "teacher"), registered(teacher_key(size)))
-                for size in grid.sizes]  # fmt: skip
-    findings += [((SIZES[size][1], hr, "no KD"), teacher_key(size)) for size in grid.sizes]
-    findings += [((SIZES[size][1], f"{low} px", "no KD"), base_key(size, low))
-                 for size in grid.sizes for low in lows]  # fmt: skip
-    findings += [((pair_name(t, s), f"{low} px", a), kd_key(t, s, low, a))
-                 for t, s in _pairs(grid) for low in lows
-                 for a in grid.approaches]  # fmt: skip
-    return lowres_study(
-        "lowres-kd",
-        profile,
-        teachers=teachers,
-        search=students,
-        final=final,
-        tables=[
-            PivotSpec(
-                title="Table 1: AUROC of ViTs without KD at high and low resolution (test)",
-                stem="lowres_table1",
-                row_names=("ViT", "task"),
-                entries=[((v, t), col, cell, m) for v, t, col, cell, m in table1],
-                note=HR_NOTE,
-            ),
-            PivotSpec(
-                title="Table 2: AUROC of low-resolution students by KD approach (test)",
-                stem="lowres_table2",
-                row_names=("teacher -> student", "approach", "task"),
-                entries=[((p, a, t), col, cell, m) for p, a, t, col, cell, m in table2],
-                configs={cell: KD_KEYS for cell in kd_cells},
-                baselines=baselines,
-            ),
-            PivotSpec(
-                title="Per-finding AUROC (T1, MLCT) of every final model (test)",
-                stem="lowres_findings",
-                row_names=("ViT", "resolution", "approach"),
-                entries=[(row, "", cell, FINDING_METRIC) for row, cell in findings],
-                baselines=baselines,
-                per_finding=True,
-                note=HR_NOTE,
-            ),
-        ],
-    )
+    ]  # fmt: skip
+    for t, s in grid_pairs(grid):
+        for low in lows:
+            for approach in grid.approaches:
+                fixed = {
+                    **_vit(base, grid, s),
+                    "method": "kd_vit",
+                    "low_res": low,
+                    "kd_approach": approach,
+                    "teacher_path": TeacherOf(teacher_key(t)),
+                }
+                students.append(SearchCell(kd_key(t, s, low, approach), "kd_vit", fixed, n, b))
+    final = final_cells([c.key for c in teachers + students], profile.seeds)
+    return lowres_study("lowres-kd", profile, teachers=teachers, search=students, final=final)
 
 
-def lowres_study(name: str, profile: Profile, *, teachers, search, final, tables) -> Study:
+def lowres_study(name: str, profile: Profile, *, teachers, search, final) -> Study:
     """Teachers -> search -> final on multi-label data (the findings phantom by default);
     configurations are chosen by ``val_auroc_mean``, which weighs both tasks equally."""
     return Study(
@@ -282,11 +213,6 @@ def lowres_study(name: str, profile: Profile, *, teachers, search, final, tables
         default_dataset="phantom-findings",
         default_import=("phantom", "findings", {}),
         stages=kd_stages(teachers, search, final),
-        tables=tables,
         profile=profile,
         metric="val_auroc_mean",
     )
-
-
-def pair_name(teacher: str, student: str) -> str:
-    return f"{SIZES[teacher][1]} -> {SIZES[student][1]}"

@@ -2,9 +2,10 @@
 
 Where ``lowres-kd`` fixes a grid (one cell per size, resolution and KD approach), this study
 searches student size, low resolution and KD approach (every loss registered in
-:mod:`trainables.kd`, not only the paper's four) together with the KD weights, temperature,
-lr and weight decay, in one cell: ``model`` is a choice whose value brings the
-``teacher_path`` of that size's registered teacher (teacher = student size, as in the paper).
+:mod:`trainables.kd` for kd_vit's heads, not only the paper's four) together with the KD
+weights, temperature, lr and weight decay, in one cell: ``model`` is a choice whose value
+brings the ``teacher_path`` of that size's registered teacher (teacher = student size, as in
+the paper).
 Stages: the same high-resolution ``vit_mtl`` teachers as ``lowres-kd`` (one per size, the
 same cells, so both studies share them on one storage) -> the open search -> its chosen
 configurations re-trained on seeds and tested.
@@ -25,13 +26,12 @@ from __future__ import annotations
 import dataclasses
 
 from cxrkd.spaces import lowres_kd
-from cxrkd.spaces.lowres_kd import KD_KEYS, SIZES, Grid, lowres_study, teacher_cells, teacher_key
+from cxrkd.spaces.lowres_kd import SIZES, Grid, grid_of, lowres_study, teacher_cells, teacher_key
 from cxrkd.spaces.studies import (
-    ParetoSpec,
     Profile,
     SearchCell,
     Study,
-    StudyState,
+    TeacherOf,
     final_cells,
     parse_objectives,
     register_study,
@@ -40,7 +40,6 @@ from cxrkd.trainables.errors import CxrkdError
 from cxrkd.trainables.kd import kd_names
 
 OPEN = "open"  # the open search cell's key
-CONFIG_KEYS = ["model", "low_res", "kd_approach", *KD_KEYS]
 DEFAULT_OBJECTIVES = ("val_auroc_mcct", "params")
 
 _GRID_DEMO, _GRID_PAPER = lowres_kd.PROFILES["demo"], lowres_kd.PROFILES["paper"]
@@ -55,15 +54,13 @@ PROFILES = {
         teacher_samples=1,
         grace_period=1,
         teacher_fixed={"epochs": 6, "steps_per_epoch": 30},  # see lowres-kd's demo
-        grid={
-            "grid": Grid(
-                sizes=("tiny", "small"),
-                factors=(2, 4),
-                approaches=kd_names(),
-                patch_size=8,
-                depth=2,
-            )
-        },
+        grid=Grid(
+            sizes=("tiny", "small"),
+            factors=(2, 4),
+            approaches=kd_names("mtl"),
+            patch_size=8,
+            depth=2,
+        ),
         objectives=DEFAULT_OBJECTIVES,
     ),
     # The paper's sizes, resolutions and recipe (lowres-kd's paper profile, so the teachers
@@ -73,15 +70,15 @@ PROFILES = {
         _GRID_PAPER,
         samples=64,
         objectives=DEFAULT_OBJECTIVES,
-        grid={"grid": dataclasses.replace(_GRID_PAPER.grid["grid"], approaches=kd_names())},
+        grid=dataclasses.replace(grid_of(_GRID_PAPER), approaches=kd_names("mtl")),
     ),
 }
 
 
-def open_cell(profile: Profile, state: StudyState) -> SearchCell:
+def open_cell(profile: Profile) -> SearchCell:
     """The open search: size (with its teacher), resolution and KD approach as choices, the
     ``kd_vit`` space for the rest."""
-    grid: Grid = profile.grid["grid"]
+    grid = grid_of(profile)
     fixed = {
         **profile.fixed,
         "method": "kd_vit",
@@ -89,7 +86,7 @@ def open_cell(profile: Profile, state: StudyState) -> SearchCell:
         "depth": grid.depth,
     }
     choices = {
-        "model": {SIZES[s][0]: {"teacher_path": state.teacher(teacher_key(s))} for s in grid.sizes},
+        "model": {SIZES[s][0]: {"teacher_path": TeacherOf(teacher_key(s))} for s in grid.sizes},
         "low_res": {low: {} for low in grid.lows(profile.fixed["img_size"])},
         "kd_approach": {a: {} for a in grid.approaches},
     }
@@ -97,45 +94,18 @@ def open_cell(profile: Profile, state: StudyState) -> SearchCell:
     return SearchCell(OPEN, "kd_vit", fixed, profile.samples, profile.bounds, choices, objectives)
 
 
-def _title(objectives: tuple[tuple[str, str], ...]) -> str:
-    if len(objectives) == 1:
-        return f"Open search: the configuration best in {objectives[0][0]} (test)"
-    names = " vs ".join(name for name, _ in objectives)
-    return f"Open search: Pareto front of {names} on validation, re-trained and tested"
-
-
 @register_study("lowres-kd-open", PROFILES)
 def lowres_kd_open(profile: Profile) -> Study:
-    grid: Grid = profile.grid["grid"]
+    grid = grid_of(profile)
     if grid.pairs:
         raise CxrkdError("lowres-kd-open pairs each student with a teacher of its own size")
-    objectives = parse_objectives(profile.objectives)
-
-    def teachers(state: StudyState) -> list:
-        return teacher_cells(profile, list(grid.sizes))
-
-    def search(state: StudyState) -> list:
-        return [open_cell(profile, state)]
-
-    def final(state: StudyState) -> list:
-        return final_cells(state, state.front(OPEN) or [OPEN], profile.seeds)
-
     # The teachers are chosen by val_auroc_mean, as in lowres-kd; the open cell by its own
-    # objectives.
+    # objectives, and with several of them the final stage re-trains its whole Pareto front
+    # (spaces.study_cells.resolve).
     return lowres_study(
         "lowres-kd-open",
         profile,
-        teachers=teachers,
-        search=search,
-        final=final,
-        tables=[
-            ParetoSpec(
-                title=_title(objectives),
-                stem="lowres_open_front",
-                stage="search",
-                cell=OPEN,
-                objectives=objectives,
-                configs=CONFIG_KEYS,
-            )
-        ],
+        teachers=teacher_cells(profile, list(grid.sizes)),
+        search=[open_cell(profile)],
+        final=final_cells([OPEN], profile.seeds),
     )

@@ -12,8 +12,7 @@ from cxrkd.spaces.studies import (
     Profile,
     SearchCell,
     Study,
-    StudyState,
-    TableSpec,
+    TeacherOf,
     final_cells,
     kd_stages,
     register_study,
@@ -66,91 +65,35 @@ PROFILES = {
     ),
 }
 
-ROWS = [
-    ("baseline_cnn", "Baseline CNN"),
-    ("resnet18_finetuned", "ResNet-18 fine-tuned"),
-    ("resnet18_frozen", "ResNet-18 fixed extractor"),
-    ("resnet50_teacher", "ResNet-50 teacher"),
-    ("resnet18_kd", "ResNet-18 KD student"),
-]
 TEACHER = "resnet50_teacher"
-OPTIM = ["lr", "weight_decay", "batch_size"]
+# The cells the final stage re-trains, in the order of the table's rows
+# (results.pneumonia_tables).
+FINAL = ("baseline_cnn", "resnet18_finetuned", "resnet18_frozen", TEACHER, "resnet18_kd")
 
 
 @register_study("pneumonia-kd", PROFILES)
 def pneumonia_kd(profile: Profile) -> Study:
     base = dict(profile.fixed)
-
-    def teacher(state: StudyState) -> list:
-        fixed = {
-            **base,
-            **profile.teacher_fixed,
-            "method": "transfer",
-            "model": "resnet50",
-            "freeze": False,
-        }
-        return [
-            SearchCell(
-                "resnet50_teacher", "transfer", fixed, profile.teacher_samples, profile.bounds
-            )
-        ]
-
-    def students(state: StudyState) -> list:
-        n, b = profile.samples, profile.bounds
-        cnn = {**base, "method": "cnn_baseline", "model": "cnn_baseline", "pretrained": False}
-        tl = {**base, "method": "transfer", "model": "resnet18"}
-        kd = {
-            **base,
-            "method": "kd_logit",
-            "model": "resnet18",
-            "teacher_path": state.teacher(TEACHER),
-        }
-        return [
-            SearchCell("baseline_cnn", "cnn_baseline", cnn, n, b),
-            SearchCell("resnet18_finetuned", "transfer", {**tl, "freeze": False}, n, b),
-            SearchCell("resnet18_frozen", "transfer", {**tl, "freeze": True}, n, b),
-            SearchCell("resnet18_kd", "kd_logit", kd, n, b),
-        ]
-
-    def final(state: StudyState) -> list:
-        return final_cells(state, [key for key, _ in ROWS], profile.seeds)
-
+    n, b = profile.samples, profile.bounds
+    teacher = {**base, **profile.teacher_fixed, "method": "transfer", "model": "resnet50",
+               "freeze": False}  # fmt: skip
+    cnn = {**base, "method": "cnn_baseline", "model": "cnn_baseline", "pretrained": False}
+    tl = {**base, "method": "transfer", "model": "resnet18"}
+    kd = {**base, "method": "kd_logit", "model": "resnet18", "teacher_path": TeacherOf(TEACHER)}
     return Study(
         name="pneumonia-kd",
         task="binary",
         default_dataset="phantom-pneumonia",
         default_import=("phantom", "pneumonia", {}),
-        stages=kd_stages(teacher, students, final),
-        tables=[
-            TableSpec(
-                rows=ROWS,
-                metrics=[
-                    ("test_acc_at_val_thr", "accuracy"),
-                    ("test_precision_at_val_thr", "precision"),
-                    ("test_recall_at_val_thr", "recall"),
-                    ("test_f1_at_val_thr", "F1"),
-                    ("test_auc", "AUC"),
-                    ("test_auprc", "AUPRC"),
-                    ("test_sens_at_spec95", "sens@95%spec"),
-                ],
-                hyperparams={
-                    "baseline_cnn": [*OPTIM, "dropout"],
-                    "resnet18_finetuned": OPTIM,
-                    "resnet18_frozen": OPTIM,
-                    "resnet50_teacher": OPTIM,
-                    "resnet18_kd": [*OPTIM, "alpha", "temperature"],
-                },
-                title="Table 4.1 (extended): pneumonia vs normal, test split",
-                stem="pneumonia_kd",
-                # The KD student against the same ResNet-18, fine-tuned without a teacher.
-                baselines={"resnet18_kd": "resnet18_finetuned"},
-                registered_teachers=(TEACHER,),
-                note=(
-                    "'ResNet-50 teacher (distilled from)' is the registered checkpoint the KD "
-                    "student learned from (one model: no ±, its CI covers test images only); "
-                    "'ResNet-50 teacher' re-trains its configuration on the final stage's seeds."
-                ),
-            )
-        ],
+        stages=kd_stages(
+            [SearchCell(TEACHER, "transfer", teacher, profile.teacher_samples, b)],
+            [
+                SearchCell("baseline_cnn", "cnn_baseline", cnn, n, b),
+                SearchCell("resnet18_finetuned", "transfer", {**tl, "freeze": False}, n, b),
+                SearchCell("resnet18_frozen", "transfer", {**tl, "freeze": True}, n, b),
+                SearchCell("resnet18_kd", "kd_logit", kd, n, b),
+            ],
+            final_cells(FINAL, profile.seeds),
+        ),
         profile=profile,
     )

@@ -1,87 +1,44 @@
-"""Study definitions: stages of cells, profiles, and the comparison table they end in.
+"""Study definitions as frozen data: stages of cells, profiles, and the study registry.
 
-A study is a list of stages run in order (teachers first, then students and baselines, then
-the final re-training on several seeds). A stage holds cells; each cell has its own Optuna
-study and is early-stopped only against trials of the same cell, and all cells of a stage run
-side by side. Cells of later stages are built from what earlier stages chose
-(:class:`StudyState`), e.g. the registered teacher or each cell's best configuration.
+A study is a tuple of stages run in order (teachers first, then students and baselines, then
+the final re-training on several seeds). A stage holds cells (:mod:`spaces.study_cells`); each
+cell has its own Optuna study and is early-stopped only against trials of the same cell, and
+every cell starts as soon as what it refers to is there (its teacher registered, the cell it
+re-trains chosen). A study holds no code: it can be printed, compared and hashed, and reading
+one (a check, a plan, the report) runs nothing. Its comparison tables are specified on the
+results side (``results.study_tables``), which may read a study but not the other way round.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Container, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
 
+from cxrkd.spaces.study_cells import (
+    Cell,
+    FinalCell,
+    FixedCell,
+    FrozenDict,
+    SearchCell,
+    StudyState,
+    TeacherOf,
+    freeze,
+    front_key,
+    front_keys,
+    is_ready,
+    resolve,
+)
+from cxrkd.trainables.config import TrainConfig, field_names
 from cxrkd.trainables.errors import CxrkdError
 from cxrkd.trainables.registry import Registry
 
-
-@dataclass(frozen=True)
-class SearchCell:
-    """Optuna (TPE) proposes ``num_samples`` configs from ``space`` on top of ``fixed``.
-
-    ``choices`` are searched axes the method's space does not know: ``{name: {value: linked}}``
-    suggests ``name`` among the values (a config field, e.g. ``model``) and pins the chosen
-    value's ``linked`` config values with it (e.g. the ``teacher_path`` of that size).
-    ``objectives`` (``(metric, mode)`` pairs) replace the study's metric for this cell: one is
-    searched with ASHA as usual; several make a multi-objective Optuna study without early
-    stopping, and the stage chooses the cell's Pareto front (:func:`front_key`).
-    """
-
-    key: str
-    space: str
-    fixed: dict
-    num_samples: int
-    bounds: dict = field(default_factory=dict)  # name -> (low, high) replacing the space's
-    choices: dict[str, dict] = field(default_factory=dict)
-    objectives: tuple[tuple[str, str], ...] = ()
-
-
-@dataclass(frozen=True)
-class FixedCell:
-    """Runs the given configs as they are (the final stage: one per seed)."""
-
-    key: str
-    configs: tuple[dict, ...]
-
-
-Cell = SearchCell | FixedCell
-
-
-@dataclass
-class StudyState:
-    """What finished stages handed on; saved in the run folder so a resume sees it too.
-
-    ``placeholder=True`` makes a state for checking cells before anything ran: every teacher
-    is ``"<teacher>"``.
-    """
-
-    teachers: dict[str, str] = field(default_factory=dict)  # teacher cell key -> registry URI
-    best: dict[str, dict] = field(default_factory=dict)  # cell key -> chosen config
-    placeholder: bool = False
-
-    def teacher(self, key: str) -> str:
-        if self.placeholder:
-            return "<teacher>"
-        if key not in self.teachers:
-            raise CxrkdError(f"no teacher was registered for cell {key!r}: its stage found none")
-        return self.teachers[key]
-
-    @property
-    def teacher_uri(self) -> str | None:
-        """The teacher of a single-teacher study (pneumonia-kd)."""
-        return next(iter(self.teachers.values()), None)
-
-    def front(self, cell: str) -> list[str]:
-        """The Pareto-front keys chosen for a multi-objective ``cell``, best first; empty for a
-        single-objective cell (its one choice is under its own key)."""
-        return front_keys(cell, self.best)
-
-    def chosen(self, key: str) -> dict:
-        if key not in self.best:
-            raise CxrkdError(f"no configuration was chosen for cell {key!r}: its stage found none")
-        return self.best[key]
-
+__all__ = [
+    "OBJECTIVES", "STUDIES", "Cell", "FinalCell", "FixedCell", "FrozenDict", "Profile", "Role",
+    "SearchCell", "Stage", "Study", "StudyGrid", "StudyState", "TeacherOf", "final_cells",
+    "freeze", "front_key", "front_keys", "get_study", "is_ready", "kd_stages",
+    "parse_objectives", "register_study", "resolve", "searched_cells",
+]  # fmt: skip
 
 # What an open search may optimise, with its direction: validation AUROCs (the quality, first)
 # and the student's cost, which every trial reports with its last epoch.
@@ -117,36 +74,76 @@ def parse_objectives(names: Sequence[str]) -> tuple[tuple[str, str], ...]:
     return tuple((n, OBJECTIVES[n]) for n in names)
 
 
-def front_key(cell: str, rank: int) -> str:
-    """Final-stage key of the ``rank``-th (1-based, best first metric first) Pareto-front
-    configuration of a multi-objective cell."""
-    return f"{cell}-pareto{rank}"
+class Role(StrEnum):
+    """What a stage's chosen configurations are for (the value is what records, plans and the
+    dashboard store)."""
 
-
-def front_keys(cell: str, present: Container[str]) -> list[str]:
-    """``cell``'s front keys found in ``present``, best first."""
-    keys: list[str] = []
-    while front_key(cell, len(keys) + 1) in present:
-        keys.append(front_key(cell, len(keys) + 1))
-    return keys
+    TEACHER = "teacher"  # each cell's best trial is registered as a teacher
+    SEARCH = "search"  # each cell's best configuration is handed on (to the final stage)
+    FINAL = "final"  # chosen configurations re-trained on seeds and tested; nothing handed on
 
 
 @dataclass(frozen=True)
 class Stage:
     name: str
-    role: str  # "teacher": its best trial is registered as the teacher; "search"; "final"
-    cells: Callable[[StudyState], list[Cell]]
+    role: Role
+    cells: tuple[Cell, ...]
     early_stopping: bool = True
 
+    def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "role", Role(self.role))
+        except ValueError:
+            raise CxrkdError(
+                f"stage {self.name!r}: unknown role {self.role!r}; roles: {[r.value for r in Role]}"
+            ) from None
+        if callable(self.cells) or not isinstance(self.cells, Sequence):
+            raise CxrkdError(
+                f"stage {self.name!r}: cells must be a tuple of cells (SearchCell, FixedCell, "
+                f"FinalCell), got {type(self.cells).__name__}; what a cell takes from an earlier "
+                "stage is a reference (TeacherOf(cell), FinalCell(key, of=cell, seeds=n))"
+            )
+        object.__setattr__(self, "cells", tuple(self.cells))
+        wrong = [c for c in self.cells if not isinstance(c, SearchCell | FixedCell | FinalCell)]
+        if wrong:
+            raise CxrkdError(f"stage {self.name!r}: not a cell: {wrong[0]!r}")
+        keys = [c.key for c in self.cells]
+        if len(set(keys)) < len(keys):
+            raise CxrkdError(f"stage {self.name!r}: a cell key is used twice in {keys}")
 
-def kd_stages(teachers: Callable, search: Callable, final: Callable) -> list[Stage]:
+
+def final_cells(keys: Sequence[str], seeds: int) -> tuple[FinalCell, ...]:
+    """Each cell's chosen configuration, re-trained with seeds 0..seeds-1 and tested."""
+    return tuple(FinalCell(key, of=key, seeds=seeds) for key in keys)
+
+
+def kd_stages(teachers: Sequence[Cell], search: Sequence[Cell], final: Sequence[Cell]):
     """Teachers -> search -> final re-training on seeds: the stages of both papers' studies
     (the final stage re-runs chosen configurations, so nothing is early-stopped there)."""
-    return [
-        Stage("teacher", "teacher", teachers),
-        Stage("search", "search", search),
-        Stage("final", "final", final, early_stopping=False),
-    ]
+    return (
+        Stage("teacher", Role.TEACHER, tuple(teachers)),
+        Stage("search", Role.SEARCH, tuple(search)),
+        Stage("final", Role.FINAL, tuple(final), early_stopping=False),
+    )
+
+
+@dataclass(frozen=True)
+class StudyGrid:
+    """Base of a study's own grid axes (a frozen dataclass per study, e.g.
+    ``spaces.lowres_kd.Grid``), which validates its values when it is made."""
+
+
+def _check_fixed(profile: str, what: str, values: Mapping) -> None:
+    unknown = sorted(set(values) - field_names(TrainConfig))
+    if unknown:
+        raise CxrkdError(
+            f"profile {profile!r}: {what} holds {unknown}, which are not TrainConfig fields "
+            f"({sorted(field_names(TrainConfig))})"
+        )
+
+
+def _is_range(value) -> bool:
+    return isinstance(value, tuple) and len(value) == 2 and value[0] < value[1]
 
 
 @dataclass(frozen=True)
@@ -154,21 +151,45 @@ class Profile:
     """Sizes of a study: the fixed trial settings and the search budget."""
 
     name: str
-    fixed: dict  # TrainConfig values every trial gets (img_size, epochs, pretrained, ...)
+    fixed: Mapping  # TrainConfig values every trial gets (img_size, epochs, pretrained, ...)
     samples: int  # trials per search cell
     teacher_samples: int
     seeds: int  # final re-training seeds per row
     grace_period: int  # ASHA: epochs before a trial can be stopped
     reduction_factor: int = 2
-    bounds: dict = field(default_factory=dict)  # search ranges sized to the budget
-    grid: dict = field(default_factory=dict)  # study-specific axes (e.g. lowres-kd's Grid)
+    bounds: Mapping = FrozenDict()  # search ranges sized to the budget: name -> (low, high)
+    grid: StudyGrid | None = None  # study-specific axes (e.g. lowres-kd's Grid)
     # OBJECTIVES names of a study's open search (first: the quality); () for studies without
     # one, which refuse `--objective`.
     objectives: tuple[str, ...] = ()
     device_hint: str = ""  # where the profile is meant to run, for the tables' caption
     # TrainConfig values a study's teacher cells get on top of ``fixed``: a demo may train its
     # teachers longer than its students (a teacher that has not learned has nothing to distil).
-    teacher_fixed: dict = field(default_factory=dict)
+    teacher_fixed: Mapping = FrozenDict()
+
+    def __post_init__(self) -> None:
+        for name in ("fixed", "bounds", "objectives", "teacher_fixed"):
+            object.__setattr__(self, name, freeze(getattr(self, name)))
+        _check_fixed(self.name, "fixed", self.fixed)
+        _check_fixed(self.name, "teacher_fixed", self.teacher_fixed)
+        counts = {"samples": self.samples, "teacher_samples": self.teacher_samples,
+                  "seeds": self.seeds, "grace_period": self.grace_period}  # fmt: skip
+        low = {k: v for k, v in counts.items() if not isinstance(v, int) or v < 1}
+        if low or not isinstance(self.reduction_factor, int) or self.reduction_factor < 2:
+            raise CxrkdError(
+                f"profile {self.name!r}: {low or {'reduction_factor': self.reduction_factor}} "
+                "(counts must be whole numbers >= 1, reduction_factor >= 2)"
+            )
+        bad = {k: v for k, v in self.bounds.items() if not _is_range(v)}
+        if bad:
+            raise CxrkdError(f"profile {self.name!r}: bounds {bad} are not (low, high) ranges")
+        if self.grid is not None and not isinstance(self.grid, StudyGrid):
+            raise CxrkdError(
+                f"profile {self.name!r}: grid must be a study's grid dataclass (a StudyGrid, "
+                f"e.g. lowres_kd.Grid(sizes=..., factors=...)), not {type(self.grid).__name__}"
+            )
+        if self.objectives:
+            parse_objectives(self.objectives)
 
     @property
     def banner(self) -> str:
@@ -191,90 +212,60 @@ class Profile:
         )
 
 
-REGISTERED_PREFIX = "registered:"
-
-
-def registered(teacher_cell: str) -> str:
-    """A table cell that stands for the registered checkpoint of a teacher cell (the model the
-    students distilled from), not for its final-stage re-training on fresh seeds."""
-    return f"{REGISTERED_PREFIX}{teacher_cell}"
-
-
-@dataclass(frozen=True)
-class PivotSpec:
-    """A grid table: ``entries`` are ``(row labels, column, final cell key, metric)``."""
-
-    title: str
-    stem: str
-    row_names: tuple[str, ...]
-    entries: list[tuple[tuple[str, ...], str, str, str]]
-    configs: dict[str, list[str]] = field(default_factory=dict)  # cell -> keys to list
-    # KD cell -> its no-KD baseline cell (same size and resolution): the paired test's pair.
-    baselines: dict[str, str] = field(default_factory=dict)
-    # Each entry's metric is a template "test_auroc_{finding}", expanded at report time into
-    # one column per finding of the dataset (the study does not know the dataset's findings).
-    per_finding: bool = False
-    note: str = ""  # what the caption must say about this table's columns
-
-
-@dataclass(frozen=True)
-class ParetoSpec:
-    """The final models of one open search cell (its Pareto front, or its single choice): the
-    chosen configuration, the search trial's validation objectives, cost and test AUROCs."""
-
-    title: str
-    stem: str
-    stage: str  # the search stage of the cell
-    cell: str
-    objectives: tuple[tuple[str, str], ...]
-    configs: list[str]  # config keys to list
-
-
-@dataclass(frozen=True)
-class TableSpec:
-    rows: list[tuple[str, str]]  # (final cell key, display name), in order
-    metrics: list[tuple[str, str]]  # (trials column, display name)
-    hyperparams: dict[str, list[str]]  # row key -> config keys to print
-    title: str
-    stem: str
-    # KD row key -> its no-KD baseline row key: the pair of the paired test on test images.
-    baselines: dict[str, str] = field(default_factory=dict)
-    # Teacher rows to show twice: re-trained on the final seeds, and as the registered
-    # checkpoint the students distilled from (a row `registered(key)` right after it).
-    registered_teachers: tuple[str, ...] = ()
-    note: str = ""  # what the caption must say about this table's rows
-
-
-def table_rows(spec: TableSpec) -> list[tuple[str, str]]:
-    """``spec.rows`` with a ``(registered(key), "<name> (distilled from)")`` row after each
-    row named in ``spec.registered_teachers``."""
-    wanted = set(spec.registered_teachers)
-    out: list[tuple[str, str]] = []
-    for key, name in spec.rows:
-        out.append((key, name))
-        if key in wanted:
-            out.append((registered(key), f"{name} (distilled from)"))
-    return out
-
-
 @dataclass(frozen=True)
 class Study:
     name: str
     task: str  # dataset task the study needs: binary | multilabel
     default_dataset: str  # built-in dataset used when --dataset is not given
-    default_import: tuple[str, str, dict]  # (kind, src, options) to create it if missing
-    stages: list[Stage]
-    tables: list[TableSpec | PivotSpec | ParetoSpec]
+    default_import: tuple[str, str, Mapping]  # (kind, src, options) to create it if missing
+    stages: tuple[Stage, ...]
     profile: Profile
     metric: str = "val_auc"
     mode: str = "max"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "default_import", freeze(self.default_import))
+        object.__setattr__(self, "stages", tuple(self.stages))
+        names = [s.name for s in self.stages]
+        if len(set(names)) < len(names):
+            raise CxrkdError(f"study {self.name!r}: a stage name is used twice in {names}")
+        _check_references(self)
+
+    def stage(self, name: str) -> Stage:
+        return next(s for s in self.stages if s.name == name)
+
+
+def _check_references(study: Study) -> None:
+    """Every reference names a cell that comes before it: a teacher reference a cell of a
+    teacher stage, a final cell a cell of a stage that chooses (not a final one)."""
+    teachers: list[str] = []
+    chosen: list[str] = []
+    for stage in study.stages:
+        for cell in stage.cells:
+            bad = [f"the teacher of {t!r}" for t in cell.teachers if t not in teachers]
+            bad += [f"the choice of {c!r}" for c in cell.chosen if c not in chosen]
+            if bad:
+                raise CxrkdError(
+                    f"study {study.name!r}: cell {cell.key!r} of stage {stage.name!r} refers to "
+                    f"{' and '.join(bad)}, which no earlier cell hands on (teacher cells before "
+                    f"it: {teachers}; chosen cells: {chosen})"
+                )
+            if stage.role == Role.TEACHER:
+                teachers.append(cell.key)
+            if stage.role != Role.FINAL:
+                chosen.append(cell.key)
 
 
 StudyFactory = Callable[[Profile], Study]
 # name -> (factory, profiles); studies register themselves in their modules
 STUDIES: Registry[tuple[StudyFactory, dict[str, Profile]]] = Registry(
     "study",
-    ("cxrkd.spaces.pneumonia_kd", "cxrkd.spaces.lowres_kd", "cxrkd.spaces.lowres_open"),
+    (
+        "cxrkd.spaces.pneumonia_kd",
+        "cxrkd.spaces.lowres_kd",
+        "cxrkd.spaces.lowres_open",
+        "cxrkd.spaces.pneumonia_open",
+    ),
     plural="studies",
 )
 
@@ -296,14 +287,7 @@ def get_study(name: str, profile: str) -> Study:
     return factory(profiles[profile])
 
 
-def final_cells(state: StudyState, rows: list[str], seeds: int) -> list[Cell]:
-    """Each row's chosen configuration, re-trained with seeds 0..seeds-1 and tested."""
-    return [
-        FixedCell(
-            key=row,
-            configs=tuple(
-                {**state.chosen(row), "seed": seed, "evaluate_test": True} for seed in range(seeds)
-            ),
-        )
-        for row in rows
-    ]
+def searched_cells(study: Study) -> list[tuple[Stage, Cell]]:
+    """``(stage, cell)`` of every cell of the stages that choose (teacher and search), in
+    order; the final stage re-trains what they chose, under the same keys."""
+    return [(s, c) for s in study.stages if s.role != Role.FINAL for c in s.cells]

@@ -70,3 +70,21 @@ def test_import_cxrkd_works_outside_the_checkout_and_search_does_not(wheel, tmp_
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "pneumonia-kd" in done.stdout and "vanilla" in done.stdout
+
+
+def test_import_cxrkd_is_cheap_and_lists_the_registries():
+    """``import cxrkd`` loads neither torch nor Ray (a notebook's first cell stays fast); the
+    listing functions answer from the registries."""
+    probe = (
+        "import sys, cxrkd\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'ray'))\n"
+        "assert not heavy, heavy[:5]\n"
+        "assert cxrkd.profiles('pneumonia-kd') == ['demo', 'paper']\n"
+        "names = {'study', 'study_tables', 'method', 'space', 'kd_loss'}\n"
+        "assert set(cxrkd.registries()) == names\n"
+        "assert 'kd_logit' in cxrkd.methods() and 'mlcak' in cxrkd.kd_losses()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr

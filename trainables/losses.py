@@ -6,7 +6,8 @@
   loss. The distillation losses (the paper's four approaches of Table 2, and others) are one
   module each in :mod:`trainables.kd`, built from the pieces here (``bernoulli_kl``,
   ``logit_mse``, ``feature_mse``, ``feature_kd``, the ``check_*`` validators). The student's
-  joint loss (paper eq. 3) is ``multitask_bce(...)["loss"] + get_kd(name).compute(...)["loss"]``.
+  joint loss (paper eq. 3) is
+  ``multitask_bce(...)["loss"] + get_kd(name).on("mtl").compute(...)["loss"]``.
 
 Contract
 --------

@@ -10,7 +10,8 @@ import pytest
 
 from cxrkd.results.figure_data import nondominated, pareto_mask
 from cxrkd.results.front import front_display, front_table, search_points
-from cxrkd.spaces.studies import ParetoSpec, front_key
+from cxrkd.results.table_specs import ParetoSpec
+from cxrkd.spaces.studies import front_key
 
 QUALITY_COST = ("max", "min")
 

@@ -48,7 +48,10 @@ def test_study_distributions_come_from_the_study_spaces():
     # batch_size is pinned by the demo profile, so it is not searched.
     assert set(base) == {"lr", "weight_decay", "dropout"}
     assert base["lr"] == FloatDistribution(5e-4, 5e-3, log=True)  # the profile's bounds
-    assert set(dists[("search", "resnet18_kd")]) == {"lr", "weight_decay", "alpha", "temperature"}
+    # kd_approach: pneumonia-kd's KD cell has one choice, hinton (pneumonia-kd-open has more).
+    kd = dists[("search", "resnet18_kd")]
+    assert set(kd) == {"lr", "weight_decay", "alpha", "temperature", "kd_approach"}
+    assert kd["kd_approach"].choices == ("hinton",)
     assert dists[("search", "resnet18_kd")]["temperature"].log
 
 

@@ -12,9 +12,11 @@ import pytest
 from synthetic_run import lowres_final_run
 
 from cxrkd.results.report import build_table
+from cxrkd.results.study_tables import study_tables
+from cxrkd.results.table_specs import registered
 from cxrkd.results.teacher_scores import registered_rows, score_teacher, teacher_uri_of
 from cxrkd.results.uncertainty import CellStats
-from cxrkd.spaces.studies import get_study, registered
+from cxrkd.spaces.studies import get_study
 from cxrkd.trainables.errors import CxrkdError
 
 
@@ -91,7 +93,7 @@ def test_registered_rows_are_cached_in_the_run_and_a_failure_becomes_a_note(teac
 
 def test_table1_shows_the_distilled_from_teacher_beside_its_retrained_seeds():
     study = get_study("lowres-kd", "demo")
-    table1 = study.tables[0]
+    table1 = study_tables(study)[0]
     cells = [c for _, _, c, _ in table1.entries if not c.startswith("registered:")]
     trials, scores = lowres_final_run(list(dict.fromkeys(cells)))
     # The registered teacher: one model (one row, its own scores).

@@ -18,12 +18,14 @@ from synthetic_run import (
 
 from cxrkd.results import stats
 from cxrkd.results.report import build_table, cell_stats, table_caption
+from cxrkd.results.study_tables import study_tables
 from cxrkd.results.tables import CI_NOTE, comparison_table, format_table, render_markdown
 from cxrkd.results.uncertainty import CellStats, UncertaintyError, is_auroc
 from cxrkd.spaces.studies import get_study
 
 STUDY = get_study("lowres-kd", "demo")
-TABLE1, TABLE2, FINDING_TABLE = STUDY.tables
+TABLES = study_tables(STUDY)
+TABLE1, TABLE2, FINDING_TABLE = TABLES
 
 
 def _cells(spec) -> list[str]:
@@ -33,7 +35,7 @@ def _cells(spec) -> list[str]:
 # The final cells (the registered teachers are not trials; see test_teacher_scores.py).
 ALL_CELLS = [
     c
-    for c in dict.fromkeys(c for spec in STUDY.tables for c in _cells(spec))
+    for c in dict.fromkeys(c for spec in TABLES for c in _cells(spec))
     if not c.startswith("registered:")
 ]
 
@@ -189,7 +191,7 @@ def test_a_run_with_some_cells_only_still_renders():
     subset = ["teacher_tiny", "kd_tiny_16px_mlcak", "kd_tiny_16px_vanilla"]  # no baseline cells
     trials, scores = lowres_final_run(subset)
     cs = CellStats(trials, scores, n_boot=100)
-    for spec in STUDY.tables:
+    for spec in TABLES:
         numeric, display, _ = build_table(spec, trials, cs)
         assert len(display) > 0
     numeric, display, _ = build_table(TABLE2, trials, cs)
@@ -208,7 +210,7 @@ def test_a_run_with_some_cells_only_still_renders():
 
 
 def test_pneumonia_table_has_ci_and_p_columns_from_a_synthetic_run(tmp_path):
-    spec = get_study("pneumonia-kd", "demo").tables[0]
+    (spec,) = study_tables(get_study("pneumonia-kd", "demo"))
     trials, _ = write_synthetic_run(tmp_path / "run")
     # The synthetic run's KD student is compared with the frozen ResNet-18 here, as the
     # synthetic run has no fine-tuned one.

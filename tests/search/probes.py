@@ -29,17 +29,13 @@ def probe_profile(epochs: int) -> Profile:
 def kill_probe(profile: Profile, *, name: str = KILL_PROBE) -> Study:
     """``profile.seeds`` trials of the baseline CNN, ``fixed["epochs"]`` epochs each."""
     base = {**profile.fixed, "method": "cnn_baseline", "model": "cnn_baseline"}
-
-    def cells(state) -> list:
-        return [FixedCell("cnn", tuple({**base, "seed": s} for s in range(profile.seeds)))]
-
+    cells = [FixedCell("cnn", tuple({**base, "seed": s} for s in range(profile.seeds)))]
     return Study(
         name=name,
         task="binary",
         default_dataset="unused",
         default_import=("phantom", "pneumonia", {}),
         stages=[Stage("search", "search", cells, early_stopping=False)],
-        tables=[],
         profile=profile,
     )
 

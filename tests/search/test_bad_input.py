@@ -17,9 +17,11 @@ import pytest
 from cli_checks import fails
 from probes import probe_profile
 
+from cxrkd.results.study_tables import STUDY_TABLES
+from cxrkd.results.table_specs import TableSpec
 from cxrkd.search.run_state import RunOptions
 from cxrkd.search.runner import run_study
-from cxrkd.spaces.studies import STUDIES, FixedCell, Profile, Stage, Study, TableSpec, final_cells
+from cxrkd.spaces.studies import STUDIES, FixedCell, Profile, Stage, Study, final_cells
 
 
 @pytest.fixture
@@ -284,10 +286,7 @@ def _nan_probe(profile: Profile) -> Study:
     """One search cell of two fixed configs (one with a learning rate that diverges), then
     the final stage re-trains the cell's choice."""
     base = {**profile.fixed, "method": "cnn_baseline", "model": "cnn_baseline"}
-
-    def search(state) -> list:
-        return [FixedCell("cnn", ({**base, "lr": 1e-3}, {**base, "lr": 1e6}))]
-
+    search = [FixedCell("cnn", ({**base, "lr": 1e-3}, {**base, "lr": 1e6}))]
     return Study(
         name=NAN_STUDY,
         task="binary",
@@ -296,12 +295,15 @@ def _nan_probe(profile: Profile) -> Study:
         stages=[
             # No ASHA: it could stop the diverging trial after epoch 1, before its loss is NaN.
             Stage("search", "search", search, early_stopping=False),
-            Stage("final", "final", lambda state: final_cells(state, ["cnn"], 1), False),
+            Stage("final", "final", final_cells(["cnn"], 1), False),
         ],
-        tables=[TableSpec(rows=[("cnn", "CNN")], metrics=[("test_auc", "AUC")],
-                          hyperparams={"cnn": ["lr"]}, title="NaN probe", stem="nan_probe")],
         profile=profile,
     )  # fmt: skip
+
+
+def _nan_tables(study: Study) -> list[TableSpec]:
+    rows, metrics = [("cnn", "CNN")], [("test_auc", "AUC")]
+    return [TableSpec(rows, metrics, {"cnn": ["lr"]}, title="NaN probe", stem="nan_probe")]
 
 
 @pytest.mark.slow
@@ -310,6 +312,7 @@ def test_a_nan_trial_ends_errored_with_its_reason_and_the_study_goes_on(
 ):
     profile = probe_profile(2)
     monkeypatch.setitem(STUDIES.all(), NAN_STUDY, (_nan_probe, {"demo": profile}))
+    monkeypatch.setitem(STUDY_TABLES.all(), NAN_STUDY, _nan_tables)
     run = Path(
         run_study(RunOptions(study=NAN_STUDY, dataset=tiny_store.name, name="nan",
                              storage=str(tmp_path / "runs"), max_concurrent=2))

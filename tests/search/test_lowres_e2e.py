@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 def two_cell_grid(monkeypatch):
     demo = lowres.PROFILES["demo"]
     grid = lowres.Grid(sizes=("tiny",), factors=(2,), approaches=("mlcak",), patch_size=8, depth=2)
-    monkeypatch.setitem(lowres.PROFILES, "demo", dataclasses.replace(demo, grid={"grid": grid}))
+    monkeypatch.setitem(lowres.PROFILES, "demo", dataclasses.replace(demo, grid=grid))
 
 
 def test_lowres_study_two_cells_teacher_reused_tables(

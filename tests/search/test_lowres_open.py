@@ -25,7 +25,7 @@ from cxrkd.search.runner import run_study
 from cxrkd.search.stage import choose
 from cxrkd.search.study_options import apply_overrides, study_with_options
 from cxrkd.spaces.cell_space import CellSpace, expand_choices
-from cxrkd.spaces.studies import StudyState, front_key, get_study, parse_objectives
+from cxrkd.spaces.studies import StudyState, front_key, get_study, parse_objectives, resolve
 from cxrkd.trainables.config import parse_config
 from cxrkd.trainables.errors import CxrkdError
 from cxrkd.trainables.kd import get_kd, kd_names
@@ -42,7 +42,7 @@ MODEL_TEACHER = {
 def open_cell(profile: str = "demo", objectives=None, overrides=None):
     options = RunOptions(study="lowres-kd-open", profile=profile, objectives=objectives)
     study = study_with_options(options)
-    (cell,) = study.stages[1].cells(StudyState(teachers=dict(TEACHERS)))
+    ((cell,),) = [resolve(c, StudyState(teachers=dict(TEACHERS))) for c in study.stages[1].cells]
     return apply_overrides([cell], overrides or {})[0]
 
 
@@ -66,12 +66,12 @@ def test_open_space_searches_size_resolution_and_approach_with_the_matching_teac
         for name in seen:
             assert params[name] == flat[name]  # searched by Optuna under the config's name
             seen[name].add(flat[name])
-        uses_t = "temperature" in get_kd(flat["kd_approach"]).params
+        uses_t = "temperature" in get_kd(flat["kd_approach"]).on("mtl").params
         assert ("temperature" in params) == uses_t and ("gamma" in params) != uses_t
     assert seen == {
         "model": set(MODEL_TEACHER),
         "low_res": {16, 8},
-        "kd_approach": set(kd_names()),  # every registered KD loss, not only the paper's
+        "kd_approach": set(kd_names("mtl")),  # every registered KD loss, not only the paper's
     }
 
 
@@ -81,7 +81,7 @@ def test_set_pins_a_choice_and_a_value_outside_the_choices_is_refused():
     pinned = open_cell(overrides={"model": "vit_small_patch16_224"})
     assert {f["teacher_path"] for f, _ in draws(pinned, 10)} == {TEACHERS["teacher_small"]}
     # One combination per remaining choice: 1 model x 2 resolutions x every approach.
-    n = len(kd_names())
+    n = len(kd_names("mtl"))
     assert len(expand_choices(pinned)) == 2 * n and len(expand_choices(open_cell())) == 4 * n
     assert {c.fixed["teacher_path"] for c in expand_choices(pinned)} == {TEACHERS["teacher_small"]}
     base = open_cell(overrides={"model": "vit_base_patch16_224"})
@@ -97,12 +97,12 @@ def test_expanded_cells_pin_model_and_teacher_together():
 
 def test_open_and_grid_studies_train_the_same_teachers():
     for profile in ("demo", "paper"):
-        grid = get_study("lowres-kd", profile).stages[0].cells(StudyState())
-        open_teachers = get_study("lowres-kd-open", profile).stages[0].cells(StudyState())
+        grid = get_study("lowres-kd", profile).stages[0].cells
+        open_teachers = get_study("lowres-kd-open", profile).stages[0].cells
         if profile == "paper":  # same profile: the very same cells, so one registry entry each
             assert open_teachers == grid
         assert [c.key for c in open_teachers] == [
-            f"teacher_{s}" for s in lowres_open.PROFILES[profile].grid["grid"].sizes
+            f"teacher_{s}" for s in lowres_open.PROFILES[profile].grid.sizes
         ]
 
 
@@ -136,7 +136,7 @@ def test_objective_on_the_command_line_is_checked_before_anything_starts(capsys)
 def test_multi_objective_cell_gets_an_optuna_study_per_objective_and_no_asha():
     mo, so = open_cell(), open_cell(objectives=["val_auroc_mcct"])
     so = dataclasses.replace(so, key="single")
-    teacher = get_study("lowres-kd-open", "demo").stages[0].cells(StudyState())[0]
+    teacher = get_study("lowres-kd-open", "demo").stages[0].cells[0]
     cells = [teacher, mo, so]
     searcher = CellSearcher(metric="val_auroc_mean", mode="max", seed=0)
     scheduler = CellScheduler(metric="val_auroc_mean", mode="max", grace_period=1,
@@ -179,14 +179,15 @@ def test_stage_chooses_the_pareto_front_best_first():
         _result("g", "open", 0.99, 1e5, error=RuntimeError("boom")),
         _result("t", "teacher_tiny", 0.60, 1e6),
     ]
-    cells = [open_cell(), get_study("lowres-kd-open", "demo").stages[0].cells(StudyState())[0]]
+    cells = [open_cell(), get_study("lowres-kd-open", "demo").stages[0].cells[0]]
     chosen = choose(results, metric="val_auroc_mean", cells=cells)
     ids = {key: r.metrics["trial_id"] for key, r in chosen.items()}
     assert ids == {"open": "c", front_key("open", 1): "c", front_key("open", 2): "b",
                    "teacher_tiny": "t"}  # fmt: skip
     state = StudyState(best={key: r.config for key, r in chosen.items()})
     assert state.front("open") == ["open-pareto1", "open-pareto2"]
-    final = get_study("lowres-kd-open", "demo").stages[2].cells(state)
+    (final_cell,) = get_study("lowres-kd-open", "demo").stages[2].cells
+    final = resolve(final_cell, state)
     assert [c.key for c in final] == ["open-pareto1", "open-pareto2"]
     # Single objective: no front, the best trial only, re-trained under the cell's own key.
     single = choose(results, metric="val_auroc_mean", cells=[open_cell(objectives=[MCCT])])
@@ -201,7 +202,7 @@ def tiny_open(monkeypatch):
     demo = lowres_open.PROFILES["demo"]
     grid = lowres.Grid(sizes=("tiny", "small"), factors=(2, 4), approaches=("vanilla", "mlcak"),
                        patch_size=8, depth=2)  # fmt: skip
-    tiny = dataclasses.replace(demo, grid={"grid": grid})
+    tiny = dataclasses.replace(demo, grid=grid)
     monkeypatch.setitem(lowres_open.PROFILES, "demo", tiny)
 
 
@@ -244,7 +245,8 @@ def test_open_multi_objective_run_retrains_the_pareto_front_and_writes_its_table
     assert final.groupby("cell").size().eq(2).all()  # two seeds each
     # The front's table and the dashboard's figure of it.
     tables = tmp_path / "runs" / "open" / "tables"
-    numbers = pd.read_csv(tables / "lowres_open_front.csv")
+    # Trial ids as text: pandas reads an id such as "71747e86" as the float 7.1747e+90.
+    numbers = pd.read_csv(tables / "lowres_open_front.csv", dtype={"search_trial": str})
     assert numbers["row"].tolist() == keys and numbers["n_seeds"].eq(2).all()
     assert set(numbers["search_trial"]) == set(front["trial_id"])
     text = (tables / "lowres_open_front.md").read_text()

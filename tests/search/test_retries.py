@@ -121,17 +121,15 @@ def counting_ray(node_tmp, tmp_path, monkeypatch):
 
 def _retry_probe(profile: Profile) -> Study:
     base = {**profile.fixed, "method": "cnn_baseline", "model": "cnn_baseline"}
-
-    def cells(state) -> list:
-        return [
-            FixedCell("nan", ({**base, "seed": NAN_SEED, "lr": 1e6},)),  # the loss turns NaN
-            FixedCell("crash", ({**base, "seed": CRASH_SEED},)),
-        ]
+    cells = [
+        FixedCell("nan", ({**base, "seed": NAN_SEED, "lr": 1e6},)),  # the loss turns NaN
+        FixedCell("crash", ({**base, "seed": CRASH_SEED},)),
+    ]
 
     # "final": a cell that chose nothing does not stop the study, so its report is written.
     stage = Stage("final", "final", cells, early_stopping=False)
     return Study(name=STUDY, task="binary", default_dataset="unused",
-                 default_import=("phantom", "pneumonia", {}), stages=[stage], tables=[],
+                 default_import=("phantom", "pneumonia", {}), stages=[stage],
                  profile=profile)  # fmt: skip
 
 

@@ -15,23 +15,23 @@ import pytest
 from test_export import check_export_and_predict
 from test_plan import assert_plan_matches_run
 
+import cxrkd
+from cxrkd.results.study_tables import study_tables
+from cxrkd.results.table_specs import registered
 from cxrkd.search.cli import main
 from cxrkd.search.run_state import RunOptions, read_run
 from cxrkd.search.study_options import study_with_options
 from cxrkd.search.subset import restrict_study, select_cells, study_cells
-from cxrkd.spaces.studies import StudyState, get_study
+from cxrkd.spaces.studies import StudyState, get_study, resolve
 
 
 def registered_teacher() -> str:
     """The table key of pneumonia-kd's registered teacher (a row the report may show)."""
-    import cxrkd.spaces.studies as studies
-
-    return getattr(studies, "REGISTERED_PREFIX", "registered:") + "resnet50_teacher"
+    return registered("resnet50_teacher")
 
 
-def _keys(study, state: StudyState | None = None) -> dict[str, list[str]]:
-    state = state or StudyState(placeholder=True)
-    return {s.name: [c.key for c in s.cells(state)] for s in study.stages if s.role != "final"}
+def _keys(study) -> dict[str, list[str]]:
+    return {s.name: [c.key for c in s.cells] for s in study.stages if s.role != "final"}
 
 
 def test_a_glob_selects_the_matching_cells_of_the_paper_grid():
@@ -46,9 +46,9 @@ def test_a_glob_selects_the_matching_cells_of_the_paper_grid():
         "search": [k for k in selection.matched if k != "teacher_tiny"],
     }
     # The tables keep the rows of the selected cells only (ViT-Tiny), every one of them.
-    tables = {t.stem: t for t in restricted.tables}
-    assert set(tables) == {t.stem for t in study.tables}
-    for full in study.tables:
+    tables = {t.stem: t for t in study_tables(restricted)}
+    assert set(tables) == {t.stem for t in study_tables(study)}
+    for full in study_tables(study):
         assert tables[full.stem].entries == [e for e in full.entries if "tiny" in e[2]]
     assert {row[0] for row, *_ in tables["lowres_table1"].entries} == {"ViT-Tiny"}
     assert len(tables["lowres_table2"].entries) == 4 * 2 * 3  # approaches x tasks x sizes
@@ -80,10 +80,10 @@ def test_the_final_stage_retrains_the_matched_cells_only():
         best={"resnet50_teacher": {"lr": 1.0}, "resnet18_kd": {"lr": 2.0}},
     )
     final = next(s for s in restricted.stages if s.role == "final")
-    (cell,) = final.cells(state)
+    ((cell,),) = [resolve(c, state) for c in final.cells]
     assert cell.key == "resnet18_kd" and [c["lr"] for c in cell.configs] == [2.0, 2.0]
-    (table,) = restricted.tables
-    (full,) = study.tables
+    (table,) = study_tables(restricted)
+    (full,) = study_tables(study)
     # The KD student's row, and the registered teacher it distilled from where the study
     # shows it (that teacher was trained); no row of a cell that did not run.
     assert table.rows == [
@@ -95,7 +95,7 @@ def test_the_final_stage_retrains_the_matched_cells_only():
     }
     assert not getattr(table, "baselines", {})  # its no-KD pair did not run: no paired test
     both = restrict_study(study, select_cells(study, ["resnet18_kd", "resnet18_finetuned"]))
-    assert getattr(both.tables[0], "baselines", None) in (
+    assert getattr(study_tables(both)[0], "baselines", None) in (
         None,
         {"resnet18_kd": "resnet18_finetuned"},
     )
@@ -156,7 +156,12 @@ def test_only_runs_the_matched_cell_and_its_teacher(tiny_store, tiny, tmp_path, 
     assert all(prov["versions"].values())
     assert prov["git"]["checkout"] is True and len(prov["git"]["commit"]) == 40
     # A resume keeps the subset: nothing is left to run, and the report has the same rows.
-    assert main(["search", "resume", str(run)]) == 0
+    # ... through the public API this time (cxrkd.resume is `search resume`), whose frames are
+    # the run's own.
+    assert cxrkd.resume(str(run)) == str(run)
+    api_trials, api_epochs = cxrkd.load_run(str(run))
+    assert sorted(api_trials["trial_id"]) == sorted(trials["trial_id"])
+    assert len(api_epochs) == len(pd.read_parquet(run / "epochs.parquet"))
     assert (tables / "pneumonia_kd.md").read_text().count("|") == md.count("|")
     assert len(pd.read_parquet(run / "trials.parquet")) == len(trials)
     resumed = json.loads(Path(run / "run.json").read_text())["resumed"]

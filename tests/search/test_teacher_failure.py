@@ -22,7 +22,7 @@ from trial_spy import Spy, install
 from cxrkd.results.frames import load_records
 from cxrkd.search.run_state import RunOptions
 from cxrkd.search.runner import resume_study, run_study
-from cxrkd.spaces.studies import STUDIES, FixedCell, Profile, Stage, Study
+from cxrkd.spaces.studies import STUDIES, FixedCell, Profile, Stage, Study, TeacherOf
 from cxrkd.trainables.errors import CxrkdError
 
 STUDY = "teacher-probe"
@@ -33,14 +33,10 @@ PROFILE = probe_profile(EPOCHS)
 def _study_factory(teacher_lr: float):
     def factory(profile: Profile) -> Study:
         base = {**profile.fixed, "model": "cnn_baseline"}
-
-        def teachers(state) -> list:
-            return [FixedCell("cnn_teacher", ({**base, "method": "cnn_baseline",
+        teachers = [FixedCell("cnn_teacher", ({**base, "method": "cnn_baseline",
                                                "lr": teacher_lr},))]  # fmt: skip
-
-        def students(state) -> list:
-            kd = {**base, "method": "kd_logit", "teacher_path": state.teacher("cnn_teacher")}
-            return [FixedCell("cnn_kd", (kd,))]
+        kd = {**base, "method": "kd_logit", "teacher_path": TeacherOf("cnn_teacher")}
+        students = [FixedCell("cnn_kd", (kd,))]
 
         return Study(
             name=STUDY,
@@ -51,7 +47,6 @@ def _study_factory(teacher_lr: float):
                 Stage("teacher", "teacher", teachers, early_stopping=False),
                 Stage("search", "search", students, early_stopping=False),
             ],
-            tables=[],
             profile=profile,
         )
 

@@ -8,7 +8,15 @@ import pytest
 
 from cxrkd.spaces import get_space, load_spaces
 from cxrkd.spaces.cell_space import CellSpace
-from cxrkd.spaces.studies import STUDIES, FixedCell, SearchCell, StudyState, get_study
+from cxrkd.spaces.studies import (
+    STUDIES,
+    FixedCell,
+    Role,
+    SearchCell,
+    StudyState,
+    get_study,
+    resolve,
+)
 from cxrkd.trainables.config import field_names, parse_config
 from cxrkd.trainables.errors import CxrkdError
 from cxrkd.trainables.methods import load_methods
@@ -72,15 +80,20 @@ def teacher_uri(key: str) -> str:
     return f"/runs/r1/teachers/{key}"
 
 
+def stage_cells(stage, state: StudyState) -> list:
+    """The stage's cells resolved against ``state`` (what the driver opens)."""
+    return [cell for ref in stage.cells for cell in resolve(ref, state)]
+
+
 def finished_state(study) -> StudyState:
     """The state the teacher and search stages leave: a registered teacher per teacher cell,
     and a chosen configuration (the cell's fixed values + a sampled one) per search cell."""
     state = StudyState()
     for stage in study.stages:
-        if stage.role == "final":
+        if stage.role == Role.FINAL:
             continue
-        for cell in stage.cells(state):
-            if stage.role == "teacher":
+        for cell in stage_cells(stage, state):
+            if stage.role == Role.TEACHER:
                 state.teachers[cell.key] = teacher_uri(cell.key)
             if isinstance(cell, SearchCell):
                 state.best[cell.key] = CellSpace(cell)(sampled_trials(1)[0])
@@ -95,7 +108,7 @@ def test_every_study_builds_and_every_cell_config_parses(name, profile):
     state = finished_state(study)
     assert state.teachers or not any(s.role == "teacher" for s in study.stages)
     for stage in study.stages:
-        cells = stage.cells(state)
+        cells = stage_cells(stage, state)
         assert cells, f"stage {stage.name!r} has no cells"
         keys = [cell.key for cell in cells]
         assert len(keys) == len(set(keys)), keys  # a cell key names one Optuna study
@@ -126,23 +139,28 @@ def test_every_study_builds_and_every_cell_config_parses(name, profile):
 
 @pytest.mark.parametrize("profile", PROFILES)
 def test_pneumonia_kd_final_stage_retrains_every_table_row(profile):
+    from cxrkd.results.study_tables import study_tables
+
     study = get_study("pneumonia-kd", profile)
     assert [s.role for s in study.stages] == ["teacher", "search", "final"]
-    final = study.stages[-1].cells(finished_state(study))
-    assert [cell.key for cell in final] == [key for key, _ in study.tables[0].rows]
+    final = stage_cells(study.stages[-1], finished_state(study))
+    (table,) = study_tables(study)
+    assert [cell.key for cell in final] == [key for key, _ in table.rows]
 
 
 @pytest.mark.parametrize("profile", PROFILES)
 def test_pneumonia_kd_table_names_real_cells_and_config_fields(profile):
+    from cxrkd.results.study_tables import study_tables
+
     study = get_study("pneumonia-kd", profile)
-    state = finished_state(study)
-    cells = {c.key: c for s in study.stages[:2] for c in s.cells(state)}
-    for row, _ in study.tables[0].rows:
+    (table,) = study_tables(study)
+    cells = {c.key: c for s in study.stages[:2] for c in s.cells}
+    for row, _ in table.rows:
         method = cells[row].fixed["method"]
         fields = field_names(load_methods()[method].config_cls) | field_names(
             parse_config({"method": method}).train
         )
-        assert set(study.tables[0].hyperparams[row]) <= fields, row
+        assert set(table.hyperparams[row]) <= fields, row
 
 
 def test_kd_cell_carries_the_registered_teacher():
@@ -150,7 +168,7 @@ def test_kd_cell_carries_the_registered_teacher():
     uri = "/runs/r1/teachers/0123456789abcdef0123"
     (kd,) = [
         c
-        for c in study.stages[1].cells(StudyState(teachers={"resnet50_teacher": uri}))
+        for c in stage_cells(study.stages[1], StudyState(teachers={"resnet50_teacher": uri}))
         if c.space == "kd_logit"
     ]
     assert parse_config(CellSpace(kd)(sampled_trials(1)[0])).method.teacher_path == uri
@@ -177,15 +195,15 @@ def test_demo_teachers_train_longer_than_students_unless_set_says_otherwise():
     from cxrkd.search.study_options import apply_overrides, study_with_options
 
     study = get_study("lowres-kd", "demo")
-    (teacher,) = study.stages[0].cells(StudyState())
-    student = study.stages[1].cells(StudyState(placeholder=True))[0]
+    (teacher,) = study.stages[0].cells
+    student = study.stages[1].cells[0]
     assert (teacher.fixed["epochs"], teacher.fixed["steps_per_epoch"]) == (6, 50)
     assert (student.fixed["epochs"], student.fixed["steps_per_epoch"]) == (4, 20)
     assert "4 epochs of 20 steps (teachers 6 epochs of 50 steps)" in study.profile.banner
     # --set epochs pins every cell, teachers included, and the caption says so.
     options = RunOptions(study="lowres-kd", profile="demo", overrides={"epochs": "2"})
     pinned = study_with_options(options)
-    (teacher,) = apply_overrides(pinned.stages[0].cells(StudyState()), {"epochs": 2})
+    (teacher,) = apply_overrides(list(pinned.stages[0].cells), {"epochs": 2})
     assert (teacher.fixed["epochs"], teacher.fixed["steps_per_epoch"]) == (2, 50)
     assert "2 epochs of 20 steps (teachers 2 epochs of 50 steps)" in pinned.profile.banner
 
@@ -201,8 +219,8 @@ def _lowres_cells(profile: str, img_size: int | None = None) -> dict[str, dict]:
     study = lowres.lowres_kd(prof)
     state = StudyState(teachers={k: f"/t/{k}" for k in ("teacher_tiny", "teacher_small",
                                                           "teacher_base")})  # fmt: skip
-    search = next(s for s in study.stages if s.role == "search")
-    return {c.key: c.fixed for c in search.cells(state)}
+    search = next(s for s in study.stages if s.role == Role.SEARCH)
+    return {c.key: c.fixed for c in stage_cells(search, state)}
 
 
 def test_lowres_resolutions_follow_the_input_size_at_the_papers_ratios():

@@ -1,7 +1,8 @@
 """``dkd`` (trainables/kd/dkd.py): the general DKD formula at C = 5 against two references
 written differently (numpy through the full softmax, and the official code's masking in
 torch) and against KL's decomposition; then its binary reduction: NCKD = 0, TCKD = the
-Bernoulli KL whatever the label, so on kd_vit's heads DKD is Hinton KD reweighted."""
+Bernoulli KL whatever the label, so on kd_vit's heads DKD is Hinton KD reweighted, and on
+kd_logit's one logit it is CE + alpha * TCKD (numpy reference; Hinton KD reparametrised)."""
 
 from __future__ import annotations
 
@@ -95,8 +96,8 @@ def test_on_binary_logits_nckd_vanishes_and_tckd_is_the_label_free_bernoulli_kl(
 def test_dkd_on_kd_vits_heads_is_vanilla_with_equal_head_weights_and_ignores_beta():
     rng = np.random.default_rng(8)
     heads = [tt(rng.normal(0, 2, s)) for s in [(4, 3), (4,), (4, 3), (4,)]]
-    out = get_kd("dkd").compute(*heads, alpha=0.8, beta=5.0, temperature=3.0)
-    same = get_kd("dkd").compute(*heads, alpha=0.8, beta=0.0, temperature=3.0)
+    out = get_kd("dkd").on("mtl").compute(*heads, alpha=0.8, beta=5.0, temperature=3.0)
+    same = get_kd("dkd").on("mtl").compute(*heads, alpha=0.8, beta=0.0, temperature=3.0)
     vanilla = vanilla_multitask_kd(*heads, alpha=0.8, beta=0.8, temperature=3.0)
     assert float(out["nckd_mlct"]) == float(out["nckd_mcct"]) == 0.0
     assert float(out["tckd_mlct"]) == pytest.approx(float(vanilla["kd_mlct"]), rel=1e-5)
@@ -117,6 +118,39 @@ def test_bad_dkd_inputs_are_refused():
         dkd_loss(s, s, torch.zeros(3, dtype=torch.long), alpha=1.0, beta=1.0, temperature=0)
     heads = [s, s[:, 0], s, s[:, 0]]
     with pytest.raises(LossError, match="'dkd' needs temperature"):
-        get_kd("dkd").compute(*heads, alpha=1.0, beta=1.0)
+        get_kd("dkd").on("mtl").compute(*heads, alpha=1.0, beta=1.0)
     with pytest.raises(LossError, match=r"s_mlct \(3, 4\) and t_mlct \(3, 2\) differ"):
-        get_kd("dkd").compute(s, s[:, 0], s[:, :2], s[:, 0], alpha=1, beta=1, temperature=2.0)
+        get_kd("dkd").on("mtl").compute(
+            s, s[:, 0], s[:, :2], s[:, 0], alpha=1, beta=1, temperature=2.0
+        )
+
+
+def test_binary_dkd_is_bce_plus_alpha_times_tckd_against_numpy():
+    rng = np.random.default_rng(9)
+    z_s, z_t = (rng.normal(0, 2, 7).astype(np.float32).astype(np.float64) for _ in range(2))
+    y = rng.integers(0, 2, 7).astype(np.float64)
+    out = get_kd("dkd").on("binary").compute(tt(z_s), tt(z_t), tt(y), alpha=1.5, temperature=3.0)
+    # numpy through the full two-class softmax over [0, z] and the label's class as target
+    tckd = []
+    for s_row, t_row, g in zip(z_s, z_t, y.astype(int), strict=True):
+        ps = np.exp([0.0, s_row / 3]) / np.exp([0.0, s_row / 3]).sum()
+        pt = np.exp([0.0, t_row / 3]) / np.exp([0.0, t_row / 3]).sum()
+        bs, bt = np.array([ps[g], 1 - ps[g]]), np.array([pt[g], 1 - pt[g]])
+        tckd.append(9 * np.sum(bt * np.log(bt / bs)))
+    p = 1 / (1 + np.exp(-z_s))
+    ce = -np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))
+    want = {"ce": ce, "tckd": np.mean(tckd), "loss": ce + 1.5 * np.mean(tckd)}
+    assert {k: float(v) for k, v in out.items()} == pytest.approx(want, rel=1e-5)
+
+
+def test_binary_dkd_is_hinton_reparametrised_and_refuses_beta():
+    rng = np.random.default_rng(10)
+    s, t, y = tt(rng.normal(0, 2, 6)), tt(rng.normal(0, 2, 6)), tt(rng.integers(0, 2, 6))
+    out = get_kd("dkd").on("binary").compute(s, t, y, alpha=3.0, temperature=2.0)
+    hinton = get_kd("hinton").on("binary").compute(s, t, y, alpha=0.25, temperature=2.0)
+    assert float(out["loss"]) == pytest.approx(4.0 * float(hinton["loss"]), rel=1e-5)
+    assert float(out["tckd"]) == pytest.approx(float(hinton["kd"]), rel=1e-5)
+    with pytest.raises(LossError, match="NCKD = 0 .* so beta must be None, got 1.0"):
+        get_kd("dkd").on("binary").compute(s, t, y, alpha=1.0, beta=1.0, temperature=2.0)
+    with pytest.raises(LossError, match=r"student \(6,\) and target \(5,\) differ"):
+        get_kd("dkd").on("binary").compute(s, t, y[:5], alpha=1.0, temperature=2.0)

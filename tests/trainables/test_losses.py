@@ -29,7 +29,7 @@ from cxrkd.trainables.losses import (
     multitask_bce,
 )
 
-KD_APPROACHES = {name: get_kd(name).compute for name in paper_approaches()}
+KD_APPROACHES = {name: get_kd(name).on("mtl").compute for name in paper_approaches()}
 
 LN3 = math.log(3.0)
 

@@ -16,7 +16,7 @@ from helpers import binary_bundle
 
 from cxrkd.search.cli import main
 from cxrkd.spaces.cell_space import CellSpace
-from cxrkd.spaces.studies import SearchCell, StudyState, get_study
+from cxrkd.spaces.studies import SearchCell, get_study
 from cxrkd.trainables import phantom_backbones as pb
 from cxrkd.trainables.config import parse_config
 from cxrkd.trainables.context import TrialContext
@@ -51,11 +51,10 @@ def small_recipe(monkeypatch):
 
 def demo_cells() -> dict[str, dict]:
     study = get_study("pneumonia-kd", "demo")
-    state = StudyState(placeholder=True)
     return {
         cell.key: cell.fixed
         for stage in study.stages[:2]
-        for cell in stage.cells(state)
+        for cell in stage.cells
         if isinstance(cell, SearchCell)
     }
 

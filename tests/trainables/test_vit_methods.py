@@ -35,14 +35,14 @@ BATCH = 8
 VIT = TINY_VIT  # 32 px in 8-px patches (a 4 x 4 grid), 2 blocks
 TEACHER = TEACHERS["multilabel"]
 STUDENT = {**TINY, **VIT, "method": "kd_vit", "low_res": 8}
-APPROACHES = list(kd_names())  # the paper's four, fitnets, dkd, and any added file
+APPROACHES = list(kd_names("mtl"))  # the paper's four, fitnets, dkd, and any added file
 FEATURE = [a for a in APPROACHES if get_kd(a).blocks is not None]
 MULTILABEL = sorted(m for m, e in load_methods().items() if "multilabel" in e.tasks)
 
 
 def uses(approach: str, *, gamma: float = 0.5, temperature: float = 2.0) -> dict:
     """The weight without a default that the approach reads, set."""
-    params = get_kd(approach).params
+    params = get_kd(approach).on("mtl").params
     return {"temperature": temperature} if "temperature" in params else {"gamma": gamma}
 
 
@@ -260,7 +260,7 @@ def first_step(flat: dict, data: DataBundle, keep) -> dict:
     return reporter.rows[0]
 
 
-@pytest.mark.parametrize("approach", [a for a in APPROACHES if get_kd(a).cacheable])
+@pytest.mark.parametrize("approach", [a for a in APPROACHES if get_kd(a).on("mtl").cacheable])
 def test_cached_targets_give_the_online_teachers_loss(approach, data, teacher_uri):
     flat = {**kd(approach), "teacher_path": teacher_uri}
     task = build(flat, data).train()

@@ -21,7 +21,7 @@ from weights_fixture import ALLOW_RANDOM_ENV, make_weights_dir
 
 from cxrkd.search.cli import main
 from cxrkd.spaces.cell_space import CellSpace
-from cxrkd.spaces.studies import SearchCell, StudyState, get_study
+from cxrkd.spaces.studies import SearchCell, get_study
 from cxrkd.trainables import weights
 from cxrkd.trainables.config import parse_config
 from cxrkd.trainables.context import TrialContext
@@ -93,7 +93,7 @@ def paper_trial_config(model: str, folder) -> dict:
     for stage in study.stages:
         if stage.role == "final":
             continue
-        for cell in stage.cells(StudyState(placeholder=True)):
+        for cell in stage.cells:
             f = cell.fixed if isinstance(cell, SearchCell) else {}
             if f.get("model") == wanted and f.get("pretrained") and "teacher_path" not in f:
                 flat = CellSpace(cell)(optuna.create_study().ask())

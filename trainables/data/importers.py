@@ -58,6 +58,18 @@ IMPORTERS: dict[str, Importer] = {
             "cxrkd.trainables.data.medmnist:plan_medmnist",
             "a MedMNIST .npz file (PneumoniaMNIST or ChestMNIST, any size)",
         ),
+        Importer(
+            "folder",
+            "cxrkd.trainables.data.folder:plan_folder",
+            "a folder of two class sub-folders (PNG/JPEG/DICOM), optionally under "
+            "train/, val/, test/: a binary dataset",
+        ),
+        Importer(
+            "csv",
+            "cxrkd.trainables.data.csv_import:plan_csv",
+            "a CSV of image paths (under --image-root) and 0/1 label columns, optional "
+            "patient_id and split columns: binary (one label) or multi-label",
+        ),
     )
 }
 

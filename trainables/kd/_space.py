@@ -1,10 +1,12 @@
 """Search-space pieces shared by the KD losses' fragments (``KDLoss.space``).
 
-Pure functions of an optuna-like ``trial`` (no optuna import): ``spaces/kd_vit.py`` calls a
-loss's fragment after ``kd_approach``. One parameter name keeps one distribution kind and
-log flag across losses, because ``lowres-kd-open`` draws every approach in ONE Optuna study,
-whose storage refuses a name seen uniform in one trial and log-uniform in another. Ranges
-(the MLCAK paper gives no values):
+Pure functions of an optuna-like ``trial`` (no optuna import): ``spaces/kd_vit.py`` and
+``spaces/kd_logit.py`` call a loss's fragment after ``kd_approach``. One parameter name keeps
+one distribution kind and log flag across losses and layouts, because ``lowres-kd-open``
+draws every approach in ONE Optuna study, whose storage refuses a name seen uniform in one
+trial and log-uniform in another (a range may differ: hinton's alpha is in [0, 1]). Ranges
+of the ``mtl`` fragments (the MLCAK paper gives no values; the ``binary`` ones are in their
+loss modules):
 
 - ``alpha``, ``beta`` (logit terms) uniform in [0, 2]: the paper adds them to the BCE terms
   with weights of order 1; 0 lets the search switch a term off.

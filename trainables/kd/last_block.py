@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from torch import Tensor
 
-from cxrkd.trainables.kd import Blocks, register_kd
+from cxrkd.trainables.kd import Blocks, Variant, register_kd
 from cxrkd.trainables.kd._space import feature_space
 from cxrkd.trainables.losses import block_list, feature_kd, feature_mse
 
@@ -29,11 +29,12 @@ def last_block_loss(hs_student: Sequence[Tensor], hs_teacher: Sequence[Tensor]) 
     )
 
 
-last_block_kd = register_kd(
+last_block_kd = feature_kd("last_block", last_block_loss)
+register_kd(
     "last_block",
-    params=("alpha", "beta", "gamma"),
-    space=feature_space,
+    label="Last block",
     blocks=LAST,
     order=1,
     in_paper=True,
-)(feature_kd("last_block", last_block_loss))
+    mtl=Variant(last_block_kd, params=("alpha", "beta", "gamma"), space=feature_space),
+)

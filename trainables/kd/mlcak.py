@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from torch import Tensor
 
-from cxrkd.trainables.kd import Blocks, register_kd
+from cxrkd.trainables.kd import Blocks, Variant, register_kd
 from cxrkd.trainables.kd._space import feature_space
 from cxrkd.trainables.losses import LossError, block_list, feature_kd, feature_mse
 
@@ -44,11 +44,12 @@ def mlcak_loss(hs_student: Sequence[Tensor], hs_teacher: Sequence[Tensor]) -> Te
     return feature_mse(_block_mean("hs_student", hs_student), _block_mean("hs_teacher", hs_teacher))
 
 
-mlcak_kd = register_kd(
+mlcak_kd = feature_kd("mlcak", mlcak_loss)
+register_kd(
     "mlcak",
-    params=("alpha", "beta", "gamma"),
-    space=feature_space,
+    label="MLCAK (block mean)",
     blocks=MEAN,
     order=3,
     in_paper=True,
-)(feature_kd("mlcak", mlcak_loss))
+    mtl=Variant(mlcak_kd, params=("alpha", "beta", "gamma"), space=feature_space),
+)

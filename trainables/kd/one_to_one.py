@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from cxrkd.trainables.kd import Blocks, register_kd
+from cxrkd.trainables.kd import Blocks, Variant, register_kd
 from cxrkd.trainables.kd._space import feature_space
 from cxrkd.trainables.losses import LossError, block_list, feature_kd, feature_mse
 
@@ -35,11 +35,12 @@ def one_to_one_loss(hs_student: Sequence[Tensor], hs_teacher: Sequence[Tensor]) 
     return torch.stack([feature_mse(s, t) for s, t in zip(hs_s, hs_t, strict=True)]).mean()
 
 
-one_to_one_kd = register_kd(
+one_to_one_kd = feature_kd("one_to_one", one_to_one_loss)
+register_kd(
     "one_to_one",
-    params=("alpha", "beta", "gamma"),
-    space=feature_space,
+    label="One-to-one blocks",
     blocks=EVERY,
     order=2,
     in_paper=True,
-)(feature_kd("one_to_one", one_to_one_loss))
+    mtl=Variant(one_to_one_kd, params=("alpha", "beta", "gamma"), space=feature_space),
+)

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from torch import Tensor
 
-from cxrkd.trainables.kd import register_kd
+from cxrkd.trainables.kd import Variant, register_kd
 from cxrkd.trainables.kd._space import suggest_alpha, suggest_beta, suggest_temperature
 from cxrkd.trainables.losses import (
     bernoulli_kl,
@@ -27,9 +27,6 @@ def space(trial) -> dict:
     return {"alpha": alpha, "beta": beta, "temperature": suggest_temperature(trial)}
 
 
-@register_kd(
-    "vanilla", params=("alpha", "beta", "temperature"), space=space, order=0, in_paper=True
-)
 def vanilla_multitask_kd(
     s_mlct: Tensor,
     s_mcct: Tensor,
@@ -59,3 +56,12 @@ def vanilla_multitask_kd(
     kd_mlct = bernoulli_kl(s_mlct, t_mlct, temperature).mean() * temperature**2
     kd_mcct = bernoulli_kl(s, t, temperature).mean() * temperature**2
     return {"loss": alpha * kd_mlct + beta * kd_mcct, "kd_mlct": kd_mlct, "kd_mcct": kd_mcct}
+
+
+register_kd(
+    "vanilla",
+    label="Vanilla KD",
+    order=0,
+    in_paper=True,
+    mtl=Variant(vanilla_multitask_kd, params=("alpha", "beta", "temperature"), space=space),
+)

@@ -4,12 +4,12 @@ A frozen high-resolution ``vit_mtl`` teacher sees the "teacher" view (the high-r
 image in the teacher's own normalisation); the student sees the low-resolution view of the
 same (augmented) image, "lr", in its own. ``loss = cls + kd`` (paper eq. 3):
 ``cls = BCE(MLCT) + BCE(MCCT)`` and ``kd`` the loss registered as ``kd_approach`` in
-:mod:`trainables.kd`, one module each: the MLCAK paper's four approaches of its Table 2
-(``vanilla``, ``last_block``, ``one_to_one``, ``mlcak``) and others (``fitnets``, ``dkd``).
-This module never names one: it hands each the block outputs its :class:`trainables.kd.Blocks`
-picks (none for a logits-only loss) and the weights it reads.
+:mod:`trainables.kd` for the ``mtl`` head layout, one module each: the MLCAK paper's four
+approaches of its Table 2 (``vanilla``, ``last_block``, ``one_to_one``, ``mlcak``) and others
+(``fitnets``, ``dkd``). This module never names one: it hands each the block outputs its
+:class:`trainables.kd.Blocks` picks (none for a logits-only loss) and the weights it reads.
 
-Only the weights the loss declares (``KDLoss.params``) may be set among those without a
+Only the weights the loss declares (``Variant.params``) may be set among those without a
 default, ``gamma`` and ``temperature``; the others stay None (``validate`` refuses a
 set-but-unused value, ``build`` a missing one).
 
@@ -50,7 +50,15 @@ from cxrkd.trainables import teachers
 from cxrkd.trainables.config import ConfigError, TrialConfig
 from cxrkd.trainables.context import TeacherOutputs
 from cxrkd.trainables.data.augment import Pipeline
-from cxrkd.trainables.kd import WEIGHTS, Blocks, get_kd, kd_names
+from cxrkd.trainables.kd import (
+    LAYOUTS,
+    WEIGHTS,
+    Blocks,
+    check_approach,
+    get_kd,
+    kd_names,
+    use_teacher_cache,
+)
 from cxrkd.trainables.methods import register_method
 from cxrkd.trainables.methods.vit_mtl import (
     MultiTaskTask,
@@ -66,11 +74,12 @@ from cxrkd.trainables.vit import FeatureAdapter, MultiTaskViT
 
 # Host memory one trial may spend on cached teacher targets before `auto` runs it online.
 CACHE_BUDGET_BYTES = 2 * 2**30
+LAYOUT = "mtl"  # the heads of trainables.kd's losses this method takes: MLCT and MCCT
 
 
 @dataclass(frozen=True)
 class KDViTConfig(ViTMTLConfig):  # + low_res (the student's, > 0), patch_size, depth, dropout
-    kd_approach: str = "mlcak"  # a registered KD loss (trainables.kd), e.g. vanilla | mlcak
+    kd_approach: str = LAYOUTS[LAYOUT].default  # a KD loss of layout mtl: mlcak | vanilla ...
     # The KD weights; what each means is the loss's (its module in trainables/kd).
     alpha: float = 1.0  # MLCT logit term (dkd: TCKD)
     beta: float = 1.0  # MCCT logit term (dkd: NCKD)
@@ -82,10 +91,7 @@ class KDViTConfig(ViTMTLConfig):  # + low_res (the student's, > 0), patch_size, 
 
     def validate(self) -> None:
         super().validate()
-        if self.kd_approach not in kd_names():
-            raise ConfigError(
-                f"bad value kd_approach={self.kd_approach!r}: expected one of {list(kd_names())}"
-            )
+        uses = check_approach(LAYOUT, self.kd_approach).params
         for name in ("alpha", "beta", "gamma"):
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value >= 0):
@@ -94,7 +100,6 @@ class KDViTConfig(ViTMTLConfig):  # + low_res (the student's, > 0), patch_size, 
                 )
         if self.temperature is not None and not self.temperature > 0:
             raise ConfigError(f"bad value temperature={self.temperature!r}: expected > 0")
-        uses = get_kd(self.kd_approach).params
         for unused in (name for name in optional_weights() if name not in uses):
             if getattr(self, unused) is not None:
                 raise ConfigError(
@@ -111,7 +116,7 @@ class KDViTConfig(ViTMTLConfig):  # + low_res (the student's, > 0), patch_size, 
     def needed(self) -> tuple[str, ...]:
         """The weights without a default that the approach reads (the search space sets them):
         gamma or temperature."""
-        uses = get_kd(self.kd_approach).params
+        uses = get_kd(self.kd_approach).on(LAYOUT).params
         return tuple(name for name in optional_weights() if name in uses)
 
 
@@ -164,7 +169,7 @@ class ViTKDTask(MultiTaskTask):
         super().__init__(student, info, low_res=cfg.low_res, normalization=normalization)
         self.teacher = teacher
         self.teacher_normalization = tuple(teacher_normalization)
-        self.kd = get_kd(cfg.kd_approach)
+        self.kd = get_kd(cfg.kd_approach).on(LAYOUT)
         self.blocks = self.kd.blocks
         self.weights = {"alpha": cfg.alpha, "beta": cfg.beta, "gamma": cfg.gamma}
         self.weights["temperature"] = cfg.temperature
@@ -252,7 +257,8 @@ def check_teacher(cfg: TrialConfig, teacher: nn.Module, student: MultiTaskViT) -
         raise ConfigError(f"teacher {uri} is a {type(teacher).__name__}; kd_vit distils {wanted}")
     kd = get_kd(cfg.method.kd_approach)
     if kd.blocks is not None and kd.blocks.every_block and teacher.depth != student.depth:
-        others = [n for n in kd_names() if get_kd(n).blocks and not get_kd(n).blocks.every_block]
+        one_target = [get_kd(n) for n in kd_names(LAYOUT) if get_kd(n).blocks]
+        others = [k.name for k in one_target if not k.blocks.every_block]
         raise ConfigError(
             f"{kd.name} pairs block i with block i, but the teacher has {teacher.depth} blocks "
             f"and the student {student.depth}; use models of equal depth, or a kd_approach "
@@ -263,17 +269,7 @@ def check_teacher(cfg: TrialConfig, teacher: nn.Module, student: MultiTaskViT) -
 def cache_mode(cfg: TrialConfig, task: ViTKDTask, n_train: int) -> bool:
     """Whether the teacher's targets are cached (True) or computed online (False)."""
     m = cfg.method
-    if m.teacher_cache == "on" and cfg.train.augment:
-        raise ConfigError(
-            "teacher_cache=on needs augment=false (cached targets are for un-augmented images); "
-            "use teacher_cache=auto to run the teacher online when augmenting"
-        )
-    if m.teacher_cache == "on" and not task.kd.cacheable:
-        raise ConfigError(
-            f"teacher_cache=on cannot cache {task.kd.name}'s targets: every block's tokens of "
-            "every image (N x the mlcak cache); use teacher_cache=auto or off (teacher online)"
-        )
-    if m.teacher_cache == "off" or cfg.train.augment or not task.kd.cacheable:
+    if not use_teacher_cache(task.kd, teacher_cache=m.teacher_cache, augment=cfg.train.augment):
         return False
     if task.blocks and m.teacher_cache == "auto":
         teacher = task.teacher
