@@ -11,15 +11,9 @@ from collections.abc import Callable
 
 from cxrkd.trainables.registry import Registry
 
-_MODULES = (
-    "cxrkd.spaces.cnn_baseline",
-    "cxrkd.spaces.transfer",
-    "cxrkd.spaces.kd_logit",
-    "cxrkd.spaces.vit_mtl",
-    "cxrkd.spaces.kd_vit",
-)
-
-SPACES: Registry[Callable] = Registry("space", _MODULES)
+# Every module of this package (not starting with "_") is imported on the first lookup: a
+# space or a study is added by adding its file.
+SPACES: Registry[Callable] = Registry("space", package=__name__)
 
 
 def register_space(name: str) -> Callable:

@@ -259,14 +259,7 @@ def _check_references(study: Study) -> None:
 StudyFactory = Callable[[Profile], Study]
 # name -> (factory, profiles); studies register themselves in their modules
 STUDIES: Registry[tuple[StudyFactory, dict[str, Profile]]] = Registry(
-    "study",
-    (
-        "cxrkd.spaces.pneumonia_kd",
-        "cxrkd.spaces.lowres_kd",
-        "cxrkd.spaces.lowres_open",
-        "cxrkd.spaces.pneumonia_open",
-    ),
-    plural="studies",
+    "study", package="cxrkd.spaces", plural="studies"
 )
 
 

@@ -1,8 +1,8 @@
 """The method registry: one name keys a method here and its space in ``spaces``.
 
 A method is a config dataclass (its own searchable fields) plus ``build(cfg, info, ctx)`` that
-returns a :class:`trainables.task.Task`. Adding a method means one new module here, one space
-in ``spaces``, and its import in :data:`_MODULES`.
+returns a :class:`trainables.task.Task`. Adding a method means one new module here and one
+space in ``spaces``; both are found by file (no list to edit).
 """
 
 from __future__ import annotations
@@ -11,14 +11,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from cxrkd.trainables.registry import Registry
-
-_MODULES = (
-    "cxrkd.trainables.methods.cnn_baseline",
-    "cxrkd.trainables.methods.transfer",
-    "cxrkd.trainables.methods.kd_logit",
-    "cxrkd.trainables.methods.vit_mtl",
-    "cxrkd.trainables.methods.kd_vit",
-)
 
 
 @dataclass(frozen=True)
@@ -30,7 +22,8 @@ class Method:
     needs_teacher: bool = False
 
 
-METHODS: Registry[Method] = Registry("method", _MODULES)
+# Every module of this package (not starting with "_") is imported on the first lookup.
+METHODS: Registry[Method] = Registry("method", package=__name__)
 
 
 def register_method(
