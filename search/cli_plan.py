@@ -174,8 +174,9 @@ def format_plan(plan: dict) -> str:
     out.append("")
     out.append(_total_line("total", plan["totals"]))
     out.append(
-        "not counted: node start-up, checkpoint uploads, the driver's and head node's "
-        "time, idle workers at the end of a stage, teacher caches (computed once)"
+        "wall: each cell starts when the cells it needs are done, as the driver runs them "
+        "(a stage's own wall assumes it ran alone); not counted: node start-up, checkpoint "
+        "uploads, the driver's and head node's time, teacher caches (computed once)"
     )
     return "\n".join(out)
 

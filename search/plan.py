@@ -12,7 +12,13 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from cxrkd.search.plan_costs import STARTUP_S, Rates, add_costs, dataset_images
+from cxrkd.search.plan_costs import (
+    STARTUP_S,
+    Rates,
+    add_costs,
+    dataset_images,
+    study_makespan,
+)
 from cxrkd.search.plan_counts import CASES, StagePlan, plan_counts
 from cxrkd.search.plan_throughput import ThroughputTable, probe_table
 from cxrkd.search.run_state import RunOptions
@@ -51,6 +57,8 @@ def build_plan(
     rates = Rates(table, kind)
     add_costs(stages, images, rates, workers=workers, price=usd)
     totals = {case: _sum_totals([s.totals[case] for s in stages]) for case in CASES}
+    for case in CASES:  # cells start when what they need is done, not at a stage's end
+        totals[case]["wall_hours"] = round(study_makespan(stages, case, workers) / 3600, 3)
     return {
         "study": study.name,
         "profile": study.profile.name,

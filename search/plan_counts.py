@@ -58,6 +58,9 @@ class CellPlan:
     per_trial: dict = field(default_factory=dict, repr=False)  # case -> epochs of each trial
     # What its trials may run, for the cost: (config, its online teacher's config or None).
     configs: list = field(default_factory=list, repr=False)
+    # The planned cells it waits for (its teacher cell, the cell whose choice it re-trains):
+    # the driver starts it as soon as they are done (search.dependencies), not at a stage end.
+    needs: tuple[str, ...] = ()
 
 
 @dataclass
@@ -118,9 +121,15 @@ def plan_counts(study: Study, overrides: dict) -> list[StagePlan]:
     state = StudyState()  # what the cells choose: filled below, as the runner does
     searched: dict[str, SearchCell] = {}
     stages: list[StagePlan] = []
+    planned: set[str] = set()
     for stage in study.stages:
-        cells = [r for c in stage.cells
-                 for r in (resolve(c, state) if isinstance(c, FinalCell) else (c,))]  # fmt: skip
+        chosen_of: dict[str, str] = {}  # a resolved final cell -> the cell it re-trains
+        cells = []
+        for c in stage.cells:
+            for r in resolve(c, state) if isinstance(c, FinalCell) else (c,):
+                cells.append(r)
+                if isinstance(c, FinalCell):
+                    chosen_of[r.key] = c.of
         cells = apply_overrides(cells, overrides)
         if not cells:  # --only selected none: the runner skips the stage
             continue
@@ -128,6 +137,11 @@ def plan_counts(study: Study, overrides: dict) -> list[StagePlan]:
         plans = [
             _cell_plan(study, stage.early_stopping, c, max_t, searched, state.best) for c in cells
         ]
+        for plan, cell in zip(plans, cells, strict=True):
+            waits = (*cell.teachers, *((chosen_of[cell.key],) if cell.key in chosen_of else ()))
+            # A cell --only left out (or a teacher pinned by --set) is not waited for.
+            plan.needs = tuple(k for k in dict.fromkeys(waits) if k in planned)
+        planned.update(c.key for c in cells)
         for cell in cells:
             if isinstance(cell, SearchCell):
                 searched[cell.key] = cell
