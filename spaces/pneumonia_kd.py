@@ -71,22 +71,34 @@ TEACHER = "resnet50_teacher"
 FINAL = ("baseline_cnn", "resnet18_finetuned", "resnet18_frozen", TEACHER, "resnet18_kd")
 
 
+def teacher_cell(profile: Profile) -> SearchCell:
+    """The fine-tuned ResNet-50 teacher's cell (pneumonia-kd-open has the same one, so runs of
+    both studies on one storage share the registered teacher)."""
+    fixed = {**profile.fixed, **profile.teacher_fixed, "method": "transfer",
+             "model": "resnet50", "freeze": False}  # fmt: skip
+    return SearchCell(TEACHER, "transfer", fixed, profile.teacher_samples, profile.bounds)
+
+
+def kd_student(profile: Profile) -> dict:
+    """What the ResNet-18 KD student's cell fixes (its KD loss: kd_logit's default, hinton)."""
+    return {**profile.fixed, "method": "kd_logit", "model": "resnet18",
+            "teacher_path": TeacherOf(TEACHER)}  # fmt: skip
+
+
 @register_study("pneumonia-kd", PROFILES)
 def pneumonia_kd(profile: Profile) -> Study:
     base = dict(profile.fixed)
     n, b = profile.samples, profile.bounds
-    teacher = {**base, **profile.teacher_fixed, "method": "transfer", "model": "resnet50",
-               "freeze": False}  # fmt: skip
     cnn = {**base, "method": "cnn_baseline", "model": "cnn_baseline", "pretrained": False}
     tl = {**base, "method": "transfer", "model": "resnet18"}
-    kd = {**base, "method": "kd_logit", "model": "resnet18", "teacher_path": TeacherOf(TEACHER)}
+    kd = kd_student(profile)
     return Study(
         name="pneumonia-kd",
         task="binary",
         default_dataset="phantom-pneumonia",
         default_import=("phantom", "pneumonia", {}),
         stages=kd_stages(
-            [SearchCell(TEACHER, "transfer", teacher, profile.teacher_samples, b)],
+            [teacher_cell(profile)],
             [
                 SearchCell("baseline_cnn", "cnn_baseline", cnn, n, b),
                 SearchCell("resnet18_finetuned", "transfer", {**tl, "freeze": False}, n, b),

@@ -13,12 +13,11 @@ tested. Its table (one row per cell, labels from the registry) is
 
 from __future__ import annotations
 
-from cxrkd.spaces.pneumonia_kd import PROFILES, TEACHER
+from cxrkd.spaces.pneumonia_kd import PROFILES, TEACHER, kd_student, teacher_cell
 from cxrkd.spaces.studies import (
     Profile,
     SearchCell,
     Study,
-    TeacherOf,
     final_cells,
     kd_stages,
     register_study,
@@ -34,13 +33,9 @@ def kd_key(approach: str) -> str:
 
 @register_study("pneumonia-kd-open", PROFILES)
 def pneumonia_kd_open(profile: Profile) -> Study:
-    base = dict(profile.fixed)
     n, b = profile.samples, profile.bounds
-    # pneumonia-kd's teacher cell, value for value: one registered teacher for both studies.
-    teacher = {**base, **profile.teacher_fixed, "method": "transfer", "model": "resnet50",
-               "freeze": False}  # fmt: skip
-    tl = {**base, "method": "transfer", "model": "resnet18", "freeze": False}
-    kd = {**base, "method": "kd_logit", "model": "resnet18", "teacher_path": TeacherOf(TEACHER)}
+    tl = {**profile.fixed, "method": "transfer", "model": "resnet18", "freeze": False}
+    kd = kd_student(profile)
     approaches = kd_names(layout_of("kd_logit"))
     students = [SearchCell(BASELINE, "transfer", tl, n, b)] + [
         SearchCell(kd_key(a), "kd_logit", {**kd, "kd_approach": a}, n, b) for a in approaches
@@ -51,7 +46,7 @@ def pneumonia_kd_open(profile: Profile) -> Study:
         default_dataset="phantom-pneumonia",
         default_import=("phantom", "pneumonia", {}),
         stages=kd_stages(
-            [SearchCell(TEACHER, "transfer", teacher, profile.teacher_samples, b)],
+            [teacher_cell(profile)],  # pneumonia-kd's, value for value
             students,
             final_cells([TEACHER, *(c.key for c in students)], profile.seeds),
         ),
