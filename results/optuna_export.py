@@ -154,27 +154,34 @@ def frozen_trials(
     } if metric in epochs else {}  # fmt: skip
     out = []
     for _, row in group.assign(_order=trial_order(group)).sort_values("_order").iterrows():
-        state = _STATES.get(row["status"], TrialState.RUNNING)
-        value = pd.to_numeric(row.get(metric), errors="coerce")
-        finite = value is not None and np.isfinite(value)
-        if state in (TrialState.COMPLETE, TrialState.PRUNED) and not finite:
-            state = TrialState.FAIL  # what Tune's OptunaSearch tells for a missing metric
-        params, used = _params(row, dists)
-        curve = {k: float(v) for k, v in curves.get(row["trial_id"], {}).items() if np.isfinite(v)}
-        attrs = {"trial_id": str(row["trial_id"]), "status": str(row["status"])}
-        if isinstance(row.get("error"), str):
-            attrs["error"] = row["error"]
-        out.append(
-            create_trial(
-                state=state,
-                value=float(value) if state in (TrialState.COMPLETE, TrialState.PRUNED) else None,
-                params=params,
-                distributions=used,
-                user_attrs=attrs,
-                intermediate_values=curve,
-            )
-        )
+        curve = curves.get(row["trial_id"], {})
+        out.append(create_trial(**trial_fields(row, curve, dists=dists, metric=metric)))
     return out
+
+
+def trial_fields(
+    row: Mapping, curve: Mapping[int, float], *, dists: Distributions, metric: str
+) -> dict:
+    """One trial's records row (``status``, ``config/*``, ``metric``, ``error``) and its
+    per-epoch ``metric`` as ``optuna.trial.create_trial``'s arguments; the live mirror
+    (``search.optuna_live``) writes the same ones while the run goes."""
+    state = _STATES.get(row["status"], TrialState.RUNNING)
+    value = pd.to_numeric(row.get(metric), errors="coerce")
+    finite = value is not None and bool(np.isfinite(value))
+    if state in (TrialState.COMPLETE, TrialState.PRUNED) and not finite:
+        state = TrialState.FAIL  # what Tune's OptunaSearch tells for a missing metric
+    params, used = _params(row, dists)
+    attrs = {"trial_id": str(row["trial_id"]), "status": str(row["status"])}
+    if isinstance(row.get("error"), str):
+        attrs["error"] = row["error"]
+    return {
+        "state": state,
+        "value": float(value) if state in (TrialState.COMPLETE, TrialState.PRUNED) else None,
+        "params": params,
+        "distributions": used,
+        "user_attrs": attrs,
+        "intermediate_values": {int(k): float(v) for k, v in curve.items() if np.isfinite(v)},
+    }
 
 
 def cell_studies(

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from cxrkd.results.table_specs import REGISTERED_PREFIX, Spec, restrict_spec
+from cxrkd.results.tables_file import file_tables, follow_models
 from cxrkd.spaces.studies import Role, Study
 from cxrkd.trainables.registry import Registry
 
@@ -40,7 +41,8 @@ def study_tables(study: Study) -> list[Spec]:
     """The tables of ``study`` (none for a study without registered tables), each with the
     rows of the cells the study runs: its final stage's cells, and the registered teachers of
     its teacher stages."""
-    make = STUDY_TABLES.all().get(study.name)
+    specs = file_tables(study.name)  # a study read from a file has the file's tables
+    make = STUDY_TABLES.all().get(study.name) if specs is None else lambda _: specs
     if make is None:
         return []
     finals = {c.key for s in study.stages if s.role == Role.FINAL for c in s.cells}
@@ -51,4 +53,5 @@ def study_tables(study: Study) -> list[Spec]:
             return key.removeprefix(REGISTERED_PREFIX) in teachers
         return key in finals
 
-    return [t for t in (restrict_spec(spec, ran) for spec in make(study)) if t is not None]
+    specs = follow_models(make(study), study)  # labels name the model each row trained
+    return [t for t in (restrict_spec(spec, ran) for spec in specs) if t is not None]

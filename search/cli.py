@@ -21,8 +21,10 @@ def cxrkd_version() -> str:
 def build_parser() -> argparse.ArgumentParser:
     from cxrkd.search.cli_data import add_data_commands
     from cxrkd.search.cli_export import add_export_commands
+    from cxrkd.search.cli_plugins import add_plugins_command
     from cxrkd.search.cli_report import add_report_commands
     from cxrkd.search.cli_search import add_search_commands
+    from cxrkd.search.cli_study import add_study_commands
 
     parser = argparse.ArgumentParser(
         prog="cxrkd",
@@ -35,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_search_commands(sub)
     add_report_commands(sub)
     add_export_commands(sub)
+    add_plugins_command(sub)
+    add_study_commands(sub)
     return parser
 
 

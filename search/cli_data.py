@@ -95,7 +95,8 @@ def add_data_commands(sub: argparse._SubParsersAction) -> None:
         p.add_argument(
             "--exist-ok", action="store_true", help="reuse a store of that name if identical"
         )
-        dests = [p.add_argument(*flags, **kwargs).dest for flags, kwargs in KIND_OPTIONS[kind]]
+        options = KIND_OPTIONS.get(kind, [])  # a plugin's importer: the common options
+        dests = [p.add_argument(*flags, **kwargs).dest for flags, kwargs in options]
         p.set_defaults(func=cmd_import, kind_options=dests)
 
     p = dsub.add_parser("list", help="list imported datasets")

@@ -45,6 +45,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from cxrkd.results.frames import compact_records, load_raw_records, repeated_epochs
     from cxrkd.results.optuna_export import OPTUNA_DB
     from cxrkd.results.report import write_report
+    from cxrkd.search.optuna_live import live_url, shown
     from cxrkd.search.run_state import RunOptions, read_run, run_uri_of
     from cxrkd.search.study_options import study_with_options
     from cxrkd.trainables import storage
@@ -71,5 +72,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     print(f"tables     {tables}")
     print(f"dashboard  {storage.join(out, DASHBOARD)}")
     print(f"optuna     {db}  (open: optuna-dashboard sqlite:///{db})")
+    live = live_url(options.optuna_storage, run_uri)
+    gone = live is not None and live.startswith("sqlite:///") and not storage.exists(live[10:])
+    if live is not None and not gone:  # the driver's live mirror (search.optuna_live)
+        print(f"live       {shown(live)}  (open: optuna-dashboard {shown(live)})")
     print(f"written in {time.perf_counter() - started:.1f} s", file=sys.stderr)
     return 0

@@ -39,6 +39,26 @@ def studies_epilog() -> str:
     return "\n".join(lines)
 
 
+def add_watch_options(p: argparse.ArgumentParser, *, resume: bool = False) -> None:
+    """``--optuna-storage`` and ``--ray-dashboard``: watching a search as it goes."""
+    kept = "; default: the one the run was started with" if resume else (
+        "; default: <run>/optuna-live.db when the run folder is local; kept by `search resume`"
+    )  # fmt: skip
+    p.add_argument(
+        "--optuna-storage",
+        metavar="URL",
+        help="mirror each search cell's Optuna study here while the run goes (any SQLAlchemy "
+        "URL without a password, e.g. sqlite:////abs/live.db or postgresql://user@host/db; "
+        f"'none': no live mirror), for `optuna-dashboard URL`{kept}",
+    )
+    p.add_argument(
+        "--ray-dashboard",
+        action="store_true",
+        help="start the private local Ray with its dashboard on 127.0.0.1 and print its URL "
+        "(needs the ray[default] extra; not with --address: a cluster has its own)",
+    )
+
+
 def add_search_commands(sub: argparse._SubParsersAction) -> None:
     search = sub.add_parser("search", help="run, resume and watch hyperparameter searches")
     ssub = search.add_subparsers(dest="search_cmd", required=True, metavar="COMMAND")
@@ -82,6 +102,7 @@ def add_search_commands(sub: argparse._SubParsersAction) -> None:
         help="run only the cells whose key matches this glob (repeatable; quote it), plus the "
         "teachers they distil from, e.g. --only '*tiny*'; `search resume` keeps the subset",
     )
+    add_watch_options(p)
     p.set_defaults(func=cmd_run)
     p = ssub.add_parser("resume", help="continue an interrupted run")
     p.add_argument("run", help="run folder, URI, or name under the default storage")
@@ -90,6 +111,7 @@ def add_search_commands(sub: argparse._SubParsersAction) -> None:
         help="Ray cluster address (default: RAY_ADDRESS, else a private local Ray; never the "
         "address the run was started with)",
     )
+    add_watch_options(p, resume=True)
     p.set_defaults(func=cmd_resume)
     p = ssub.add_parser("status", help="where a run stands")
     p.add_argument("run")
@@ -152,15 +174,21 @@ def cmd_run(args: argparse.Namespace) -> int:
         weights_dir=args.weights_dir,
         objectives=args.objective,
         only=args.only,
+        optuna_storage=args.optuna_storage,
     )
-    run_study(options)
+    run_study(options, ray_dashboard=args.ray_dashboard)
     return 0
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
     from cxrkd.search.runner import resume_study
 
-    resume_study(args.run, address=args.address)
+    resume_study(
+        args.run,
+        address=args.address,
+        optuna_storage=args.optuna_storage,
+        ray_dashboard=args.ray_dashboard,
+    )
     return 0
 
 

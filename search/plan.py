@@ -23,6 +23,7 @@ from cxrkd.search.plan_counts import CASES, StagePlan, plan_counts
 from cxrkd.search.plan_throughput import ThroughputTable, probe_table
 from cxrkd.search.run_state import RunOptions
 from cxrkd.search.study_options import study_with_options, typed_overrides
+from cxrkd.search.study_source import with_study_source
 
 DEFAULT_KIND, DEFAULT_WORKERS = "a10g", 8  # cluster.yaml: up to 8 g5.xlarge (one A10G each)
 
@@ -40,6 +41,7 @@ def build_plan(
 
     if workers < 1:
         raise CxrkdError(f"--workers must be at least 1, got {workers}")
+    options = with_study_source(options)  # STUDY may be a study file
     study = study_with_options(options)
     overrides = typed_overrides(study, options.overrides)
     stages = plan_counts(study, overrides)

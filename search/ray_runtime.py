@@ -7,10 +7,39 @@ import logging
 import os
 
 from cxrkd.search.run_state import RunOptions
+from cxrkd.trainables.errors import CxrkdError
+
+# What Ray's dashboard imports beyond plain `pip install ray` (the `ray[default]` extra).
+DASHBOARD_MODULES = ("aiohttp", "aiohttp_cors", "opencensus", "prometheus_client")
 
 
-def init_ray(address: str | None) -> bool:
-    """Attach to ``address`` (or ``RAY_ADDRESS``), else start a private local Ray.
+def check_dashboard(address: str | None) -> None:
+    """``--ray-dashboard``: refused when the driver attaches to a cluster (the cluster has its
+    own dashboard) or when Ray's dashboard cannot start here (the extra is not installed)."""
+    import importlib.util
+
+    import ray
+
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address or ray.is_initialized():
+        where = address or "the Ray this process already runs"
+        raise CxrkdError(
+            f"--ray-dashboard starts the dashboard of the private local Ray, but this run "
+            f"attaches to {where}; open that cluster's own dashboard instead (`ray dashboard "
+            "cluster.yaml` forwards it), or drop --address/RAY_ADDRESS"
+        )
+    missing = [m for m in DASHBOARD_MODULES if importlib.util.find_spec(m) is None]
+    if missing:
+        raise CxrkdError(
+            f"--ray-dashboard needs Ray's dashboard extra, not installed here (missing: "
+            f"{', '.join(missing)}); install it with "
+            f"`pip install 'ray[default]=={ray.__version__}'` or run without --ray-dashboard"
+        )
+
+
+def init_ray(address: str | None, *, dashboard: bool = False) -> bool:
+    """Attach to ``address`` (or ``RAY_ADDRESS``), else start a private local Ray (with its
+    dashboard on 127.0.0.1 when ``dashboard``: :func:`check_dashboard` first).
     Returns True when this call started Ray (the caller shuts it down)."""
     import optuna
     import ray
@@ -28,6 +57,13 @@ def init_ray(address: str | None) -> bool:
     if address:
         ray.init(address=address, **quiet)
         return False
+    if dashboard:
+        check_dashboard(address)
+        context = ray.init(
+            address="local", include_dashboard=True, dashboard_host="127.0.0.1", **quiet
+        )
+        print(f"Ray dashboard  http://{context.dashboard_url}", flush=True)
+        return True
     ray.init(address="local", include_dashboard=False, **quiet)
     return True
 

@@ -30,6 +30,11 @@ class RunOptions:
     weights_dir: str | None = None
     objectives: list[str] | None = None  # an open search's metrics (spaces.studies.OBJECTIVES)
     only: list[str] | None = None  # --only: globs over cell keys (search.subset); None: all
+    # --optuna-storage: where the cells' studies are mirrored live (search.optuna_live);
+    # None: <run>/optuna-live.db on local storage; "none": nowhere
+    optuna_storage: str | None = None
+    # a study file's path (search.study_source); in run.json: the run folder's copy of it
+    study_file: str | None = None
 
     def __post_init__(self) -> None:
         if self.num_samples is not None and self.num_samples < 1:

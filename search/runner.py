@@ -17,9 +17,9 @@ import dataclasses
 import sys
 import time
 
-from cxrkd.search import lease, signing
+from cxrkd.search import lease, optuna_live, signing
 from cxrkd.search.preflight import check_cells
-from cxrkd.search.ray_runtime import init_ray, max_concurrent, trial_resources
+from cxrkd.search.ray_runtime import check_dashboard, init_ray, max_concurrent, trial_resources
 from cxrkd.search.run_state import (
     RunOptions,
     default_storage,
@@ -33,6 +33,7 @@ from cxrkd.search.run_state import (
 from cxrkd.search.study_dataset import open_dataset
 from cxrkd.search.study_options import study_with_options, typed_overrides
 from cxrkd.search.study_run import EXPERIMENT, StudyContext, run_experiment
+from cxrkd.search.study_source import keep_copy, run_copy, with_study_source
 from cxrkd.spaces.studies import Study
 from cxrkd.trainables import storage
 from cxrkd.trainables.errors import CxrkdError
@@ -42,7 +43,11 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def run_study(options: RunOptions) -> str:
+def run_study(options: RunOptions, *, ray_dashboard: bool = False) -> str:
+    options = with_study_source(options)  # STUDY may be a study file: checked, read once
+    optuna_live.check_url(options.optuna_storage)  # before anything is written
+    if ray_dashboard:
+        check_dashboard(options.address)
     study = study_with_options(options)
     store = open_dataset(study, options.dataset)
     storage_uri = storage.check_writable(options.storage or default_storage())
@@ -55,17 +60,34 @@ def run_study(options: RunOptions) -> str:
     options = dataclasses.replace(
         options, name=name, storage=storage_uri, dataset=store.manifest.name, overrides=overrides
     )
+    options = keep_copy(options, run_uri)  # <run>/study.toml: what resume reads
     write_options(run_uri, options, {"dataset_fingerprint": store.manifest.fingerprint})
     with lease.hold(run_uri, log=log):  # one driver per run: search.lease
-        return _drive(study, options, store, run_uri)
+        return _drive(study, options, store, run_uri, ray_dashboard)
 
 
-def resume_study(run: str, address: str | None = None) -> str:
+def resume_study(
+    run: str,
+    address: str | None = None,
+    *,
+    optuna_storage: str | None = None,
+    ray_dashboard: bool = False,
+) -> str:
     run_uri = run_uri_of(run)
     raw = read_run(run_uri)
     # Where the driver connects comes from the command line or RAY_ADDRESS, never from the run
     # folder (any node may write it: DESIGN.md, "Running").
     options = dataclasses.replace(RunOptions(**raw["options"]), address=address)
+    options = run_copy(options, run_uri)  # the run's own copy of its study file
+    live, note = optuna_live.resumed_storage(options.optuna_storage, optuna_storage)
+    options = dataclasses.replace(options, optuna_storage=live)
+    if optuna_storage is not None:  # kept in run.json: a later resume names it again
+        raw = {**raw, "options": {**raw["options"], "optuna_storage": optuna_storage}}
+    if note:
+        log(note)
+    optuna_live.check_url(options.optuna_storage)
+    if ray_dashboard:
+        check_dashboard(address)
     study = study_with_options(options)
     held = lease.Lease(run_uri, log=log)
     held.check()  # another live driver is named before anything else is read or written
@@ -85,16 +107,16 @@ def resume_study(run: str, address: str | None = None) -> str:
     with held:  # taken for good (a driver that came in between is refused here)
         record_resume(run_uri, raw)
         log(f"resuming {run_uri}")
-        return _drive(study, options, store, run_uri)
+        return _drive(study, options, store, run_uri, ray_dashboard)
 
 
-def _drive(study: Study, options: RunOptions, store, run_uri: str) -> str:
+def _drive(study: Study, options: RunOptions, store, run_uri: str, dashboard: bool) -> str:
     import ray
 
     from cxrkd.results.report import write_report  # late: plotting stack only when needed
     from cxrkd.trainables.context import DataBundle
 
-    started = init_ray(options.address)
+    started = init_ray(options.address, dashboard=dashboard)
     try:
         bundle = DataBundle.from_store(store)
         data_ref = ray.put(bundle)
@@ -118,12 +140,16 @@ def _drive(study: Study, options: RunOptions, store, run_uri: str) -> str:
         if options.only:
             log(f"only the cells matching {options.only} and their teachers")
         log(f"run folder {run_uri}")
+        live = optuna_live.live_url(options.optuna_storage, run_uri)
+        log(optuna_live.live_note(live, run_uri))
         _, done = read_state(run_uri)
         if len(done) < len(study.stages):
-            run_experiment(ctx)
+            with optuna_live.mirroring(live, study):
+                run_experiment(ctx)
         # Tune's state can no longer be resumed: its signatures are never read again.
         storage.delete_dir(signing.signatures_uri(run_uri, EXPERIMENT))
         write_report(run_uri, study, store.manifest)
+        print("\n".join(optuna_live.where(run_uri, live)), flush=True)
     finally:
         if started:
             ray.shutdown()
@@ -132,7 +158,7 @@ def _drive(study: Study, options: RunOptions, store, run_uri: str) -> str:
 
 def study_of_run(run_uri: str) -> Study:
     """The study as the run ran it (its profile, ``--set``, ``--only``)."""
-    return study_with_options(RunOptions(**read_run(run_uri)["options"]))
+    return study_with_options(run_copy(RunOptions(**read_run(run_uri)["options"]), run_uri))
 
 
 def check_layout(run_uri: str, study: Study, done: list[str]) -> None:

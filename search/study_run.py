@@ -26,14 +26,10 @@ from ray.tune import Callback
 from ray.tune.search import ConcurrencyLimiter
 
 from cxrkd.search import dependencies
-from cxrkd.search.cells import (
-    CellScheduler,
-    CellSearcher,
-    SchedulerState,
-    cell_budget,
-    cell_id,
-)
-from cxrkd.search.records import ProgressCallback, RecordsCallback, error_line
+from cxrkd.search.actor_reuse import keep_starting_actors
+from cxrkd.search.cells import CellScheduler, CellSearcher, SchedulerState, cell_budget, cell_id
+from cxrkd.search.optuna_live import run_callbacks
+from cxrkd.search.records import ProgressCallback, error_line
 from cxrkd.search.run_state import read_progress, write_state
 from cxrkd.search.signing import Signer, signed_tune_state
 from cxrkd.search.snapshots import durable_snapshots
@@ -385,7 +381,7 @@ def _tuner(ctx: StudyContext):
             callbacks=[
                 StudyDriver(searcher, scheduler),
                 SchedulerState(scheduler),
-                RecordsCallback(run_uri=ctx.run_uri, study=study.name),
+                *run_callbacks(ctx.run_uri, study.name),  # records, their live Optuna mirror
                 ProgressCallback(searcher=searcher, metric=study.metric),
             ],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS),
@@ -395,5 +391,5 @@ def _tuner(ctx: StudyContext):
 
 
 def _fit(tuner) -> None:
-    with retry_lost_workers_only(), durable_snapshots():
+    with retry_lost_workers_only(), durable_snapshots(), keep_starting_actors():
         tuner.fit()

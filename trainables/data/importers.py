@@ -4,13 +4,18 @@ A planner is ``plan(src, *, name, **options) -> ImportPlan``: it reads the sourc
 labels, checks them (clear errors for bad input, raised before anything is written) and returns
 the plan; :func:`trainables.data.writer.write_store` then decodes and stores the images.
 Planner modules are imported lazily so that ``cxrkd data list`` does not import pydicom.
+
+Installed packages add importers through the entry-point group ``cxrkd.importers``: the entry
+point's name is the kind, its value ``"module:planner"``, the planner docstring's first line
+its help (:mod:`trainables.plugins`). They are loaded on the first use of :data:`IMPORTERS`
+(once per process); a plugin cannot take a built-in kind.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 from cxrkd.trainables.data.import_plan import ImportPlan
@@ -22,6 +27,9 @@ from cxrkd.trainables.data.store import (
     datasets_dir,
 )
 from cxrkd.trainables.data.writer import write_store
+from cxrkd.trainables.plugins import Plugin, load_group
+
+GROUP = "cxrkd.importers"
 
 
 @dataclass(frozen=True)
@@ -35,7 +43,49 @@ class Importer:
         return getattr(importlib.import_module(module), func)
 
 
-IMPORTERS: dict[str, Importer] = {
+class Importers(Mapping[str, Importer]):
+    """``kind -> Importer``: the built-in ones, then (on first use) the plugins'."""
+
+    def __init__(self, builtin: Mapping[str, Importer]) -> None:
+        self._items = dict(builtin)
+        self._plugins: list[Plugin] | None = None
+
+    def _loaded(self) -> dict[str, Importer]:
+        if self._plugins is None:
+            self._plugins = []
+            self._plugins = load_group(GROUP, self._load_plugin)
+        return self._items
+
+    def _load_plugin(self, ep) -> tuple[str, ...]:
+        if ep.name in self._items:
+            raise DatasetError(
+                f"dataset kind {ep.name!r} is already {self._items[ep.name].target}: plugin "
+                f"{ep.name} = {ep.value} cannot replace it; rename the plugin's entry point"
+            )
+        if not ep.attr:
+            raise DatasetError(f"{ep.value!r} names a module; give 'module:planner'")
+        planner = ep.load()
+        if not callable(planner):
+            raise DatasetError(f"{ep.value} is a {type(planner).__name__}, not a planner")
+        doc = (planner.__doc__ or "").strip().splitlines()
+        self._items[ep.name] = Importer(ep.name, ep.value, doc[0] if doc else ep.value)
+        return (ep.name,)
+
+    def plugins(self) -> list[Plugin]:
+        self._loaded()
+        return list(self._plugins or [])
+
+    def __getitem__(self, kind: str) -> Importer:
+        return self._loaded()[kind]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._loaded())
+
+    def __len__(self) -> int:
+        return len(self._loaded())
+
+
+_BUILTIN: dict[str, Importer] = {
     imp.kind: imp
     for imp in (
         Importer(
@@ -72,6 +122,7 @@ IMPORTERS: dict[str, Importer] = {
         ),
     )
 }
+IMPORTERS = Importers(_BUILTIN)
 
 
 def get_importer(kind: str) -> Importer:

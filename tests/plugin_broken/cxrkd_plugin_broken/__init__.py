@@ -1,0 +1,1 @@
+"""A broken cxrkd plugin, for tests."""
