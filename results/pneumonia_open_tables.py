@@ -5,23 +5,13 @@ of every KD loss of the binary layout side by side, each against the same ResNet
 
 from __future__ import annotations
 
+from cxrkd.results.pneumonia_tables import METRICS, OPTIM
 from cxrkd.results.study_tables import register_tables
 from cxrkd.results.table_specs import TableSpec
 from cxrkd.spaces.pneumonia_kd import TEACHER
 from cxrkd.spaces.pneumonia_open import BASELINE
 from cxrkd.spaces.studies import Study
 from cxrkd.trainables.kd import get_kd, layout_of
-
-OPTIM = ["lr", "weight_decay", "batch_size"]
-METRICS = [  # pneumonia-kd's, so the two tables read alike
-    ("test_acc_at_val_thr", "accuracy"),
-    ("test_precision_at_val_thr", "precision"),
-    ("test_recall_at_val_thr", "recall"),
-    ("test_f1_at_val_thr", "F1"),
-    ("test_auc", "AUC"),
-    ("test_auprc", "AUPRC"),
-    ("test_sens_at_spec95", "sens@95%spec"),
-]
 
 
 @register_tables("pneumonia-kd-open")
