@@ -14,6 +14,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from cxrkd.trainables.metrics import CONFUSION_PREFIX
+
 STATUSES = ("completed", "stopped", "errored", "running")
 # The low-resolution study's story needs these columns in its final-stage trials.
 RESOLUTION_COLUMNS = (
@@ -295,16 +297,33 @@ def learning_curves(
     return out[columns].reset_index(drop=True)
 
 
+def multiclass_confusion(trials: pd.DataFrame) -> tuple[tuple[str, str, str], ...]:
+    """``(column, actual, predicted)`` of a multi-class run's test confusion counts
+    (``test_cm:<true>:<predicted>``, :func:`trainables.metrics.confusion_key`), the classes
+    in the order of their per-class AUROC columns; empty for another run."""
+    prefix = f"test_{CONFUSION_PREFIX}"
+    bodies = [c.removeprefix(prefix) for c in trials.columns if c.startswith(prefix)]
+    names = list(
+        dict.fromkeys(c.removeprefix("test_auroc_") for c in trials if c.startswith("test_auroc_"))
+    )
+    out = []
+    for actual in names:  # class names may hold ':'; each key is split where both are classes
+        out += [(prefix + f"{actual}:{p}", actual, p) for p in names if f"{actual}:{p}" in bodies]
+    return tuple(out) if len(out) == len(bodies) and out else ()
+
+
 def confusion_counts(trials: pd.DataFrame, *, stage: str = "final") -> pd.DataFrame:
-    """Test confusion counts at the validation threshold per final cell, summed over its
-    seeds: one row per (cell, actual, predicted) with ``count`` and ``n_seeds``."""
+    """Test confusion counts per final cell, summed over its seeds: one row per (cell, actual,
+    predicted) with ``count`` and ``n_seeds``. Binary: at the validation threshold
+    (``negative``/``positive``); multi-class: the argmax's, the classes by name."""
     columns = ["cell", "actual", "predicted", "count", "n_seeds"]
     done = final_rows(trials, stage=stage)
-    if done.empty or missing_columns(done, [c for c, _, _ in CONFUSION]):
+    confusion = multiclass_confusion(done) or CONFUSION
+    if done.empty or missing_columns(done, [c for c, _, _ in confusion]):
         return pd.DataFrame(columns=columns)
     rows = []
     for cell, group in done.groupby("cell", sort=False):
-        for column, actual, predicted in CONFUSION:
+        for column, actual, predicted in confusion:
             counts = pd.to_numeric(group[column], errors="coerce")
             rows.append(
                 {

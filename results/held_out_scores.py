@@ -113,6 +113,8 @@ def roc_curves(scores: Mapping[tuple[str, str], Mapping[str, np.ndarray]]) -> pd
     columns = ["cell", "trial_id", "fpr", "tpr", "auc"]
     pieces = []
     for (cell, trial_id), arrays in scores.items():
+        if "global_logit" not in arrays:
+            continue  # a multi-class model: no one ROC curve (its classes' are one-vs-rest)
         labels, logits = arrays["global_label"], arrays["global_logit"]
         if np.unique(labels).size < 2:
             continue  # a test split with one class has no ROC curve

@@ -202,7 +202,9 @@ def confusion_figure(counts: pd.DataFrame, *, per_row: int = 4) -> go.Figure:
         horizontal_spacing=0.08,
         vertical_spacing=0.3 / rows,
     )
-    order = ["negative", "positive"]
+    order = list(dict.fromkeys(counts["actual"]))  # multi-class: the classes, in order
+    binary = set(order) == {"negative", "positive"}
+    order = ["negative", "positive"] if binary else order
     for i, cell in enumerate(cells):
         grid = (
             counts[counts["cell"] == cell]
@@ -212,8 +214,8 @@ def confusion_figure(counts: pd.DataFrame, *, per_row: int = 4) -> go.Figure:
         fig.add_trace(
             go.Heatmap(
                 z=grid.to_numpy(),
-                x=["predicted −", "predicted +"],
-                y=["true −", "true +"],
+                x=["predicted −", "predicted +"] if binary else [f"→ {c}" for c in order],
+                y=["true −", "true +"] if binary else [f"true {c}" for c in order],
                 text=grid.to_numpy(),
                 texttemplate="%{text}",
                 colorscale="Blues",
@@ -224,6 +226,8 @@ def confusion_figure(counts: pd.DataFrame, *, per_row: int = 4) -> go.Figure:
         )
     fig.update_yaxes(autorange="reversed")
     title = "Test confusion matrices at the validation threshold (summed over seeds)"
+    if not binary:
+        title = "Test confusion matrices, predicted class = argmax (summed over seeds)"
     return fig.update_layout(title=title, height=180 + 260 * rows)
 
 

@@ -7,9 +7,11 @@ interrupted (it reads whatever records exist).
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 
 import pandas as pd
 
+from cxrkd.results.confusion_tables import confusion_tables
 from cxrkd.results.dashboard import write_study_dashboard
 from cxrkd.results.frames import load_records, write_frames
 from cxrkd.results.front import front_display, front_table
@@ -35,6 +37,13 @@ def caption_of(study, manifest) -> str:
     parts = [study.profile.banner, f"dataset {manifest.name} ({manifest.kind})"]
     if manifest.synthetic:
         parts.insert(0, SYNTHETIC_BANNER)
+    if manifest.task == "multiclass":
+        parts.append(
+            f"multi-class task of {len(manifest.labels)} classes ({', '.join(manifest.labels)}): "
+            "AUC is the one-vs-rest macro AUROC over the classes (its 95% CI from resamples "
+            "stratified by class, its p-value a paired bootstrap), accuracy, precision, recall "
+            "and F1 are of the argmax (the last three macro over the classes)"
+        )
     parts.append("chosen on validation, reported on test")
     return "; ".join(p for p in parts if p)
 
@@ -106,6 +115,17 @@ def with_registered_teachers(run_uri: str, study, manifest, trials: pd.DataFrame
     return pd.concat([trials, rows], ignore_index=True, sort=False), scores, notes
 
 
+def multiclass_spec(spec: Spec, trials: pd.DataFrame) -> Spec:
+    """A binary study's table on a multi-class run: accuracy, precision, recall and F1 are the
+    argmax's (``test_acc``, ...; a binary run's are at the validation threshold,
+    ``test_acc_at_val_thr``), and metrics a multi-class task does not define (AUPRC,
+    sensitivity at 95% specificity) are left out rather than reported as missing."""
+    if not isinstance(spec, TableSpec):
+        return spec
+    renamed = [(column.removesuffix("_at_val_thr"), name) for column, name in spec.metrics]
+    return replace(spec, metrics=[m for m in renamed if m[0] in trials] or renamed)
+
+
 def build_table(
     spec: Spec,
     trials: pd.DataFrame,
@@ -155,8 +175,12 @@ def write_report(
     stats = cell_stats(run_uri, shown, teacher_scores)
     tables = []
     for spec in study_tables(study):
+        if manifest.task == "multiclass":
+            spec = multiclass_spec(spec, shown)
         numeric, display, extra = build_table(spec, shown, stats)
         title = f"{spec.title} [SYNTHETIC phantom data]" if manifest.synthetic else spec.title
+        if manifest.task == "multiclass":
+            title = f"{title} [multi-class: {len(manifest.labels)} classes]"
         text = table_caption(spec, caption, stats, shown)
         mine = [notes[c] for c in dict.fromkeys(spec_cells(spec)) if c in notes]
         if mine:
@@ -174,6 +198,17 @@ def write_report(
         if echo:
             print(render_markdown(display, title=title, caption=text))
         tables.append(numeric)
+    for cell, frame in confusion_tables(shown).items():
+        title = f"{cell}: test confusion matrix (rows: true class; columns: predicted)"
+        note = "Counts summed over the cell's seeds; predicted class = argmax of the softmax."
+        write_tables(
+            frame,
+            out,
+            f"confusion_{cell}",
+            numeric=frame,
+            title=title,
+            caption=f"{caption}. {note}",
+        )
     write_study_dashboard(
         run_uri, study, trials, epochs, out_dir=dashboard_dir or run_uri, caption=caption
     )

@@ -208,7 +208,8 @@ def final_models(trials, scores) -> Section:
     elif curves.empty:
         sec.note(
             f"No ROC curves: the test split of all {len(scores)} final model(s) holds one "
-            "class only, where a ROC curve is undefined (see the confusion matrices)."
+            "class only, where a ROC curve is undefined, or they are multi-class models, whose "
+            "one-vs-rest AUROCs are in the tables (see the confusion matrices)."
         )
     else:
         sec.figure(plots.roc_figure(curves, F.operating_points(trials)), 520)

@@ -11,6 +11,10 @@ cell (a final-stage cell re-trained on several seeds) and a test metric column:
   (a seed ensemble of predicted probabilities), then the two ensembles are compared on the
   same images: DeLong's test for a binary AUROC (global label or one finding); a paired
   bootstrap (same resamples for both) for everything else, e.g. the macro AUROC over findings.
+- **Multi-class tasks** save their classes as findings (one-vs-rest, see
+  ``trainables.loop.per_image_scores``) and the class index as the global label: ``auc`` (the
+  one-vs-rest macro) and each class's AUROC get intervals and paired tests; resamples are
+  stratified by class; accuracy and the other argmax metrics get none.
 
 Scores are probabilities computed from the stored logits exactly as the loop computes its
 metrics (float64 sigmoid), so a resample of all ones reproduces the trials' test metrics.
@@ -127,7 +131,11 @@ class CellStats:
             return self._cache[key]
 
         y = np.asarray(arrays["global_label"]).reshape(-1)
-        if name in _GLOBAL:
+        if "global_logit" not in arrays:  # multi-class: the classes are given as findings
+            if name != "auc" and not name.startswith("auroc_"):
+                return None  # accuracy, macro F1, ...: not from one-vs-rest scores here
+            name = "auroc_mlct" if name == "auc" else name  # auc: the macro over classes
+        elif name in _GLOBAL:
             return _KERNELS[_GLOBAL[name]](counts, y, _sigmoid(arrays["global_logit"]))
         if "finding_logits" in arrays:
             ys, ps = arrays["finding_labels"], _sigmoid(arrays["finding_logits"])
@@ -197,6 +205,11 @@ class CellStats:
             return None
         name = column.removeprefix("test_")
         binary = _GLOBAL.get(name) == "auroc" or (is_auroc(column) and "_mlct" not in name)
+        multiclass = "global_logit" not in a  # its classes are given as findings
+        if multiclass and name == "auc":
+            binary = False  # the macro over the classes: a paired bootstrap
+        elif multiclass and name in _GLOBAL:
+            return None  # no global label's scores
         if binary and name not in _GLOBAL:  # one finding's AUROC
             names = [str(n) for n in a.get("finding_names", [])]
             finding = name.removeprefix("auroc_")
@@ -208,7 +221,7 @@ class CellStats:
                 a["finding_logits"][:, j],
                 b["finding_logits"][:, j],
             )
-        else:
+        elif not multiclass:
             y, sa, sb = a["global_label"], a["global_logit"], b["global_logit"]
         if binary:
             if min(int(np.sum(y == 1)), int(np.sum(y == 0))) < 2:

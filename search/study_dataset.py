@@ -69,7 +69,9 @@ def check_labels(study: Study, manifest) -> None:
         f"(global label {manifest.global_label!r})"
     )
     fix = f"import such a dataset ({source}) and pass it with --dataset"
-    if manifest.task != study.task:
+    # A binary study's one-head methods learn a multi-class dataset too (softmax over its
+    # classes; `auc` is then the one-vs-rest macro AUROC); each method is checked below.
+    if manifest.task != study.task and (study.task, manifest.task) != ("binary", "multiclass"):
         raise CxrkdError(
             f"study {study.name!r} needs a {study.task} dataset: {needs}; but {have}; {fix}"
         )

@@ -1,8 +1,10 @@
 """Score a split with the deployed model and turn the outputs into metrics.
 
 Which metrics depends on the dataset's task, never on the method: binary datasets get the
-pneumonia paper's metrics (``trainables.metrics.binary_metrics``), multi-label datasets the
-MLCAK paper's AUROC of MLCT (macro over findings) and MCCT.
+pneumonia paper's metrics (``trainables.metrics.binary_metrics``), multi-class datasets the
+softmax metrics (``trainables.metrics.multiclass_metrics``: one-vs-rest macro AUROC as
+``auc``, accuracy, macro F1, the confusion matrix), multi-label datasets the MLCAK paper's
+AUROC of MLCT (macro over findings) and MCCT.
 
 Numerics: the forward runs under the trial's autocast (bf16 on CUDA) but the logits come from
 fp32 heads (``trainables.precision``); :func:`predict` refuses any other dtype, since bf16
@@ -22,6 +24,7 @@ from cxrkd.trainables.metrics import (
     average_precision,
     binary_metrics,
     choose_threshold,
+    multiclass_metrics,
     multilabel_auroc,
     multilabel_macro,
     sensitivity_at_95,
@@ -43,7 +46,8 @@ def predict(
     amp: bool | None = None,
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Float32 logits of the deployed model over a split, in order:
-    ``({"logits"|"mlct","mcct"}, y)``. ``amp``: autocast as in training (None: on CUDA only)."""
+    ``({"logits"|"mlct","mcct"}, y)`` (``logits`` ``(N,)`` binary, ``(N, C)`` multi-class).
+    ``amp``: autocast as in training (None: on CUDA only)."""
     was_training = task.training
     task.eval()
     loader = BatchLoader(
@@ -73,11 +77,24 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-z))
 
 
+def softmax(z: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of ``(N, C)`` logits, in float64 (see :func:`_sigmoid`)."""
+    z = np.asarray(z, dtype=np.float64)
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
 def split_metrics(
     info: DatasetInfo, outputs: dict[str, np.ndarray], labels: np.ndarray, *, threshold: float
 ) -> dict[str, float]:
     """Unprefixed metrics of one split (``loss``, ``auc``, ... or ``auroc_mlct``, ...)."""
     finding_idx, global_idx = info.label_columns()
+    if info.task == "multiclass":
+        logits = outputs["logits"]
+        y = labels.argmax(axis=1)
+        out = dict(multiclass_metrics(y, softmax(logits), info.labels))
+        out["loss"] = float(F.cross_entropy(torch.tensor(logits), torch.tensor(y)))
+        return out
     if info.task == "binary":
         logits = outputs["logits"].reshape(-1)
         y = labels[:, global_idx]
@@ -109,7 +126,10 @@ def split_metrics(
 
 
 def val_threshold(info: DatasetInfo, outputs: dict[str, np.ndarray], labels: np.ndarray) -> float:
-    """The decision threshold chosen on validation (Youden's J) for the global label."""
+    """The decision threshold chosen on validation (Youden's J) for the global label; 0.5 (not
+    used) for a multi-class task, whose prediction is the argmax."""
+    if info.task == "multiclass":
+        return 0.5
     _, global_idx = info.label_columns()
     key = "logits" if info.task == "binary" else "mcct"
     y = labels[:, global_idx]

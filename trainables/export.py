@@ -104,11 +104,14 @@ class Predictor(nn.Module):
         out = self.task.predict({self.view: x})
         if isinstance(out, dict):  # the Task contract's multi-label output
             return torch.cat([out["mlct"], out["mcct"].reshape(-1, 1)], dim=1)
-        return out.reshape(-1, 1)
+        return out if out.ndim == 2 else out.reshape(-1, 1)  # multi-class: (B, C) as is
 
 
 def output_names(info: DatasetInfo) -> list[str]:
-    """The logit columns: a multi-task model's findings, then the global label."""
+    """The logit columns: a multi-task model's findings, then the global label; a multi-class
+    model's classes (softmax over them)."""
+    if info.task == "multiclass":
+        return list(info.labels)
     return (
         [*info.finding_labels, info.global_label] if info.task != "binary" else [info.global_label]
     )

@@ -25,7 +25,7 @@ from cxrkd.trainables.context import DataBundle, TrialContext
 from cxrkd.trainables.data.augment import Augment, epoch_generator
 from cxrkd.trainables.data.pipeline import BatchLoader
 from cxrkd.trainables.errors import CxrkdError
-from cxrkd.trainables.evaluate import predict, split_metrics, val_threshold
+from cxrkd.trainables.evaluate import predict, softmax, split_metrics, val_threshold
 from cxrkd.trainables.methods import get_method
 from cxrkd.trainables.optim import make_optimizer, make_scheduler
 from cxrkd.trainables.precision import autocast
@@ -205,8 +205,21 @@ def _train_epoch(task, loader, pipeline, side, optimizer, scheduler, epoch, step
 
 def per_image_scores(info, outputs: dict[str, np.ndarray], labels: np.ndarray) -> dict:
     """Per test image: the global label's logit and truth (plus the findings' when there are
-    any), which the report turns into ROC curves; logits, as ROC curves need only the order."""
+    any), which the report turns into ROC curves; logits, as ROC curves need only the order.
+
+    A multi-class task has no global logit: its classes are given as findings (one-vs-rest),
+    ``finding_logits`` the log-odds of the softmax probabilities (a float64 sigmoid of them
+    gives the probabilities back), ``global_label`` the class index (what the report's
+    resamples are stratified by), and no ``global_logit``."""
     finding_idx, global_idx = info.label_columns()
+    if info.task == "multiclass":
+        p = np.clip(softmax(outputs["logits"]), 1e-300, 1 - 1e-16)
+        return {
+            "global_label": labels.argmax(axis=1),
+            "finding_logits": np.log(p) - np.log1p(-p),
+            "finding_labels": labels,
+            "finding_names": np.asarray(info.labels, dtype=str),
+        }
     key = "logits" if info.task == "binary" else "mcct"
     out = {"global_logit": outputs[key].reshape(-1), "global_label": labels[:, global_idx]}
     if finding_idx:

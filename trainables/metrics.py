@@ -21,6 +21,13 @@ before ``tune.report``, and ``results/`` reads these names):
 ``threshold``               that validation threshold
 =========================== ===============================================================
 
+Multi-class tasks (:func:`multiclass_metrics`; scores are the softmax probabilities ``(N, C)``,
+the prediction their argmax, no threshold): ``auc`` is the one-vs-rest macro AUROC (classes
+absent from the split, or the only class in it, are left out, as ``multilabel_macro`` does),
+``auroc_<class>`` each class's one-vs-rest AUROC, ``acc`` the accuracy, ``precision``, ``recall``
+and ``f1`` their macro means over the classes (``recall`` is the balanced accuracy), and
+``cm:<true>:<predicted>`` the confusion matrix (ints, one key per pair of class names).
+
 Edge cases: a ratio whose denominator is zero is 0.0 with no warning (no predicted
 positives -> precision 0; no positives -> recall 0; no negatives -> specificity 0; precision
 and recall both 0 -> f1 0). AUC is NaN (documented, not an error) when ``y_true`` holds only one
@@ -248,3 +255,63 @@ def multilabel_macro(
 def sensitivity_at_95(y_true: object, scores: object) -> float:
     """:func:`sensitivity_at_specificity` at 95% specificity (the key ``sens_at_spec95``)."""
     return sensitivity_at_specificity(y_true, scores, specificity=0.95)
+
+
+CONFUSION_PREFIX = "cm:"  # multi-class confusion keys: f"cm:{true}:{predicted}"
+
+
+def confusion_key(true: str, predicted: str) -> str:
+    return f"{CONFUSION_PREFIX}{true}:{predicted}"
+
+
+def _check_multiclass(y_true: object, probs: object, classes: Sequence[str]):
+    y = np.asarray(y_true)
+    p = np.asarray(probs, dtype=np.float64)
+    classes = list(classes)
+    if y.ndim != 1 or p.shape != (y.size, len(classes)) or len(classes) < 2:
+        raise MetricError(
+            f"y_true must be (N,) class indices and probs (N, {len(classes)}) for classes "
+            f"{classes}, got {y.shape} and {p.shape}"
+        )
+    if len(set(classes)) != len(classes):
+        raise MetricError(f"class names must be unique, got {classes}")
+    if y.size and (not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() >= p.shape[1]):
+        raise MetricError(
+            f"y_true must hold class indices 0..{len(classes) - 1}, got {np.unique(y)[:10]}"
+        )
+    if not np.isfinite(p).all():
+        raise MetricError(f"probs must be finite, got {int((~np.isfinite(p)).sum())} NaN/inf")
+    return y, p, classes
+
+
+def confusion_matrix(y_true: object, predicted: object, n_classes: int) -> np.ndarray:
+    """``(C, C)`` int counts: row = true class, column = predicted class."""
+    flat = np.asarray(y_true) * n_classes + np.asarray(predicted)
+    return np.bincount(flat, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+
+
+def multiclass_metrics(
+    y_true: object, probs: object, classes: Sequence[str]
+) -> dict[str, float | int]:
+    """The multi-class metrics of the module docstring, from class indices ``(N,)`` and
+    probabilities ``(N, C)`` (columns in the order of ``classes``)."""
+    y, p, classes = _check_multiclass(y_true, probs, classes)
+    one_hot = (y[:, None] == np.arange(len(classes))).astype(np.int8)
+    macro, per_class = multilabel_macro(one_hot, p, classes)
+    cm = confusion_matrix(y, p.argmax(axis=1), len(classes))
+    tp = np.diag(cm).astype(np.float64)
+    # per class: precision tp / predicted, recall tp / true, F1 2tp / (predicted + true)
+    precision = [_ratio(t, n) for t, n in zip(tp, cm.sum(axis=0), strict=True)]
+    recall = [_ratio(t, n) for t, n in zip(tp, cm.sum(axis=1), strict=True)]
+    f1 = [_ratio(2 * t, a + b) for t, a, b in zip(tp, cm.sum(0), cm.sum(1), strict=True)]
+    out: dict[str, float | int] = {
+        "auc": macro,
+        "acc": _ratio(tp.sum(), y.size),
+        "precision": float(np.mean(precision)),
+        "recall": float(np.mean(recall)),
+        "f1": float(np.mean(f1)),
+    }
+    out.update({f"auroc_{name}": value for name, value in per_class.items()})
+    for i, true in enumerate(classes):
+        out.update({confusion_key(true, pred): int(cm[i, j]) for j, pred in enumerate(classes)})
+    return out

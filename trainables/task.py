@@ -2,10 +2,11 @@
 
 ``task(x, y, **extras)`` returns ``{"loss": scalar, "output": ..., **components}`` where
 components are detached scalar loss terms (``ce``, ``kd``, ``feat``, ...) for logging.
-``output`` is what evaluation scores: logits ``(B,)`` for binary datasets, or
-``{"mlct": (B, F), "mcct": (B,)}`` for multi-label datasets. ``extras`` are per-sample arrays
-the task asked for through :meth:`Task.side_arrays` (e.g. cached teacher logits), gathered
-with the batch by the loop, which never needs to know what they are.
+``output`` is what evaluation scores: logits ``(B,)`` for binary datasets, logits ``(B, C)``
+for multi-class datasets (one per class, in the order of the store's labels; evaluation takes
+their softmax), or ``{"mlct": (B, F), "mcct": (B,)}`` for multi-label datasets. ``extras`` are
+per-sample arrays the task asked for through :meth:`Task.side_arrays` (e.g. cached teacher
+logits), gathered with the batch by the loop, which never needs to know what they are.
 
 Normalisation belongs to the models: ``normalization`` is the deployed model's grey
 ``(mean, std)`` (``trainables.models.model_normalization``), ``teacher_normalization`` a
@@ -74,6 +75,12 @@ class Task(nn.Module):
 def squeeze_logit(logits: torch.Tensor) -> torch.Tensor:
     """``(B, 1)`` -> ``(B,)``: binary models have one output logit."""
     return logits.reshape(logits.shape[0])
+
+
+def class_logits(logits: torch.Tensor, *, multiclass: bool) -> torch.Tensor:
+    """A one-head classifier's output under the contract: ``(B, C)`` as is for a multi-class
+    task, ``(B, 1)`` -> ``(B,)`` for a binary one."""
+    return logits if multiclass else squeeze_logit(logits)
 
 
 def teacher_view(views: dict[str, torch.Tensor]) -> torch.Tensor:

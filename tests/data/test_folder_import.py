@@ -270,17 +270,6 @@ def test_one_class_refused(tmp_path, capsys):
     _fails(capsys, tmp_path / "src", "one class folder, 'PNEUMONIA'", "needs two")
 
 
-def test_three_classes_refused_as_multiclass(tmp_path, capsys):
-    write_classes(tmp_path / "src", {"NORMAL": 4, "PNEUMONIA": 4, "COVID": 4})
-    _fails(
-        capsys,
-        tmp_path / "src",
-        "3 class folders ['COVID', 'NORMAL', 'PNEUMONIA']",
-        "multi-class task, which the methods, metrics and tables do not support yet",
-        "cxrkd data import csv",
-    )
-
-
 def test_empty_class_folder_refused(tmp_path, capsys):
     src = tmp_path / "src"
     write_classes(src / "train", {"NORMAL": 6, "PNEUMONIA": 6})

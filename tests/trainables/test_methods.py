@@ -119,7 +119,7 @@ def test_every_method_has_an_example_for_the_registry_wide_tests(method):
 def test_method_entry_is_well_formed(method):
     entry = load_methods()[method]
     assert entry.name == method
-    assert entry.tasks and set(entry.tasks) <= {"binary", "multilabel"}
+    assert entry.tasks and set(entry.tasks) <= {"binary", "multiclass", "multilabel"}
     assert dataclasses.is_dataclass(entry.config_cls)
     assert entry.config_cls.__dataclass_params__.frozen
     entry.config_cls().validate()  # the defaults are valid

@@ -104,7 +104,7 @@ def paper_trial_config(model: str, folder) -> dict:
 def build_paper_backbone(model: str, folder) -> torch.nn.Module:
     """The trial's task, built by its method exactly as the trial builds it; its timm model."""
     cfg = parse_config(paper_trial_config(model, folder))
-    data = binary_bundle(n=8) if get_method(cfg.train.method).tasks == ("binary",) else None
+    data = binary_bundle(n=8) if "binary" in get_method(cfg.train.method).tasks else None
     data = data or multilabel_bundle(n=8)
     task = get_method(cfg.train.method).build(
         cfg, data.info, TrialContext(torch.device("cpu"), data)

@@ -9,8 +9,12 @@ Layouts read (PNG, JPEG or DICOM files, in sub-folders of a class folder too)::
 Two classes make a binary task. The negative class is the one named normal, negative, neg, 0,
 healthy or "no finding" (case, '-', '_' and spaces ignored); the other class is the positive
 one and names the label (lower-cased: ``PNEUMONIA/`` -> ``pneumonia``). ``--positive CLASS``
-says it where no class (or both) has such a name. One class, or more than two (a multi-class
-task, which the methods, metrics and tables do not support yet), is refused.
+says it where no class (or both) has such a name. One class is refused.
+
+Three or more classes make a multi-class task (softmax over the classes): one 0/1 label column
+per class, named by the lower-cased folder name, in the sorted order of the folder names (the
+class index of an image is its column's); ``--positive`` does not apply and is refused. Drawn
+splits are stratified by class, and every split must hold images of every class.
 
 Every image file is read where it is (nothing outside SRC: symbolic links are refused, see
 :mod:`trainables.data.source_tree`); hidden files, ``__MACOSX/`` and Windows thumbnails are
@@ -33,6 +37,7 @@ from cxrkd.trainables.data.generic_import import (
     default_name,
     is_normal_name,
     require_both_classes,
+    require_every_class,
 )
 from cxrkd.trainables.data.image_files import (
     ACCEPTED,
@@ -65,41 +70,49 @@ def plan_folder(
     check_fractions(val_fraction, test_fraction)
     root = _root(src)
     rows, notes = scan_classes(root)
-    negative, positive = choose_positive(sorted(set(rows["class"])), positive)
-    label = positive.lower()
-    if label in (*BASE_COLUMNS, *EXTRA_COLUMNS):
-        raise DatasetError(
-            f"class folder {positive!r} would name the label {label!r}, a metadata column of "
-            "the store; rename the folder (e.g. to the finding it shows)"
+    classes = sorted(set(rows["class"]))
+    if len(classes) == 2:
+        negative, positive = choose_positive(classes, positive)
+        labels = [_label_of(positive)]
+        rows[labels[0]] = (rows["class"] == positive).astype("int8")
+        stratum = labels[0]
+        class_note = (
+            f"classes: {positive!r} is the positive class (label {labels[0]!r}), {negative!r} "
+            "the negative one"
         )
-    rows[label] = (rows["class"] == positive).astype("int8")
-    rows, dup_notes = drop_byte_duplicates(rows, labels=[label])
+    else:
+        labels = _multiclass_labels(rows, classes, positive)
+        stratum = "class"
+        class_note = (
+            f"classes: a multi-class task of {len(classes)} classes, labels {labels} (one "
+            "column each, in this order)"
+        )
+    rows, dup_notes = drop_byte_duplicates(rows, labels=labels)
     check_dicoms(rows)
     rows["patient_id"] = None
     rows, split_notes = assign_splits(
-        rows, stratum=label, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed
+        rows, stratum=stratum, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed
     )
-    require_both_classes(
-        rows,
-        label,
-        fix=f"add {positive}/ and {negative}/ images to every split folder, or pass another "
-        "--seed or larger --val-fraction/--test-fraction",
-    )
-    notes = [
-        f"classes: {positive!r} is the positive class (label {label!r}), {negative!r} the "
-        "negative one",
-        *notes,
-        *dup_notes,
-        *split_notes,
-    ]
-    columns = ["image_id", "patient_id", "split", "source_path", label, *EXTRA_COLUMNS]
+    more = "or pass another --seed or larger --val-fraction/--test-fraction"
+    if len(classes) == 2:
+        require_both_classes(
+            rows,
+            labels[0],
+            fix=f"add {positive}/ and {negative}/ images to every split folder, {more}",
+        )
+    else:
+        require_every_class(
+            rows, classes, fix=f"add more images of those classes (to every split folder), {more}"
+        )
+    notes = [class_note, *notes, *dup_notes, *split_notes]
+    columns = ["image_id", "patient_id", "split", "source_path", *labels, *EXTRA_COLUMNS]
     return ImportPlan(
         name=name or default_name(root, "folder"),
         kind=KIND,
-        task="binary",
-        labels=[label],
+        task="binary" if len(classes) == 2 else "multiclass",
+        labels=labels,
         finding_labels=[],
-        global_label=label,
+        global_label=labels[0],
         rows=rows[columns].reset_index(drop=True),
         decode=decode_any,
         synthetic=False,
@@ -113,6 +126,35 @@ def plan_folder(
         },
         notes=notes,
     )
+
+
+def _label_of(folder: str) -> str:
+    label = folder.lower()
+    if label in (*BASE_COLUMNS, *EXTRA_COLUMNS):
+        raise DatasetError(
+            f"class folder {folder!r} would name the label {label!r}, a metadata column of "
+            "the store; rename the folder (e.g. to the finding it shows)"
+        )
+    return label
+
+
+def _multiclass_labels(rows: pd.DataFrame, classes: list[str], positive: str | None) -> list:
+    """The label columns of a multi-class import (added to ``rows``): one per class."""
+    if positive is not None:
+        raise DatasetError(
+            f"--positive {positive!r} picks the positive class of a binary task, but the "
+            f"{len(classes)} classes {classes} make a multi-class task (one label per class); "
+            "drop --positive"
+        )
+    labels = [_label_of(c) for c in classes]
+    if len(set(labels)) < len(labels):
+        raise DatasetError(
+            f"class folders {classes} differ only in case, so their labels (the lower-cased "
+            "names) clash; rename or merge them"
+        )
+    for cls, label in zip(classes, labels, strict=True):
+        rows[label] = (rows["class"] == cls).astype("int8")
+    return labels
 
 
 def _root(src: str) -> Path:
@@ -218,16 +260,8 @@ def _check_classes(root: Path, classes_per_split: dict, loose: list[str]) -> Non
         )
     if len(names) == 1:
         raise DatasetError(
-            f"{root} has one class folder, {names[0]!r}; a binary task needs two, e.g. "
+            f"{root} has one class folder, {names[0]!r}; a task needs two or more, e.g. "
             f"SRC/NORMAL/ beside SRC/{names[0]}/"
-        )
-    if len(names) > 2:
-        raise DatasetError(
-            f"{root} has {len(names)} class folders {names}: a multi-class task, which the "
-            "methods, metrics and tables do not support yet (they learn binary and multi-label "
-            "tasks); keep two class folders (e.g. a normal one and one finding), or import the "
-            "images with `cxrkd data import csv` as a multi-label dataset (one 0/1 column per "
-            "finding)"
         )
     for split, classes in classes_per_split.items():
         if split and sorted(classes) != names:

@@ -177,3 +177,17 @@ def require_both_classes(rows: pd.DataFrame, label: str, *, fix: str) -> None:
                 f"the {split} split has {have}; every split needs images with {label}=1 and "
                 f"{label}=0 (scores and the validation threshold are undefined otherwise); {fix}"
             )
+
+
+def require_every_class(rows: pd.DataFrame, classes: list[str], *, fix: str) -> None:
+    """Every split of a multi-class import needs images of every class (a class absent from
+    train is never learnt; from val or test, its one-vs-rest AUROC is undefined there)."""
+    for split in ("test", "val", "train"):
+        have = set(rows.loc[rows["split"] == split, "class"])
+        missing = [c for c in classes if c not in have]
+        if missing:
+            raise DatasetError(
+                f"the {split} split has no images of class(es) {missing} (of {classes}); every "
+                f"split needs images of every class (the one-vs-rest AUROC of a class is "
+                f"undefined without them); {fix}"
+            )

@@ -94,6 +94,12 @@ class DatasetInfo:
     def num_labels(self) -> int:
         return len(self.labels)
 
+    @property
+    def num_outputs(self) -> int:
+        """Logits of a one-head classifier of this dataset: one per class of a multi-class
+        task (softmax), else one (the global label's)."""
+        return len(self.labels) if self.task == "multiclass" else 1
+
     def label_columns(self) -> tuple[tuple[int, ...], int]:
         """``(finding columns, global column)``: indices into the label matrix's columns.
 

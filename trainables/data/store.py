@@ -26,7 +26,7 @@ import pandas as pd
 from cxrkd.trainables.errors import CxrkdError
 
 SPLITS = ("train", "val", "test")
-TASKS = ("binary", "multilabel")
+TASKS = ("binary", "multiclass", "multilabel")
 # Columns every image row has; label columns must not collide with these.
 BASE_COLUMNS = (
     "image_id",
@@ -78,7 +78,10 @@ class Manifest:
 
     For multi-label datasets, ``finding_labels`` are the local findings (the MLCAK paper's MLCT
     task) and ``global_label`` is the normal/abnormal column (its MCCT task). For binary
-    datasets ``labels`` has one name and ``global_label`` is that name.
+    datasets ``labels`` has one name and ``global_label`` is that name. For multi-class
+    datasets ``labels`` are the classes in order (one 0/1 column each, exactly one 1 per image:
+    the class index of an image is the argmax of its row) and ``global_label`` is the first
+    class (a store names one; no metric of a multi-class task reads it).
     """
 
     name: str

@@ -7,6 +7,11 @@ exactly what it computed before the KD-loss registry, so ``pneumonia-kd``'s numb
 Reads the student's and the teacher's logits and the label; no features, so the teacher's
 logits are cached when augmentation is off. Components: ``ce``, ``kd`` (unweighted).
 
+On a multi-class dataset ``kd_logit`` passes ``(B, C)`` logits and class-index targets, and
+:func:`trainables.losses.hinton_kd` computes Hinton's original form: cross-entropy, and the
+``T^2``-scaled KL of the softmaxes over the C classes (the only loss of this layout that takes
+C logits; ``kd_logit.MULTICLASS_APPROACHES``).
+
 ``alpha`` in [0, 1] weighs the hard-label term (the paper's "Total Loss = (1 - alpha) KL +
 alpha CE"); defaults alpha = 0.5, T = 4 (kd_logit's before the registry). Searched (the
 ``kd_logit`` space before the registry, unchanged): alpha uniform in [0, 1], temperature

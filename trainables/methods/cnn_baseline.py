@@ -19,7 +19,7 @@ class CNNBaselineConfig:
             raise ConfigError(f"bad value dropout={self.dropout!r}: expected in [0, 1)")
 
 
-@register_method("cnn_baseline", config=CNNBaselineConfig, tasks=("binary",))
+@register_method("cnn_baseline", config=CNNBaselineConfig, tasks=("binary", "multiclass"))
 def build(cfg: TrialConfig, info, ctx) -> ClassifierTask:
     if cfg.train.model != "cnn_baseline":
         raise ConfigError(
@@ -29,6 +29,6 @@ def build(cfg: TrialConfig, info, ctx) -> ClassifierTask:
     if cfg.train.pretrained:
         raise ConfigError("cnn_baseline is trained from scratch: set pretrained=false")
     model = create_model(
-        "cnn_baseline", num_outputs=1, pretrained=False, dropout=cfg.method.dropout
+        "cnn_baseline", num_outputs=info.num_outputs, pretrained=False, dropout=cfg.method.dropout
     )
     return ClassifierTask(model, info, normalization=model_normalization("cnn_baseline"))

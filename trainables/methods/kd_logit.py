@@ -2,6 +2,12 @@
 ``binary`` layout (:mod:`trainables.kd`): ``hinton`` (default; the pneumonia paper's Hinton
 KD, section 3.3.3), ``dkd``, ``fitnets``, and any loss registered for that layout.
 
+On a multi-class dataset the student and the teacher have one logit per class and only
+``hinton`` applies, in Hinton's original softmax form over the classes: ``alpha * CE +
+(1 - alpha) * T^2 * KL(softmax(t/T) || softmax(s/T))`` (:func:`trainables.losses.hinton_kd`
+with ``(B, C)`` logits and class-index targets); the other losses of the layout compare one
+logit per image and are refused there with a ``ConfigError``.
+
 ``kd_approach`` names the loss; its weights (``alpha``, ``beta``, ``gamma``, ``temperature``)
 mean what its module says. A weight left unset (None) takes the loss's default (``hinton``:
 alpha 0.5, T 4, the values of this method before the registry), and the config holds the
@@ -57,9 +63,11 @@ from cxrkd.trainables.kd import (
 from cxrkd.trainables.methods import register_method
 from cxrkd.trainables.models import create_model, model_normalization
 from cxrkd.trainables.precision import amp_enabled, autocast, fp32_head, precision_tag
-from cxrkd.trainables.task import Task, squeeze_logit, teacher_view
+from cxrkd.trainables.task import Task, class_logits, teacher_view
 
 LAYOUT = "binary"  # the heads of trainables.kd's losses this method takes: one logit
+# The losses of that layout that also take C logits per image and class-index targets.
+MULTICLASS_APPROACHES = ("hinton",)
 
 
 @dataclass(frozen=True)
@@ -122,6 +130,7 @@ class LogitKDTask(Task):
         cfg: KDLogitConfig,
         col: int,
         *,
+        multiclass: bool = False,
         normalization: tuple[float, float],
         teacher_normalization: tuple[float, float],
         input_size: int,
@@ -132,6 +141,7 @@ class LogitKDTask(Task):
         self.kd: Variant = check_approach(LAYOUT, cfg.kd_approach)
         self.weights = {name: getattr(cfg, name) for name in self.kd.params}
         self.col = col
+        self.multiclass = multiclass
         self.cached: np.ndarray | None = None
         self.student_stages: tuple[str, ...] = ()
         self.teacher_stages: tuple[str, ...] = ()
@@ -168,11 +178,11 @@ class LogitKDTask(Task):
         elif self.projections is not None:
             raise ValueError(f"{self.kd.name} compares features: run the teacher online")
         with FeatureTaps(self.model, self.student_stages) as taps:
-            s = squeeze_logit(fp32_head(self.model, views["hr"]))
+            s = self.predict(views)
         out = self.kd.compute(
             s,
-            squeeze_logit(teacher_logits),
-            y[:, self.col],
+            class_logits(teacher_logits, multiclass=self.multiclass),
+            y.argmax(dim=1) if self.multiclass else y[:, self.col],
             **self.weights,
             hs_student=self._compared(taps.outputs(), "adapt_student"),
             hs_teacher=hs_teacher,
@@ -188,42 +198,53 @@ class LogitKDTask(Task):
         return [getattr(p, side)(h) for p, h in zip(self.projections, picked, strict=True)]
 
     def predict(self, views: dict) -> torch.Tensor:
-        return squeeze_logit(fp32_head(self.model, views["hr"]))
+        return class_logits(fp32_head(self.model, views["hr"]), multiclass=self.multiclass)
 
 
 def check_teacher(cfg: TrialConfig, *, task: str) -> None:
-    """The teacher must be a one-logit classifier of this task (a method registered for it,
-    e.g. ``transfer``) trained at the student's input size (as ``kd_vit`` checks its own)."""
+    """The teacher must be a classifier of this task (one logit, or one per class: a method
+    registered for it, e.g. ``transfer``) trained at the student's input size (as ``kd_vit``
+    checks its own)."""
     from cxrkd.trainables.methods import load_methods
 
     methods = sorted(n for n, m in load_methods().items() if task in m.tasks)
+    kind = "a one-logit" if task == "binary" else "a one-logit-per-class"
     teachers.check_teacher_config(
         cfg.method.teacher_path,
         student="kd_logit",
         methods=methods,
         img_size=cfg.train.img_size,
-        wanted=f"a one-logit {task} classifier (methods {methods}): register one (the "
+        wanted=f"{kind} {task} classifier (methods {methods}): register one (the "
         "pneumonia-kd study's teacher stage does)",
     )
 
 
-@register_method("kd_logit", config=KDLogitConfig, tasks=("binary",), needs_teacher=True)
+@register_method(
+    "kd_logit", config=KDLogitConfig, tasks=("binary", "multiclass"), needs_teacher=True
+)
 def build(cfg: TrialConfig, info, ctx) -> LogitKDTask:
     m = cfg.method
     if m.teacher_path is None:
         raise ConfigError("kd_logit needs teacher_path (a registered teacher); run a study")
     variant = check_approach(LAYOUT, m.kd_approach)
+    multiclass = info.task == "multiclass"
+    if multiclass and m.kd_approach not in MULTICLASS_APPROACHES:
+        raise ConfigError(
+            f"kd_approach={m.kd_approach!r} distils one logit per image; on the multi-class "
+            f"dataset {info.name!r} kd_logit takes only {list(MULTICLASS_APPROACHES)} (softmax "
+            "KD over the classes): set kd_approach=hinton"
+        )
     cached = use_teacher_cache(variant, teacher_cache=m.teacher_cache, augment=cfg.train.augment)
     # The student first: it draws the same initial weights as a `transfer` student of that seed.
     student = create_model(
         cfg.train.model,
-        num_outputs=1,
+        num_outputs=info.num_outputs,
         pretrained=cfg.train.pretrained,
         weights_dir=cfg.train.weights_dir,
     )
     # Missing, of another dataset, of another kind or input size: refused before it is built.
     teachers.read_record(m.teacher_path, dataset_fingerprint=info.fingerprint)
-    check_teacher(cfg, task="binary")
+    check_teacher(cfg, task=info.task)
     teacher = ctx.load_teacher(m.teacher_path)
     teacher_norm = teachers.teacher_normalization(
         m.teacher_path, dataset_fingerprint=info.fingerprint
@@ -234,6 +255,7 @@ def build(cfg: TrialConfig, info, ctx) -> LogitKDTask:
             teacher,
             m,
             info.label_columns()[1],
+            multiclass=multiclass,
             normalization=model_normalization(cfg.train.model),
             teacher_normalization=teacher_norm,
             input_size=cfg.train.img_size,

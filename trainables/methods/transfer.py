@@ -21,11 +21,11 @@ class TransferConfig:
             raise ConfigError(f"bad value dropout={self.dropout!r}: expected in [0, 1)")
 
 
-@register_method("transfer", config=TransferConfig, tasks=("binary",))
+@register_method("transfer", config=TransferConfig, tasks=("binary", "multiclass"))
 def build(cfg: TrialConfig, info, ctx) -> ClassifierTask:
     model = create_model(
         cfg.train.model,
-        num_outputs=1,
+        num_outputs=info.num_outputs,
         pretrained=cfg.train.pretrained,
         freeze=cfg.method.freeze,
         dropout=cfg.method.dropout,
