@@ -39,6 +39,19 @@ def studies_epilog() -> str:
     return "\n".join(lines)
 
 
+def lazy_epilog(parser: argparse.ArgumentParser, make) -> None:
+    """Give ``parser`` the epilog ``make()`` returns, made when its help is printed: every
+    other command line (``cxrkd --version``, ``cxrkd data show``) starts without it."""
+    plain = parser.format_help
+
+    def format_help() -> str:
+        if parser.epilog is None:
+            parser.epilog = make()
+        return plain()
+
+    parser.format_help = format_help
+
+
 def add_watch_options(p: argparse.ArgumentParser, *, resume: bool = False) -> None:
     """``--optuna-storage`` and ``--ray-dashboard``: watching a search as it goes."""
     kept = "; default: the one the run was started with" if resume else (
@@ -57,6 +70,13 @@ def add_watch_options(p: argparse.ArgumentParser, *, resume: bool = False) -> No
         help="start the private local Ray with its dashboard on 127.0.0.1 and print its URL "
         "(needs the ray[default] extra; not with --address: a cluster has its own)",
     )
+    p.add_argument(
+        "--mlflow-uri",
+        metavar="URI",
+        help="the MLflow tracking server or store of --log-to mlflow (default: "
+        "MLFLOW_TRACKING_URI, else <run>/mlflow.db when the run folder is local); never kept "
+        "in the run folder: give it to `search resume` again",
+    )
 
 
 def add_search_commands(sub: argparse._SubParsersAction) -> None:
@@ -65,9 +85,9 @@ def add_search_commands(sub: argparse._SubParsersAction) -> None:
     p = ssub.add_parser(
         "run",
         help="run a study (e.g. pneumonia-kd)",
-        epilog=studies_epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    lazy_epilog(p, studies_epilog)  # loads every study (and torch): only for --help
     p.add_argument("study")
     p.add_argument("--dataset", help="dataset store name (default: the study's built-in one)")
     p.add_argument("--profile", default="demo", help="demo (CPU, minutes) or paper")
@@ -101,6 +121,14 @@ def add_search_commands(sub: argparse._SubParsersAction) -> None:
         metavar="PATTERN",
         help="run only the cells whose key matches this glob (repeatable; quote it), plus the "
         "teachers they distil from, e.g. --only '*tiny*'; `search resume` keeps the subset",
+    )
+    p.add_argument(
+        "--log-to",
+        action="append",
+        metavar="TRACKER",
+        help="log every trial (config, each epoch's metrics, final test metrics) to an "
+        "experiment tracker: tensorboard, mlflow or wandb (repeatable; each needs its extra, "
+        'e.g. pip install "cxrkd[mlflow]"); `search resume` keeps them',
     )
     add_watch_options(p)
     p.set_defaults(func=cmd_run)
@@ -175,8 +203,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         objectives=args.objective,
         only=args.only,
         optuna_storage=args.optuna_storage,
+        log_to=args.log_to,
     )
-    run_study(options, ray_dashboard=args.ray_dashboard)
+    run_study(options, ray_dashboard=args.ray_dashboard, mlflow_uri=args.mlflow_uri)
     return 0
 
 
@@ -188,6 +217,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
         address=args.address,
         optuna_storage=args.optuna_storage,
         ray_dashboard=args.ray_dashboard,
+        mlflow_uri=args.mlflow_uri,
     )
     return 0
 

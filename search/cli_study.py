@@ -1,5 +1,6 @@
-"""``cxrkd study list`` and ``cxrkd study show NAME [--profile P]``: the built-in studies, and
-one printed as a study file (TOML) that ``cxrkd search run FILE.toml`` runs as it is."""
+"""``cxrkd study list`` and ``cxrkd study show NAME [--profile P] [--format toml|yaml]``: the
+built-in studies, and one printed as a study file (TOML by default, or YAML) that ``cxrkd
+search run FILE.toml`` (``FILE.yaml``) runs as it is."""
 
 from __future__ import annotations
 
@@ -13,13 +14,17 @@ def add_study_commands(sub: argparse._SubParsersAction) -> None:
     ls.set_defaults(func=cmd_list)
     show = ssub.add_parser(
         "show",
-        help="print a built-in study as a study file (TOML)",
+        help="print a built-in study as a study file (TOML or YAML)",
         description="Prints every profile's study fully expanded (cells, timm models, search "
         "ranges, tables), or one with --profile. Save it, edit it, and run it with "
-        "`cxrkd search run FILE.toml --profile P`.",
+        "`cxrkd search run FILE.toml --profile P` (with --format yaml: FILE.yaml).",
     )
     show.add_argument("name", help="a built-in study (cxrkd study list)")
     show.add_argument("--profile", help="only this profile (default: all)")
+    show.add_argument(
+        "--format", choices=("toml", "yaml"), default="toml",
+        help="the file's format (default: toml); save YAML as .yaml or .yml",
+    )  # fmt: skip
     show.set_defaults(func=cmd_show)
 
 
@@ -41,5 +46,5 @@ def cmd_show(args: argparse.Namespace) -> int:
         raise CxrkdError(
             f"unknown profile {args.profile!r} for study {args.name!r}; known: {list(profiles)}"
         )
-    print(builtin_study_text(args.name, args.profile), end="")
+    print(builtin_study_text(args.name, args.profile, fmt=args.format), end="")
     return 0

@@ -13,11 +13,16 @@ from cxrkd.trainables.errors import CxrkdError
 DASHBOARD_MODULES = ("aiohttp", "aiohttp_cors", "opencensus", "prometheus_client")
 
 
+def find_spec(module: str) -> bool:
+    """Whether ``module`` can be imported here (without importing it)."""
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
 def check_dashboard(address: str | None) -> None:
     """``--ray-dashboard``: refused when the driver attaches to a cluster (the cluster has its
     own dashboard) or when Ray's dashboard cannot start here (the extra is not installed)."""
-    import importlib.util
-
     import ray
 
     address = address or os.environ.get("RAY_ADDRESS")
@@ -28,7 +33,7 @@ def check_dashboard(address: str | None) -> None:
             f"attaches to {where}; open that cluster's own dashboard instead (`ray dashboard "
             "cluster.yaml` forwards it), or drop --address/RAY_ADDRESS"
         )
-    missing = [m for m in DASHBOARD_MODULES if importlib.util.find_spec(m) is None]
+    missing = [m for m in DASHBOARD_MODULES if not find_spec(m)]
     if missing:
         raise CxrkdError(
             f"--ray-dashboard needs Ray's dashboard extra, not installed here (missing: "
@@ -63,6 +68,13 @@ def init_ray(address: str | None, *, dashboard: bool = False) -> bool:
             address="local", include_dashboard=True, dashboard_host="127.0.0.1", **quiet
         )
         print(f"Ray dashboard  http://{context.dashboard_url}", flush=True)
+        # Ray 2.60 turns token auth on for a new local Ray (ray.init sets RAY_AUTH_MODE)
+        if os.environ.get("RAY_AUTH_MODE", "").lower() == "token":
+            print(
+                "               it asks for Ray's token: `ray get-auth-token` prints it "
+                "(RAY_AUTH_TOKEN or ~/.ray/auth_token)",
+                flush=True,
+            )
         return True
     ray.init(address="local", include_dashboard=False, **quiet)
     return True

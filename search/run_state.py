@@ -35,6 +35,8 @@ class RunOptions:
     optuna_storage: str | None = None
     # a study file's path (search.study_source); in run.json: the run folder's copy of it
     study_file: str | None = None
+    # --log-to: experiment trackers (search.trackers); the names only, never a URL or key
+    log_to: list[str] | None = None
 
     def __post_init__(self) -> None:
         if self.num_samples is not None and self.num_samples < 1:

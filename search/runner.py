@@ -17,7 +17,7 @@ import dataclasses
 import sys
 import time
 
-from cxrkd.search import lease, optuna_live, signing
+from cxrkd.search import lease, optuna_live, signing, trackers
 from cxrkd.search.preflight import check_cells
 from cxrkd.search.ray_runtime import check_dashboard, init_ray, max_concurrent, trial_resources
 from cxrkd.search.run_state import (
@@ -43,9 +43,12 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def run_study(options: RunOptions, *, ray_dashboard: bool = False) -> str:
+def run_study(
+    options: RunOptions, *, ray_dashboard: bool = False, mlflow_uri: str | None = None
+) -> str:
     options = with_study_source(options)  # STUDY may be a study file: checked, read once
     optuna_live.check_url(options.optuna_storage)  # before anything is written
+    trackers.check_trackers(options.log_to, mlflow_uri=mlflow_uri)
     if ray_dashboard:
         check_dashboard(options.address)
     study = study_with_options(options)
@@ -60,10 +63,10 @@ def run_study(options: RunOptions, *, ray_dashboard: bool = False) -> str:
     options = dataclasses.replace(
         options, name=name, storage=storage_uri, dataset=store.manifest.name, overrides=overrides
     )
-    options = keep_copy(options, run_uri)  # <run>/study.toml: what resume reads
+    options = keep_copy(options, run_uri)  # <run>/study.toml or .yaml: what resume reads
     write_options(run_uri, options, {"dataset_fingerprint": store.manifest.fingerprint})
     with lease.hold(run_uri, log=log):  # one driver per run: search.lease
-        return _drive(study, options, store, run_uri, ray_dashboard)
+        return _drive(study, options, store, run_uri, ray_dashboard, mlflow_uri)
 
 
 def resume_study(
@@ -72,6 +75,7 @@ def resume_study(
     *,
     optuna_storage: str | None = None,
     ray_dashboard: bool = False,
+    mlflow_uri: str | None = None,
 ) -> str:
     run_uri = run_uri_of(run)
     raw = read_run(run_uri)
@@ -86,6 +90,7 @@ def resume_study(
     if note:
         log(note)
     optuna_live.check_url(options.optuna_storage)
+    trackers.check_trackers(options.log_to, mlflow_uri=mlflow_uri)
     if ray_dashboard:
         check_dashboard(address)
     study = study_with_options(options)
@@ -107,10 +112,12 @@ def resume_study(
     with held:  # taken for good (a driver that came in between is refused here)
         record_resume(run_uri, raw)
         log(f"resuming {run_uri}")
-        return _drive(study, options, store, run_uri, ray_dashboard)
+        return _drive(study, options, store, run_uri, ray_dashboard, mlflow_uri)
 
 
-def _drive(study: Study, options: RunOptions, store, run_uri: str, dashboard: bool) -> str:
+def _drive(
+    study: Study, options: RunOptions, store, run_uri: str, dashboard: bool, mlflow_uri=None
+) -> str:
     import ray
 
     from cxrkd.results.report import write_report  # late: plotting stack only when needed
@@ -144,7 +151,10 @@ def _drive(study: Study, options: RunOptions, store, run_uri: str, dashboard: bo
         log(optuna_live.live_note(live, run_uri))
         _, done = read_state(run_uri)
         if len(done) < len(study.stages):
-            with optuna_live.mirroring(live, study):
+            tracking = trackers.tracking(
+                options.log_to, run_uri=run_uri, study=study.name, mlflow_uri_given=mlflow_uri
+            )
+            with optuna_live.mirroring(live, study), tracking:
                 run_experiment(ctx)
         # Tune's state can no longer be resumed: its signatures are never read again.
         storage.delete_dir(signing.signatures_uri(run_uri, EXPERIMENT))

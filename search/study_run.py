@@ -41,6 +41,7 @@ from cxrkd.search.stage import (
     register_teacher,
     retry_lost_workers_only,
 )
+from cxrkd.search.trackers import Trackers
 from cxrkd.spaces.studies import Role, Study
 from cxrkd.trainables import storage
 from cxrkd.trainables.errors import CxrkdError
@@ -383,6 +384,7 @@ def _tuner(ctx: StudyContext):
                 SchedulerState(scheduler),
                 *run_callbacks(ctx.run_uri, study.name),  # records, their live Optuna mirror
                 ProgressCallback(searcher=searcher, metric=study.metric),
+                Trackers(),  # --log-to: TensorBoard, MLflow, W&B (search.trackers)
             ],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS),
             failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),

@@ -1,11 +1,12 @@
-"""Where a run's study comes from: a built-in study's name, or a study file (TOML,
+"""Where a run's study comes from: a built-in study's name, or a study file (TOML or YAML,
 ``spaces.study_file`` for its study part and ``results.tables_file`` for its tables).
 
-``cxrkd search run path/to/study.toml`` records the file's path in the run's options
-(``RunOptions.study_file``) and keeps a copy of it in the run folder (``<run>/study.toml``):
-``search resume`` and the report read that copy, never the user's file, which may have changed
-since. ``cxrkd study show NAME`` prints a built-in study in the same form
-(:func:`builtin_study_text`), which runs the same cells when read back.
+``cxrkd search run path/to/study.toml`` (or ``.yaml``/``.yml``) records the file's path in the
+run's options (``RunOptions.study_file``) and keeps a copy of it, in its own format, in the run
+folder (``<run>/study.toml``, ``<run>/study.yaml``): ``search resume`` and the report read that
+copy, never the user's file, which may have changed since. ``cxrkd study show NAME [--format
+yaml]`` prints a built-in study in the same form (:func:`builtin_study_text`), which runs the
+same cells when read back.
 """
 
 from __future__ import annotations
@@ -17,25 +18,33 @@ from cxrkd.results.study_tables import study_tables
 from cxrkd.results.tables_file import tables_data, tables_from_data, use_file_tables
 from cxrkd.search.run_state import RunOptions
 from cxrkd.spaces.studies import STUDIES, Study, get_study
-from cxrkd.spaces.study_file import dump_study_file, load_study_text
+from cxrkd.spaces.study_file import YAML_SUFFIXES, dump_study_file, is_yaml, load_study_text
 from cxrkd.trainables import storage
 from cxrkd.trainables.errors import CxrkdError
 
-RUN_COPY = "study.toml"  # the run folder's copy of its study file
+RUN_COPY = "study"  # the run folder's copy of its study file, + the file's suffix
+
+
+def copy_name(study_file: str) -> str:
+    """The run folder's name for a copy of ``study_file``: its format kept (a YAML file is
+    read as YAML only under a YAML name; any other name is read as TOML)."""
+    suffix = next((s for s in YAML_SUFFIXES if study_file.lower().endswith(s)), ".toml")
+    return RUN_COPY + suffix
 
 
 def is_study_file(study: str) -> bool:
-    """Whether a STUDY argument names a file (ends in .toml, or is an existing file)."""
-    return study.endswith(".toml") or Path(study).is_file()
+    """Whether a STUDY argument names a file (ends in .toml/.yaml/.yml, or is a file)."""
+    return study.endswith(".toml") or is_yaml(study) or Path(study).is_file()
 
 
-def builtin_study_text(name: str, profile: str | None = None) -> str:
-    """The built-in study ``name`` as a study file: every profile, or only ``profile``."""
+def builtin_study_text(name: str, profile: str | None = None, *, fmt: str = "toml") -> str:
+    """The built-in study ``name`` as a study file (``fmt``: toml or yaml): every profile, or
+    only ``profile``."""
     _, profiles = STUDIES.get(name)
     names = [profile] if profile else list(profiles)
     studies = [get_study(name, p) for p in names]
     tables = {s.profile.name: tables_data(study_tables(s)) for s in studies}
-    return dump_study_file(studies, tables)
+    return dump_study_file(studies, tables, fmt=fmt)
 
 
 def read_study_file(uri: str, profile: str) -> Study:
@@ -52,11 +61,12 @@ def read_study_file(uri: str, profile: str) -> Study:
             f"{source}: no profile {profile!r}; the file's profiles: {sorted(studies)} "
             "(pass one with --profile)"
         )
-    study = studies[profile]
+    study, body = studies[profile], data["profiles"][profile]
+    if "tables" not in body and "extends" in body:  # a built-in profile changed: its tables
+        use_file_tables(study.name, None)
+        return study
     try:  # a file without tables has none (not those registered under its study's name)
-        specs = tables_from_data(
-            data["profiles"][profile].get("tables", []), f"profiles.{profile}.tables"
-        )
+        specs = tables_from_data(body.get("tables", []), f"profiles.{profile}.tables")
     except CxrkdError as e:
         raise CxrkdError(f"{source}: {e}") from None
     use_file_tables(study.name, specs)
@@ -86,7 +96,7 @@ def keep_copy(options: RunOptions, run_uri: str) -> RunOptions:
     """Copy a run's study file into its run folder; the options then name the copy."""
     if options.study_file is None:
         return options
-    copy = storage.join(run_uri, RUN_COPY)
+    copy = storage.join(run_uri, copy_name(options.study_file))
     storage.write_text(copy, storage.read_text(options.study_file))
     return dataclasses.replace(options, study_file=copy)
 
@@ -96,4 +106,5 @@ def run_copy(options: RunOptions, run_uri: str) -> RunOptions:
     folder is now), never the file the run was started from."""
     if options.study_file is None:
         return options
-    return dataclasses.replace(options, study_file=storage.join(run_uri, RUN_COPY))
+    copy = copy_name(options.study_file)  # the stored path names the copy (its format)
+    return dataclasses.replace(options, study_file=storage.join(run_uri, copy))

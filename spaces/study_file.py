@@ -1,4 +1,5 @@
-"""A study as a TOML file: every profile's study fully expanded, read back exactly.
+"""A study as a TOML file: every profile's study fully expanded, read back exactly. The same
+data may be written as YAML (``spaces.study_yaml``: a name ending in .yaml/.yml).
 
 Format (one file, one study, one or more profiles; ``cxrkd study show NAME`` prints one)::
 
@@ -6,14 +7,10 @@ Format (one file, one study, one or more profiles; ``cxrkd study show NAME`` pri
     task = "binary"                # binary | multilabel
     default_dataset = "phantom-pneumonia"
     default_import = ["phantom", "pneumonia", {}]   # (kind, src, options)
-    metric = "val_auc"             # optional, default val_auc
-    mode = "max"                   # optional, default max
+    metric = "val_auc"             # optional, default val_auc (mode: max)
 
     [profiles.demo]                # Profile fields (name = the table's name)
-    samples = 2
-    teacher_samples = 2
-    seeds = 2
-    grace_period = 2
+    samples = 2                    # teacher_samples, seeds, grace_period: the same
     fixed = { img_size = 64, epochs = 4, pretrained = false }
     bounds = { lr = [5e-4, 2e-3] } # optional: name -> [low, high]
     grid = { type = "lowres_kd.Grid", sizes = ["tiny"], factors = [2, 4, 8] }  # optional
@@ -35,10 +32,10 @@ Format (one file, one study, one or more profiles; ``cxrkd study show NAME`` pri
     # a final cell: { key = "...", final_of = "<earlier cell>", seeds = 3 }
     # a fixed cell: { key = "...", configs = [{ ... }, ...] }
 
-A profile's ``tables`` (``[[profiles.P.tables]]``) belong to the results layer
-(``results.tables_file``): this reader leaves them alone. Config values that are teacher
-references are written ``{ teacher_of = "cell" }``. Unknown keys, a wrong type, a model name
-that is neither timm's nor cxrkd's, or a bad TOML syntax are refused with a
+A profile of a built-in study may instead be ``extends = "paper"`` plus the fields it changes
+(``spaces.study_templates``). ``[[profiles.P.tables]]`` belong to ``results.tables_file``.
+Teacher references are written ``{ teacher_of = "cell" }``. Unknown keys, a wrong type, a
+model name that is neither timm's nor cxrkd's, or bad syntax are refused with a
 :class:`CxrkdError` naming where (``profiles.demo.stages[1].cells[2].fixedd``) and what is
 known. The study's own checks (references to earlier cells, counts) run as usual.
 """
@@ -73,11 +70,14 @@ __all__ = ["dump_study_file", "load_study_text", "parse_toml", "studies_from_dat
 
 STUDY_KEYS = {"name", "task", "default_dataset", "default_import", "metric", "mode", "profiles"}
 STUDY_REQUIRED = {"name", "task", "default_dataset", "default_import", "profiles"}
-PROFILE_EXTRA = {"stages", "tables"}  # besides Profile's fields; tables: results.tables_file
+# besides Profile's fields; tables: results.tables_file; extends: spaces.study_templates
+PROFILE_EXTRA = {"stages", "tables", "extends"}
 STAGE_KEYS = {"name", "role", "early_stopping", "cells"}
 SEARCH_KEYS = {"key", "space", "fixed", "num_samples", "bounds", "choices", "objectives"}
 FIXED_KEYS = {"key", "configs"}
 FINAL_KEYS = {"key", "final_of", "seeds"}
+FORMATS = ("toml", "yaml")  # study file formats: TOML (the default) or YAML (spaces.study_yaml)
+YAML_SUFFIXES = (".yaml", ".yml")  # a study file named so is YAML; any other name is TOML
 MODEL_FIELDS = ("model",)  # config values that name a model (checked against timm and MODELS)
 
 
@@ -205,17 +205,29 @@ def to_toml(data: dict, path: tuple[str, ...] = ()) -> str:
     return out
 
 
-def dump_study_file(studies: list[Study], tables: dict[str, list[dict]] | None = None) -> str:
-    """TOML text of ``studies`` (one study's profiles); ``tables``: profile -> table data
-    (``results.tables_file``) placed under each profile."""
+def dump_study_file(
+    studies: list[Study], tables: dict[str, list[dict]] | None = None, *, fmt: str = "toml"
+) -> str:
+    """TOML (or, ``fmt="yaml"``, YAML) text of ``studies`` (one study's profiles); ``tables``:
+    profile -> table data (``results.tables_file``) placed under each profile."""
+    if fmt not in FORMATS:
+        raise CxrkdError(f"unknown study file format {fmt!r}; known: {list(FORMATS)}")
     data = study_data(studies)
     for profile, specs in (tables or {}).items():
         if specs:
             data["profiles"][profile]["tables"] = specs
+    if fmt == "yaml":
+        from cxrkd.spaces.study_yaml import to_yaml  # PyYAML only when asked
+
+        return to_yaml(data)
     return to_toml(data)
 
 
 # ---- reading ------------------------------------------------------------------------------
+
+
+def is_yaml(source: str) -> bool:  # a study file's name says its format (YAML_SUFFIXES)
+    return str(source).lower().endswith(YAML_SUFFIXES)
 
 
 def parse_toml(text: str, source: str) -> dict:
@@ -256,17 +268,14 @@ def _grid(data: Any, where: str) -> StudyGrid:
     STUDIES.all()  # the study modules define the grid classes
     kinds = {f"{c.__module__.removeprefix('cxrkd.spaces.')}.{c.__qualname__}": c
              for c in StudyGrid.__subclasses__()}  # fmt: skip
-    data = dict(check_keys(data, {"type"} | _grid_fields(kinds), where, {"type"}))
+    fields = {f.name for c in kinds.values() for f in dataclasses.fields(c)}
+    data = dict(check_keys(data, {"type"} | fields, where, {"type"}))
     cls = kinds.get(data.pop("type"))
     if cls is None:
         raise CxrkdError(f"{where}.type: unknown grid type; known: {sorted(kinds)}")
     known = {f.name for f in dataclasses.fields(cls)}
     check_keys(data, known, where)
     return cls(**{k: _value(v, f"{where}.{k}") for k, v in data.items()})
-
-
-def _grid_fields(kinds: dict) -> set[str]:
-    return {f.name for c in kinds.values() for f in dataclasses.fields(c)}
 
 
 def _cell(data: Any, where: str):
@@ -295,15 +304,14 @@ def _cell(data: Any, where: str):
     )  # fmt: skip
 
 
+def _profile_values(data: dict, where: str, drop=("stages", "tables")) -> dict:
+    return {k: (_grid(v, f"{where}.grid") if k == "grid" else _value(v, f"{where}.{k}"))
+            for k, v in data.items() if k not in drop}  # fmt: skip
+
+
 def _profile(name: str, data: Any, where: str) -> Profile:
-    fields = {f.name for f in dataclasses.fields(Profile)} - {"name"}
-    data = dict(check_keys(data, fields | PROFILE_EXTRA, where))
-    data.pop("stages", None)
-    data.pop("tables", None)
-    values = {k: (_grid(v, f"{where}.grid") if k == "grid" else _value(v, f"{where}.{k}"))
-              for k, v in data.items()}  # fmt: skip
     try:
-        return Profile(name=name, **values)
+        return Profile(name=name, **_profile_values(data, where))
     except TypeError as e:
         raise CxrkdError(f"{where}: {e}") from None
 
@@ -352,8 +360,15 @@ def studies_from_data(data: dict, source: str) -> dict[str, Study]:
     out = {}
     for name, body in profiles.items():
         where = f"profiles.{name}"
+        extends = isinstance(body, dict) and "extends" in body
         check_keys(body, {f.name for f in dataclasses.fields(Profile)} | PROFILE_EXTRA, where,
-                   {"stages"})  # fmt: skip
+                   set() if extends else {"stages"})  # fmt: skip
+        if extends:
+            from cxrkd.spaces.study_templates import extended_study
+
+            values = _profile_values(body, where, drop=("tables",))
+            out[name] = extended_study(data, name, values, where)
+            continue
         try:
             study = Study(
                 **head, default_import=_value(data["default_import"], "default_import"),
@@ -369,8 +384,14 @@ def studies_from_data(data: dict, source: str) -> dict[str, Study]:
 
 def load_study_text(text: str, source: str) -> tuple[dict[str, Study], dict]:
     """``(profile -> study, the file's data)`` of a study file's ``text`` (``source``: where it
-    was read, for the messages)."""
-    data = parse_toml(text, source)
+    was read, for the messages; a name ending in .yaml/.yml is read as YAML, any other as
+    TOML)."""
+    if is_yaml(source):
+        from cxrkd.spaces.study_yaml import parse_yaml
+
+        data = parse_yaml(text, source)
+    else:
+        data = parse_toml(text, source)
     try:
         return studies_from_data(data, source), data
     except CxrkdError as e:

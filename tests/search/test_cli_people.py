@@ -31,6 +31,19 @@ def test_version_names_the_installed_cxrkd(capsys):
     assert capsys.readouterr().out.strip() == f"cxrkd {metadata.version('cxrkd')}"
 
 
+def test_the_command_line_is_built_without_torch_or_ray():
+    """Every command starts in about a second (`cxrkd --version` took 4-10 s while building
+    `search run`'s list of studies imported torch); only `search run --help` loads them."""
+    import subprocess
+
+    code = (
+        "import sys; from cxrkd.search.cli import build_parser; build_parser(); "
+        "print(sorted({'torch', 'ray', 'timm'} & set(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
 def test_search_run_help_lists_every_study_and_profile(capsys):
     from cxrkd.spaces.studies import STUDIES
 

@@ -3,14 +3,13 @@ while the run goes (``search.optuna_live``), ``--optuna-storage``, ``--ray-dashb
 the end-of-run lines saying where everything is.
 
 The mirror is driven with fake Tune trials (no Ray) through the callback's hooks, in Tune's
-order, and compared with the end-of-run export of the same records; one slow test reads the
-SQLite storage of a real run while its driver is still running.
+order, and compared with the end-of-run export of the same records. The real run whose SQLite
+storage is read while its driver still runs is in test_watch_live.py.
 """
 
 from __future__ import annotations
 
 import pickle
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +18,6 @@ import pandas as pd
 import pytest
 from cli_checks import fails
 from optuna.trial import TrialState
-from test_resume import Driver, driver_env  # noqa: F401  (a fixture)
 
 from cxrkd.results.optuna_export import cell_studies, study_distributions, study_name
 from cxrkd.search import optuna_live, ray_runtime
@@ -278,53 +276,6 @@ def test_the_end_of_a_run_says_where_everything_is(tmp_path):
     assert f"optuna-dashboard sqlite:///{run}/optuna.db" in lines
     assert f"optuna-dashboard sqlite:///{run}/optuna-live.db" in lines
     assert "optuna live" not in "\n".join(optuna_live.where(run, None))
-
-
-@pytest.mark.slow
-def test_the_live_storage_is_readable_mid_run_and_agrees_with_the_export(
-    tiny_store,
-    tiny,
-    tmp_path,
-    driver_env,  # noqa: F811
-):
-    """A real run in a subprocess: its SQLite storage, read while the driver runs, has a
-    COMPLETE trial before the run ends, and at the end the same trials as ``optuna.db``."""
-    run = tmp_path / "runs" / "R"
-    sets = [a for k, v in {**tiny, "epochs": "4"}.items() for a in ("--set", f"{k}={v}")]
-    driver = Driver(["search", "run", "pneumonia-kd", "--dataset", tiny_store.name,
-                     "--name", "R", "--storage", str(run.parent), "--only", "baseline_cnn",
-                     "--num-samples", "2", "--max-concurrent", "1", *sets],
-                    env=driver_env, log=tmp_path / "driver.log")  # fmt: skip
-    url = f"sqlite:///{run / 'optuna-live.db'}"
-    name = study_name("search", "baseline_cnn")
-    seen = None
-    try:
-        deadline = time.monotonic() + 300
-        while seen is None and driver.proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.5)
-            try:
-                study = optuna.load_study(study_name=name, storage=url)
-            except Exception:  # not created yet
-                continue
-            complete = study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
-            if complete and driver.proc.poll() is None:
-                seen = len(study.trials)
-        assert seen is not None, f"no finished trial seen mid-run:\n{driver.text()[-3000:]}"
-        assert driver.wait(300) == 0, driver.text()[-3000:]
-    finally:
-        driver.close()
-    text = driver.text()
-    assert f"optuna live  {url}" in text and f"optuna-dashboard sqlite:///{run}/optuna.db" in text
-    live = {
-        t.user_attrs["trial_id"]: t for t in optuna.load_study(study_name=name, storage=url).trials
-    }
-    export = optuna.load_study(study_name=name, storage=f"sqlite:///{run / 'optuna.db'}")
-    exported = {t.user_attrs["trial_id"]: t for t in export.trials}
-    assert len(live) == 2 and set(live) == set(exported)
-    for tid, trial in live.items():
-        assert trial.state.is_finished()
-        same_trial(trial, exported[tid])
-    assert optuna.get_all_study_names(url) == [name]  # search cells only, not the final stage
 
 
 def test_a_resume_takes_a_database_url_from_its_command_line_never_from_the_run_folder():

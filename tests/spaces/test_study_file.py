@@ -12,19 +12,30 @@ from cxrkd.trainables.errors import CxrkdError
 BUILTIN = [(name, p) for name, (_, profiles) in STUDIES.all().items() for p in profiles]
 
 
+@pytest.mark.parametrize("fmt", ["toml", "yaml"])
 @pytest.mark.parametrize(("name", "profile"), BUILTIN)
-def test_builtin_study_round_trips(name, profile):
+def test_builtin_study_round_trips(name, profile, fmt):
     study = get_study(name, profile)
-    studies, _ = load_study_text(dump_study_file([study]), "x.toml")
+    studies, _ = load_study_text(dump_study_file([study], fmt=fmt), f"x.{fmt}")
     assert studies == {profile: study}
     assert hash(studies[profile]) == hash(study)
 
 
-def test_all_profiles_in_one_file():
+@pytest.mark.parametrize("fmt", ["toml", "yaml"])
+def test_all_profiles_in_one_file(fmt):
     name = "lowres-kd"
     studies = [get_study(name, p) for p in STUDIES.get(name)[1]]
-    back, _ = load_study_text(dump_study_file(studies), "x.toml")
+    back, _ = load_study_text(dump_study_file(studies, fmt=fmt), f"x.{fmt}")
     assert list(back.values()) == studies
+
+
+def test_the_name_chooses_the_format():
+    text = dump_study_file([get_study("pneumonia-kd", "demo")], fmt="yaml")
+    assert load_study_text(text, "x.YML")[0]["demo"] == get_study("pneumonia-kd", "demo")
+    with pytest.raises(CxrkdError, match="x.toml: not valid TOML"):
+        load_study_text(text, "x.toml")
+    with pytest.raises(CxrkdError, match="unknown study file format 'json'"):
+        dump_study_file([get_study("pneumonia-kd", "demo")], fmt="json")
 
 
 def _pneumonia_data() -> dict:
