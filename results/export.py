@@ -33,7 +33,7 @@ class FinalModel:
     seed: int
     trial_id: str
     checkpoint_uri: str  # the folder holding model.pt and config.json
-    threshold: float
+    threshold: float | None  # None for a multi-class model: its decision is the argmax
     metric: str  # what chose the seed when none was given
     value: float  # the seed's value of ``metric``
 
@@ -53,9 +53,12 @@ def final_model(
     stage: str = "final",
     metric: str = "val_auc",
     mode: str = "max",
+    needs_threshold: bool = True,
 ) -> FinalModel:
     """The final model of ``cell``: its trial of ``seed``, else the seed best in the
-    validation ``metric`` (ties and missing values: the lowest seed)."""
+    validation ``metric`` (ties and missing values: the lowest seed). ``needs_threshold``:
+    its validation threshold must be recorded (binary and multi-label tasks; a multi-class
+    model decides by the argmax and has none)."""
     rows = final_rows(trials, stage=stage) if len(trials) else trials
     if rows.empty:
         raise CxrkdError(
@@ -91,7 +94,9 @@ def final_model(
             f"({stage}/*_{row['trial_id']}_*/checkpoint_*) was moved or deleted"
         )
     threshold = pd.to_numeric(pd.Series([row.get(THRESHOLD_COLUMN)]), errors="coerce").iloc[0]
-    if not math.isfinite(threshold):
+    if not needs_threshold:
+        threshold = None
+    elif not math.isfinite(threshold):
         raise CxrkdError(
             f"trial {row['trial_id']} of cell {cell!r} recorded no decision threshold "
             f"({THRESHOLD_COLUMN}): the run was made by a cxrkd that stored it for binary "
@@ -103,7 +108,7 @@ def final_model(
         seed=int(row["_seed"]),
         trial_id=str(row["trial_id"]),
         checkpoint_uri=folder,
-        threshold=float(threshold),
+        threshold=None if threshold is None else float(threshold),
         metric=metric,
         value=float(value),
     )

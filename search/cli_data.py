@@ -156,19 +156,28 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_show(args: argparse.Namespace) -> int:
     m = DatasetStore.open(args.name).manifest
     if args.json:
-        print(m.to_json())
+        print(json.dumps(show_json(m), indent=2))
         return 0
     print(m.title)
     if m.synthetic:
         print(f"  !! {SYNTHETIC_BANNER}")
     print(f"  source      {m.source}")
-    print(f"  task        {m.task}; labels {', '.join(m.labels)}")
+    multiclass = m.task == "multiclass"
+    if multiclass:
+        print(f"  task        multiclass: one of {len(m.labels)} classes per image (softmax)")
+        print(f"  classes     {', '.join(m.labels)}")
+    else:
+        print(f"  task        {m.task}; labels {', '.join(m.labels)}")
     if m.finding_labels:
         print(f"  findings    {', '.join(m.finding_labels)}; global label {m.global_label}")
     print(f"  images      {m.n_images} at {m.resolution}x{m.resolution} px (uint8, one channel)")
-    for split, n in m.splits.items():
-        pos = ", ".join(f"{k}={v}" for k, v in m.label_counts.get(split, {}).items())
-        print(f"  {split:<5} {n:>7} images; positives: {pos}")
+    if multiclass:
+        for line in class_table(m):
+            print(f"  {line}")
+    else:
+        for split, n in m.splits.items():
+            pos = ", ".join(f"{k}={v}" for k, v in m.label_counts.get(split, {}).items())
+            print(f"  {split:<5} {n:>7} images; positives: {pos}")
     print(f"  fingerprint {m.fingerprint}")
     for note in m.notes:
         print(f"  note: {note}")
@@ -202,9 +211,41 @@ def cmd_rm(args: argparse.Namespace) -> int:
     return 0
 
 
+def class_table(m) -> list[str]:
+    """A multi-class store's images per class and split: a header, then one line a split (each
+    image is counted once, under its class; the manifest's label_counts)."""
+    width = [max(6, len(c)) for c in m.labels]
+    lines = ["images per class:"]
+    lines.append(
+        "  ".join(
+            [
+                f"  {'split':<5}",
+                f"{'images':>7}",
+                *(f"{c:>{w}}" for c, w in zip(m.labels, width, strict=True)),
+            ]
+        )
+    )
+    for split, n in m.splits.items():
+        counts = m.label_counts.get(split, {})
+        cells = [f"{counts.get(c, 0):>{w}}" for c, w in zip(m.labels, width, strict=True)]
+        lines.append("  ".join([f"  {split:<5}", f"{n:>7}", *cells]))
+    return lines
+
+
+def show_json(m) -> dict:
+    """The ``data show --json`` object: the manifest; for a multi-class store also ``classes``
+    (its labels, in the order of a model's outputs) and ``class_counts`` ({split: {class:
+    images}}; the manifest's ``label_counts``, whose "positives" are a class's images)."""
+    out = json.loads(m.to_json())
+    if m.task == "multiclass":
+        out["classes"] = list(m.labels)
+        out["class_counts"] = {split: dict(c) for split, c in m.label_counts.items()}
+    return out
+
+
 def manifest_json(name: str) -> dict:
     """The ``data show --json`` object (for tests and other tools)."""
-    return json.loads(DatasetStore.open(name).manifest.to_json())
+    return show_json(DatasetStore.open(name).manifest)
 
 
 __all__ = ["DatasetError", "add_data_commands"]

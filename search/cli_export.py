@@ -3,7 +3,9 @@
 
 The export folder holds the model file and ``cxrkd-model.json`` (the sidecar: preprocessing,
 output names, the decision threshold chosen on validation, the model and where it came from,
-and whether its data were SYNTHETIC); see :mod:`trainables.export`.
+and whether its data were SYNTHETIC); see :mod:`trainables.export`. A multi-class model's
+sidecar says ``task: multiclass`` and lists its ``classes`` in output order; it has no
+threshold: ``predict`` prints the softmax probability of each class and the most probable.
 """
 
 from __future__ import annotations
@@ -13,7 +15,13 @@ import json
 import sys
 import time
 
-from cxrkd.trainables.export_format import FORMATS, SIDECAR, SIDECAR_VERSION
+from cxrkd.trainables.export_format import (
+    FORMATS,
+    SIDECAR,
+    SIDECAR_VERSION,
+    decision_fields,
+    is_multiclass,
+)
 
 SYNTHETIC_NOTE = (
     "SYNTHETIC: this model was trained on phantom data; its outputs say nothing about real "
@@ -43,8 +51,10 @@ def add_export_commands(sub: argparse._SubParsersAction) -> None:
         "predict",
         help="apply an exported model to PNG, JPEG or DICOM files",
         description="Print one row per image: its path, the probability of each output and "
-        "the decision on the global label at the threshold chosen on validation. Images go "
-        "through the evaluation's own preprocessing (see the export's sidecar).",
+        "the decision on the global label at the threshold chosen on validation (a "
+        "multi-class model: the softmax probability of each class and the most probable "
+        "class). Images go through the evaluation's own preprocessing (see the export's "
+        "sidecar).",
     )
     p.add_argument("dir", help="an export folder (`cxrkd export ... --out DIR`)")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="PNG, JPEG or DICOM files")
@@ -102,9 +112,7 @@ def export_run(run: str, *, cell: str, seed: int | None, fmt: str, out: str):
     run_uri = run_uri_of(run)
     raw = read_run(run_uri)
     study = study_of_run(run_uri)
-    chosen = final_model(run_uri, load_trials(run_uri), cell=cell, seed=seed,
-                         stage=_final_stage(study), metric=study.metric,
-                         mode=study.mode)  # fmt: skip
+    trials = load_trials(run_uri)
     dataset = raw["options"]["dataset"]
     store = DatasetStore.open(dataset)
     if store.manifest.fingerprint != raw.get("dataset_fingerprint"):
@@ -114,6 +122,10 @@ def export_run(run: str, *, cell: str, seed: int | None, fmt: str, out: str):
             f"{raw.get('dataset_fingerprint')}); import the original data under that name"
         )
     info = DatasetInfo.from_store(store)
+    # A multi-class decision is the argmax: its trials record no validation threshold.
+    chosen = final_model(run_uri, trials, cell=cell, seed=seed, stage=_final_stage(study),
+                         metric=study.metric, mode=study.mode,
+                         needs_threshold=info.task != "multiclass")  # fmt: skip
     local, tmp = fetch_checkpoint(chosen.checkpoint_uri)
     try:
         flat = json.loads((local / "config.json").read_text())
@@ -134,6 +146,8 @@ def export_run(run: str, *, cell: str, seed: int | None, fmt: str, out: str):
     split = next(s for s in ("test", "val", "train") if store.manifest.splits.get(s))
     images = np.ascontiguousarray(store.images[store.split_indices(split)[:4]])
     example = next(model_inputs(images, pre))
+    decision = decision_fields(task=info.task, outputs=output_names(info),
+                               label=info.global_label, threshold=chosen.threshold)  # fmt: skip
     sidecar = {
         "sidecar_version": SIDECAR_VERSION,
         "cxrkd_version": package_versions(("cxrkd",))["cxrkd"],
@@ -163,31 +177,27 @@ def export_run(run: str, *, cell: str, seed: int | None, fmt: str, out: str):
         },
         "preprocessing": pre,
         "outputs": output_names(info),
-        "probabilities": "sigmoid of each logit (one independent probability per output)",
-        "decision": {
-            "label": info.global_label,
-            "threshold": chosen.threshold,
-            "rule": f"{info.global_label} when its probability >= {chosen.threshold:.6g}",
-            "chosen": "on validation, by Youden's J (the threshold the test metrics used)",
-        },
+        **decision,
     }
     folder = write_export(out, task=task, fmt=fmt, sidecar=sidecar, example=example)
     return sidecar, folder, time.perf_counter() - started
 
 
 def prediction_rows(sidecar: dict, paths: list[str], probs) -> list[dict]:
-    """One row per image: its path, the probability of each output and ``positive``: the
-    decision on the global label at the validation threshold."""
-    decision = sidecar["decision"]
-    k = sidecar["outputs"].index(decision["label"])
-    return [
-        {
-            "path": path,
-            "probabilities": {n: float(v) for n, v in zip(sidecar["outputs"], p, strict=True)},
-            "positive": bool(p[k] >= decision["threshold"]),
-        }
-        for path, p in zip(paths, probs, strict=True)
-    ]
+    """One row per image: its path, the probability of each output and the decision:
+    ``positive`` (the global label at the validation threshold), or for a multi-class model
+    ``predicted`` (the most probable class; the first of equals, as evaluation's argmax)."""
+    names = sidecar["outputs"]
+    rows = []
+    for path, p in zip(paths, probs, strict=True):
+        row = {"path": path, "probabilities": {n: float(v) for n, v in zip(names, p, strict=True)}}
+        if is_multiclass(sidecar):
+            row["predicted"] = names[int(p.argmax())]
+        else:
+            decision = sidecar["decision"]
+            row["positive"] = bool(p[names.index(decision["label"])] >= decision["threshold"])
+        rows.append(row)
+    return rows
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -195,16 +205,28 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     sidecar, probs = predict_files(args.dir, args.images)
     rows = prediction_rows(sidecar, args.images, probs)
-    label, threshold = sidecar["decision"]["label"], sidecar["decision"]["threshold"]
+    multiclass = is_multiclass(sidecar)
     if sidecar["synthetic"]:
         print(f"cxrkd: note: {SYNTHETIC_NOTE}", file=sys.stderr)
     if args.json:
         meta = {k: sidecar[k] for k in ("model", "cell", "seed", "run", "synthetic", "outputs")}
-        print(json.dumps({**meta, "threshold": threshold, "label": label, "images": rows}))
+        meta["task"] = sidecar["dataset"]["task"]
+        if multiclass:
+            meta.update(classes=list(sidecar["outputs"]), decision="argmax")
+        else:
+            meta.update(threshold=sidecar["decision"]["threshold"],
+                        label=sidecar["decision"]["label"])  # fmt: skip
+        print(json.dumps({**meta, "images": rows}))
         return 0
     names = sidecar["outputs"]
-    print("\t".join(["path", *(f"p({n})" for n in names), f"{label}>={threshold:.4g}"]))
+    if multiclass:
+        last, decide = "predicted", lambda row: row["predicted"]
+    else:
+        label, threshold = sidecar["decision"]["label"], sidecar["decision"]["threshold"]
+        last = f"{label}>={threshold:.4g}"
+        decide = lambda row: "yes" if row["positive"] else "no"  # noqa: E731
+    print("\t".join(["path", *(f"p({n})" for n in names), last]))
     for row in rows:
         cells = [f"{row['probabilities'][n]:.4f}" for n in names]
-        print("\t".join([row["path"], *cells, "yes" if row["positive"] else "no"]))
+        print("\t".join([row["path"], *cells, decide(row)]))
     return 0

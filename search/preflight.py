@@ -46,6 +46,7 @@ def check_cells(study: Study, store: DatasetStore, overrides: dict | None = None
     models: set[str] = set()
     names: dict[str, str] = {}  # every model, pretrained or not -> a cell that uses it
     weights_dir = None
+    misfits: dict[str, str] = {}  # cell key -> the KD loss a multi-class store cannot take
     cells = [c for _, c in searched_cells(study) if isinstance(c, SearchCell)]
     for searched in apply_overrides(cells, overrides or {}):
         # No teacher is registered yet: each reference stands in as its own text, a string
@@ -59,8 +60,47 @@ def check_cells(study: Study, store: DatasetStore, overrides: dict | None = None
             if cfg.train.pretrained:
                 models.add(cfg.train.model)
                 weights_dir = cfg.train.weights_dir
+            approach = one_logit_kd(cfg, store.manifest.task)
+            if approach is not None:
+                misfits.setdefault(searched.key, approach)
+    check_task_fit(study, store, misfits, [c.key for c in cells])
     check_models(names)
     if models:
         from cxrkd.trainables.weights import check_weights_available
 
         check_weights_available(sorted(models), weights_dir=weights_dir)
+
+
+def one_logit_kd(cfg, task: str) -> str | None:
+    """The KD loss of a ``kd_logit``-layout config that compares one logit per image, on a
+    multi-class dataset (where only kd_logit's ``MULTICLASS_APPROACHES`` take the C logits and every
+    trial would fail with a ConfigError); None when the config fits."""
+    from cxrkd.trainables.kd import layout_of  # torch: only once a study is checked
+    from cxrkd.trainables.methods.kd_logit import LAYOUT, MULTICLASS_APPROACHES
+
+    approach = getattr(cfg.method, "kd_approach", None)
+    if task != "multiclass" or layout_of(cfg.train.method) != LAYOUT:
+        return None
+    return approach if approach not in MULTICLASS_APPROACHES else None
+
+
+def check_task_fit(
+    study: Study, store: DatasetStore, misfits: dict[str, str], cells: list[str]
+) -> None:
+    """Refuse the cells whose KD loss cannot learn the store's classes, naming them and the
+    fixes: run only the cells that fit, or pin a loss that fits."""
+    if not misfits:
+        return
+    from cxrkd.trainables.methods.kd_logit import MULTICLASS_APPROACHES
+
+    fit = [key for key in cells if key not in misfits]
+    named = ", ".join(f"{key} (kd_approach={a})" for key, a in misfits.items())
+    only = " ".join(f"--only {key}" for key in fit)
+    pin = " or ".join(f"--set kd_approach={a}" for a in MULTICLASS_APPROACHES)
+    raise CxrkdError(
+        f"study {study.name!r} has cells whose KD loss distils one logit per image, which the "
+        f"multi-class dataset {store.manifest.name!r} ({len(store.manifest.labels)} classes) "
+        f"cannot give: {named}; every trial of them would fail. Run only the cells that fit "
+        f"({only or 'none of this study: pin a loss instead'}), or {pin} (softmax KD over "
+        "the classes)"
+    )

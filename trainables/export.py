@@ -4,8 +4,9 @@ sidecar of its preprocessing, and applied to image files with the evaluation's o
 The exported function is the deployed model alone (no teacher, no loss): the normalised main
 view ``(B, 1, input_size, input_size)`` float32 -> logits ``(B, K)``, one column per name in
 the sidecar's ``outputs`` (a binary model: the global label; a multi-task model: each finding
-(MLCT), then the global label (MCCT)). Everything before it is data, in the sidecar
-(:func:`preprocessing`), and :func:`model_inputs` applies it with the functions evaluation
+(MLCT), then the global label (MCCT); a multi-class model: its classes, whose softmax gives
+the probabilities and whose argmax is the decision). Everything before it is data, in the
+sidecar (:func:`preprocessing`), and :func:`model_inputs` applies it with the functions evaluation
 uses: the importer's decoding and resize to the store's side (uint8), ``BatchLoader``'s
 ``/ 255``, ``Pipeline(train=False)`` (resize to the input size, the low-resolution view of a
 low-resolution student, the model's normalisation). So a test image written to a PNG and
@@ -35,12 +36,14 @@ from cxrkd.trainables.config import TrainConfig, field_names, parse_config
 from cxrkd.trainables.data.augment import Pipeline
 from cxrkd.trainables.data.pipeline import BatchLoader, DatasetInfo
 from cxrkd.trainables.errors import CxrkdError
+from cxrkd.trainables.evaluate import softmax
 from cxrkd.trainables.export_format import (
     FORMATS,
     ONNX_INSTALL,
     SIDECAR,
     ExportError,
     check_format,
+    is_multiclass,
     read_sidecar,
 )
 from cxrkd.trainables.task import Task
@@ -334,7 +337,7 @@ def check_out(out: Path) -> None:
 
 def predict_files(folder: str | os.PathLike, paths: Sequence[str]) -> tuple[dict, np.ndarray]:
     """``(sidecar, probabilities (N, K))`` of the exported model on image files, in the order
-    of ``outputs``; every file is read before any is scored."""
+    of ``outputs`` (:func:`probabilities`); every file is read before any is scored."""
     sidecar = read_sidecar(folder)
     pre = sidecar["preprocessing"]
     if not paths:
@@ -342,4 +345,12 @@ def predict_files(folder: str | os.PathLike, paths: Sequence[str]) -> tuple[dict
     images = np.stack([read_image(p, int(pre["store_resolution"])) for p in paths])
     run = load_model(folder)
     logits = np.concatenate([run(x) for x in model_inputs(images, pre)])
-    return sidecar, 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))  # as evaluation does
+    return sidecar, probabilities(sidecar, logits)
+
+
+def probabilities(sidecar: dict, logits: np.ndarray) -> np.ndarray:
+    """Float64 probabilities of logits ``(N, K)``, as evaluation computes them: the softmax
+    over the classes of a multi-class model, else a sigmoid per output."""
+    if is_multiclass(sidecar):
+        return softmax(logits)
+    return 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))

@@ -23,6 +23,38 @@ class ExportError(CxrkdError):
     """A model that cannot be exported or applied, or an input that cannot be read."""
 
 
+def is_multiclass(sidecar: dict) -> bool:
+    """Whether the export is a multi-class model: softmax over its classes, decided by argmax
+    (else one sigmoid per output and a threshold on the global label)."""
+    return sidecar["dataset"]["task"] == "multiclass"
+
+
+def decision_fields(*, task: str, outputs: list[str], label: str, threshold: float | None) -> dict:
+    """The sidecar's ``task``, ``probabilities`` and ``decision`` (plus ``classes`` for a
+    multi-class model, which has no threshold: its decision is the most probable class)."""
+    if task == "multiclass":
+        return {
+            "task": task,
+            "classes": list(outputs),
+            "probabilities": "softmax over the classes (one distribution per image, in the "
+            "order of classes)",
+            "decision": {
+                "rule": "the class of highest probability (argmax); no threshold",
+                "classes": list(outputs),
+            },
+        }
+    return {
+        "task": task,
+        "probabilities": "sigmoid of each logit (one independent probability per output)",
+        "decision": {
+            "label": label,
+            "threshold": threshold,
+            "rule": f"{label} when its probability >= {threshold:.6g}",
+            "chosen": "on validation, by Youden's J (the threshold the test metrics used)",
+        },
+    }
+
+
 def check_format(fmt: str) -> str:
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r}; known formats: {list(FORMATS)}")
