@@ -7,6 +7,6 @@
 # Extra arguments go to `cxrkd search run`, e.g. `bash scripts/demo.sh --num-samples 2`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh base  # the package without the test tools
 VENV=${CXRKD_VENV:-.venv}
 exec "$VENV/bin/cxrkd" search run pneumonia-kd --profile demo "$@"

@@ -18,4 +18,7 @@ if ! command -v chromium >/dev/null 2>&1; then
       "the dashboard's browser test will skip" >&2
   fi
 fi
-exec "$VENV/bin/python" -m pytest "$@"
+# Two test processes side by side (pytest-xdist): a test uses about one core (its trials wait on
+# Ray, processes start, files sync), so two keep a 2-core machine busy. Tests that write GBs
+# (the paper rehearsals) share one process (`xdist_group`). CXRKD_TEST_WORKERS=0: one process.
+exec "$VENV/bin/python" -m pytest -n "${CXRKD_TEST_WORKERS:-2}" --dist loadgroup "$@"

@@ -8,6 +8,12 @@ import os
 # retry for 30 s. Tests never touch the user's ~/.cxrkd.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+# One torch (OpenMP) thread in this process and every process it starts (CLI drivers, Ray's
+# trial workers), set before torch is imported. The tests' tensors are tiny, so a second
+# thread gains little, and on 2 cores shared with Ray's processes (or anything else) its
+# spin-waiting costs 10-30x: a ResNet-18 step at 16 px took 1-3 s with 2 threads on a busy
+# 2-core box against 0.09 s with 1; tests/trainables took 210 s against 61 s.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import shutil
 

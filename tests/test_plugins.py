@@ -203,10 +203,15 @@ def test_logit_mse_loss_matches_its_formula(monkeypatch):
 
 
 @pytest.mark.slow
-def test_plugin_study_runs_to_its_table(site, tmp_path):
-    """One tiny run of plugin-kd through the CLI: the driver starts its own local Ray, whose
-    workers load the plugin's loss from PYTHONPATH; the table has the plugin loss's row."""
+def test_pneumonia_kd_open_with_the_plugin_compares_every_kd_loss_in_one_table(site, tmp_path):
+    """One tiny demo run of the built-in ``pneumonia-kd-open`` through the CLI with the plugin
+    installed: the driver starts its own local Ray, whose workers load the plugin's loss from
+    PYTHONPATH; the study has one ResNet-18 cell per binary KD loss, the plugin's among them
+    (the plugin's own study is planned above), and one table compares them all with the
+    fine-tuned ResNet-18. (This run is also pneumonia-kd-open's end-to-end test.)"""
+    from cxrkd.spaces.pneumonia_open import BASELINE, kd_key
     from cxrkd.trainables.data.importers import import_dataset
+    from cxrkd.trainables.kd import get_kd, kd_names
 
     home = tmp_path / "home"
     import_dataset("phantom", "pneumonia", name="tiny", n=120, size=32, home=home,
@@ -216,16 +221,34 @@ def test_plugin_study_runs_to_its_table(site, tmp_path):
     try:
         env = dict(CXRKD_HOME=str(home), RAY_TMPDIR=str(ray_tmp), CXRKD_TRIAL_THREADS="1",
                    OMP_NUM_THREADS="1")  # fmt: skip
-        out = cli(site, "search", "run", "plugin-kd", "--dataset", "tiny", "--name", "R",
-                  "--storage", str(tmp_path / "runs"), "--profile", "smoke", "--num-samples", "1",
-                  "--max-concurrent", "2", *sets, timeout=400, **env)  # fmt: skip
+        out = cli(site, "search", "run", "pneumonia-kd-open", "--profile", "demo", "--dataset",
+                  "tiny", "--name", "open", "--storage", str(tmp_path / "runs"),
+                  "--num-samples", "1", "--max-concurrent", "2", *sets, timeout=400,
+                  **env)  # fmt: skip
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    run = tmp_path / "runs" / "R"
+    run = tmp_path / "runs" / "open"
+    builtin = list(kd_names("binary"))  # this process has no plugin loaded
+    assert "logit_mse" not in builtin
+    approaches = [*builtin, "logit_mse"]
+    kd_cells = [kd_key(a) for a in approaches]
     trials = pd.read_parquet(run / "trials.parquet")
+    assert (trials["status"] == "completed").all(), trials[["cell", "error"]]
+    ran = trials.groupby("stage")["cell"].unique().map(sorted).to_dict()
+    assert ran == {"teacher": ["resnet50_teacher"], "search": sorted([BASELINE, *kd_cells]),
+                   "final": sorted(["resnet50_teacher", BASELINE, *kd_cells])}  # fmt: skip
+    assert (trials[trials["stage"] == "final"].groupby("cell").size() == 2).all()  # 2 seeds
     kd = trials[trials["method"] == "kd_logit"]
-    assert set(kd["config/kd_approach"]) == {"logit_mse"}
-    assert (trials["status"] == "completed").any()
-    table = (run / "tables" / "plugin_kd.md").read_text()
-    assert "ResNet-18 KD: logit MSE (plugin)" in table and "ResNet-50 teacher" in table
+    assert (kd["cell"] == "resnet18_kd_" + kd["config/kd_approach"]).all()
+    assert kd["config/teacher_path"].nunique() == 1  # every student, the one teacher
+    fitnets = kd[kd["config/kd_approach"] == "fitnets"]
+    assert fitnets["config/gamma"].notna().all() and fitnets["config/alpha"].isna().all()
+    numbers = pd.read_csv(run / "tables" / "pneumonia_kd_open.csv").set_index("row")
+    assert set(kd_cells) <= set(numbers.index)
+    assert (numbers.loc[kd_cells, "vs"] == "ResNet-18 fine-tuned (no KD)").all()
+    text = (run / "tables" / "pneumonia_kd_open.md").read_text()
+    for approach in builtin:
+        assert f"ResNet-18 KD: {get_kd(approach).label}" in text
+    assert "ResNet-18 KD: logit MSE (plugin)" in text
+    assert "ResNet-50 teacher (distilled from)" in text and "SYNTHETIC" in text

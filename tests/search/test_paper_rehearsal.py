@@ -31,7 +31,9 @@ from fixtures_dicom import write_vindr_learnable_tree
 from fixtures_kaggle import write_kaggle_tree
 from weights_fixture import ALLOW_RANDOM_ENV, make_weights_dir
 
-pytestmark = pytest.mark.slow
+# Slow, and one process for both (`scripts/test.sh` runs tests two at a time): each run writes
+# GBs of real-size checkpoints, and two at once could fill a CI machine's disk.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("paper-rehearsal")]
 
 # Small, not different: the paper profile's recipe (pretrained, augmentation, warm-up, AdamW,
 # cosine) with fewer pixels, epochs and steps.
