@@ -28,21 +28,35 @@ def add_report_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_report)
 
 
-def manifest_of(dataset: str):
+CONFUSION = "test_cm:"  # a multi-class trial's test confusion counts: test_cm:<true>:<pred>
+
+
+def manifest_of(dataset: str, study, trial_columns=()):
     """The run's dataset manifest, or a stand-in naming it when this machine lacks the store
-    (a report made away from the data: the caption then cannot say whether it is synthetic)."""
+    (a report made away from the data: the caption then cannot say whether it is synthetic).
+    The stand-in's task is the study's, or multi-class when the trials recorded confusion
+    counts (its classes then from those keys: a multi-class store's classes are sorted)."""
     from cxrkd.trainables.data.store import DatasetStore
 
     try:
         return DatasetStore.open(dataset).manifest
     except CxrkdError as exc:
         print(f"cxrkd: note: {exc}; the tables' caption names the dataset only", file=sys.stderr)
-        return SimpleNamespace(name=dataset, kind="not on this machine", synthetic=False)
+    classes = sorted({c[len(CONFUSION) :].split(":")[0] for c in trial_columns
+                      if c.startswith(CONFUSION)})  # fmt: skip
+    task = "multiclass" if classes else study.task
+    return SimpleNamespace(name=dataset, kind="not on this machine", synthetic=False, task=task,
+                           labels=tuple(classes))  # fmt: skip
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from cxrkd.results.dashboard import DASHBOARD
-    from cxrkd.results.frames import compact_records, load_raw_records, repeated_epochs
+    from cxrkd.results.frames import (
+        compact_records,
+        load_raw_records,
+        load_trials,
+        repeated_epochs,
+    )
     from cxrkd.results.optuna_export import OPTUNA_DB
     from cxrkd.results.report import write_report
     from cxrkd.search.optuna_live import live_url, shown
@@ -67,7 +81,9 @@ def cmd_report(args: argparse.Namespace) -> int:
             f"{twice['epoch'].iloc[0]}: {', '.join(twice['attempts'].iloc[0])}",
             file=sys.stderr,
         )
-    write_report(run_uri, study, manifest_of(options.dataset), out=tables, dashboard_dir=out)
+    columns = load_trials(run_uri).columns
+    manifest = manifest_of(options.dataset, study, columns)
+    write_report(run_uri, study, manifest, out=tables, dashboard_dir=out)
     db = storage.join(out, OPTUNA_DB)
     print(f"tables     {tables}")
     print(f"dashboard  {storage.join(out, DASHBOARD)}")

@@ -42,6 +42,9 @@ def check_dashboard(address: str | None) -> None:
         )
 
 
+USAGE_STATS = "RAY_USAGE_STATS_ENABLED"
+
+
 def init_ray(address: str | None, *, dashboard: bool = False) -> bool:
     """Attach to ``address`` (or ``RAY_ADDRESS``), else start a private local Ray (with its
     dashboard on 127.0.0.1 when ``dashboard``: :func:`check_dashboard` first).
@@ -55,6 +58,9 @@ def init_ray(address: str | None, *, dashboard: bool = False) -> bool:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    # Ray reports usage to its makers by default (a request to the internet from the local
+    # Ray's dashboard process): off unless the user turned it on (RAY_USAGE_STATS_ENABLED=1).
+    os.environ.setdefault(USAGE_STATS, "0")
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS")

@@ -14,6 +14,8 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 # spin-waiting costs 10-30x: a ResNet-18 step at 16 px took 1-3 s with 2 threads on a busy
 # 2-core box against 0.09 s with 1; tests/trainables took 210 s against 61 s.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# The tests' own Ray instances report no usage to Ray's makers (no traffic off this machine).
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 import shutil
 

@@ -235,6 +235,8 @@ def test_every_ray_start_runs_with_token_authentication(path: Path):
         assert len(RAY_START.findall(cmd)) == len(
             re.findall(r"(?:^|[;&|]\s*|\s)RAY_AUTH_MODE=token ray start\b", cmd)
         ), cmd
+        # Ray's usage reports to its makers (on by default) are off on every node.
+        assert "--disable-usage-stats" in cmd, cmd
     # Every other Ray command in the container too (`ray exec ... ray status`, the driver).
     assert "-e RAY_AUTH_MODE=token" in config["docker"]["run_options"]
     # Ray's own switch, not a look-alike: the variable this Ray reads.

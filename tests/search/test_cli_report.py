@@ -63,3 +63,18 @@ def test_report_of_a_folder_that_is_no_run_says_how_to_fix_it(tmp_path, capsys):
     assert main(["report", str(tmp_path / "nothing")]) == 2
     err = capsys.readouterr().err
     assert "no run at" in err and "run.json" in err
+
+
+def test_a_report_away_from_the_data_takes_the_task_from_the_run(capsys):
+    """Without the store on this machine the caption's stand-in still knows the task: the
+    study's, or multi-class with its classes when the trials recorded confusion counts."""
+    from cxrkd.search.cli_report import manifest_of
+    from cxrkd.spaces.studies import get_study
+
+    study = get_study("pneumonia-kd", "demo")
+    binary = manifest_of("elsewhere", study, ["test_auc", "test_threshold"])
+    assert (binary.task, binary.labels, binary.synthetic) == ("binary", (), False)
+    columns = ["test_auc", "test_cm:normal:covid", "test_cm:covid:covid", "test_cm:viral:normal"]
+    multi = manifest_of("elsewhere", study, columns)
+    assert (multi.task, multi.labels) == ("multiclass", ("covid", "normal", "viral"))
+    assert "unknown dataset 'elsewhere'" in capsys.readouterr().err

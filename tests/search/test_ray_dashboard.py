@@ -7,12 +7,14 @@ test_optuna_live.py.)"""
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
 from cxrkd.search import ray_runtime
 
 REPO = Path(__file__).resolve().parents[2]
+USAGE = ray_runtime.USAGE_STATS
 URL = re.compile(r"Ray dashboard  http://(127\.0\.0\.1):(\d+)")
 
 
@@ -48,3 +50,18 @@ def test_a_run_without_the_flag_asks_ray_for_no_dashboard(monkeypatch):
 
 class _Context:
     dashboard_url = "127.0.0.1:8265"
+
+
+def test_the_local_ray_reports_no_usage_unless_the_user_asked(monkeypatch):
+    """Ray sends usage reports to its makers by default; a Ray the driver starts does not."""
+    import ray
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    seen = []
+    monkeypatch.setattr(ray, "init", lambda **kw: seen.append(os.environ.get(USAGE)))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.delenv(USAGE, raising=False)
+    ray_runtime.init_ray(None)
+    monkeypatch.setenv(USAGE, "1")  # the user's own choice stands
+    ray_runtime.init_ray(None)
+    assert seen == ["0", "1"]
