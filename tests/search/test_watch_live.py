@@ -1,5 +1,6 @@
 """Watching a run, all in one real run (issue 12, items 2, 4 and 5): a study file written as
-YAML by `cxrkd study show`, run by the real CLI in a subprocess with ``--ray-dashboard``, the
+YAML by `cxrkd study show` and edited (its fine-tuned student a ResNet-34, which the table's
+row then names), run by the real CLI in a subprocess with ``--ray-dashboard``, the
 default live Optuna storage and ``--log-to tensorboard --log-to mlflow --log-to wandb``
 against a real `mlflow server` on loopback and W&B offline. While the driver runs, the test
 reads the Ray dashboard (127.0.0.1 only, token required) and the live Optuna storage (a
@@ -75,8 +76,12 @@ def test_a_yaml_study_watched_live_on_the_dashboard_optuna_and_three_trackers(
     import ray
 
     assert main(["study", "show", "pneumonia-kd", "--profile", "demo", "--format", "yaml"]) == 0
+    text = capsys.readouterr().out
+    # The fine-tuned student of the file trains a ResNet-34: its table row must say so.
+    i = text.index("key: resnet18_finetuned")
+    j = text.index("model: resnet18\n", i)
     study = tmp_path / "mine.yaml"
-    study.write_text(capsys.readouterr().out)
+    study.write_text(text[:j] + "model: resnet34\n" + text[j + len("model: resnet18\n") :])
     _wait_up(mlflow_server)
 
     token = secrets.token_hex(32)  # Ray's token auth (on by default): this run's own token
@@ -89,13 +94,14 @@ def test_a_yaml_study_watched_live_on_the_dashboard_optuna_and_three_trackers(
     storage = tmp_path / "runs"
     run = storage / "R"
     driver = Driver(["search", "run", str(study), "--dataset", tiny_store.name, "--name", "R",
-                     "--storage", str(storage), "--only", "baseline_cnn", "--num-samples", "2",
-                     "--max-concurrent", "2", "--ray-dashboard", "--log-to", "tensorboard",
-                     "--log-to", "mlflow", "--log-to", "wandb", "--mlflow-uri",
+                     "--storage", str(storage), "--only", "resnet18_finetuned",
+                     "--num-samples", "2", "--max-concurrent", "2", "--ray-dashboard",
+                     "--log-to", "tensorboard", "--log-to", "mlflow", "--log-to", "wandb",
+                     "--mlflow-uri",
                      mlflow_server.url, *sets],
                     env=env, log=tmp_path / "driver.log")  # fmt: skip
     live = f"sqlite:///{run / 'optuna-live.db'}"
-    name = study_name("search", "baseline_cnn")
+    name = study_name("search", "resnet18_finetuned")
     version = port = seen = None
     try:
         deadline = time.monotonic() + 400
@@ -124,7 +130,11 @@ def test_a_yaml_study_watched_live_on_the_dashboard_optuna_and_three_trackers(
     assert f"mlflow       {mlflow_server.url}  (experiment R)" in text
     assert (run / "study.yaml").read_text() == study.read_text()  # the copy resume reads
     raw = (run / "run.json").read_text()
-    assert json.loads(raw)["options"]["log_to"] == ["tensorboard", "mlflow", "wandb"]
+    options = json.loads(raw)["options"]
+    assert options["study"] == "pneumonia-kd" and options["study_file"] == str(run / "study.yaml")
+    assert options["log_to"] == ["tensorboard", "mlflow", "wandb"]
+    md = (run / "tables" / "pneumonia_kd.md").read_text()
+    assert "ResNet-34 fine-tuned" in md and "ResNet-18 fine-tuned" not in md
     assert mlflow_server.url not in raw  # a URL never goes to the run folder
 
     # The live Optuna storage: the same trials as the end-of-run export, search cells only.
