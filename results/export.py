@@ -93,10 +93,10 @@ def final_model(
             f"{row['trial_id']}) is not in run {run_uri}: its experiment folder "
             f"({stage}/*_{row['trial_id']}_*/checkpoint_*) was moved or deleted"
         )
-    threshold = pd.to_numeric(pd.Series([row.get(THRESHOLD_COLUMN)]), errors="coerce").iloc[0]
-    if not needs_threshold:
-        threshold = None
-    elif not math.isfinite(threshold):
+    threshold = None
+    if needs_threshold:
+        threshold = pd.to_numeric(pd.Series([row.get(THRESHOLD_COLUMN)]), errors="coerce").iloc[0]
+    if needs_threshold and not math.isfinite(threshold):
         raise CxrkdError(
             f"trial {row['trial_id']} of cell {cell!r} recorded no decision threshold "
             f"({THRESHOLD_COLUMN}): the run was made by a cxrkd that stored it for binary "

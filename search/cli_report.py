@@ -28,25 +28,22 @@ def add_report_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_report)
 
 
-CONFUSION = "test_cm:"  # a multi-class trial's test confusion counts: test_cm:<true>:<pred>
-
-
-def manifest_of(dataset: str, study, trial_columns=()):
+def manifest_of(dataset: str, study, trials):
     """The run's dataset manifest, or a stand-in naming it when this machine lacks the store
     (a report made away from the data: the caption then cannot say whether it is synthetic).
-    The stand-in's task is the study's, or multi-class when the trials recorded confusion
-    counts (its classes then from those keys: a multi-class store's classes are sorted)."""
+    The stand-in's task is the study's, or multi-class when the run's trials (``trials()``,
+    read only then) recorded confusion counts, its classes those of the counts."""
+    from cxrkd.results.figure_data import multiclass_confusion
     from cxrkd.trainables.data.store import DatasetStore
 
     try:
         return DatasetStore.open(dataset).manifest
     except CxrkdError as exc:
         print(f"cxrkd: note: {exc}; the tables' caption names the dataset only", file=sys.stderr)
-    classes = sorted({c[len(CONFUSION) :].split(":")[0] for c in trial_columns
-                      if c.startswith(CONFUSION)})  # fmt: skip
+    classes = tuple(dict.fromkeys(actual for _, actual, _ in multiclass_confusion(trials())))
     task = "multiclass" if classes else study.task
     return SimpleNamespace(name=dataset, kind="not on this machine", synthetic=False, task=task,
-                           labels=tuple(classes))  # fmt: skip
+                           labels=classes)  # fmt: skip
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -81,8 +78,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             f"{twice['epoch'].iloc[0]}: {', '.join(twice['attempts'].iloc[0])}",
             file=sys.stderr,
         )
-    columns = load_trials(run_uri).columns
-    manifest = manifest_of(options.dataset, study, columns)
+    manifest = manifest_of(options.dataset, study, lambda: load_trials(run_uri))
     write_report(run_uri, study, manifest, out=tables, dashboard_dir=out)
     db = storage.join(out, OPTUNA_DB)
     print(f"tables     {tables}")

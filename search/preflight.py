@@ -75,12 +75,14 @@ def one_logit_kd(cfg, task: str) -> str | None:
     """The KD loss of a ``kd_logit``-layout config that compares one logit per image, on a
     multi-class dataset (where only kd_logit's ``MULTICLASS_APPROACHES`` take the C logits and every
     trial would fail with a ConfigError); None when the config fits."""
+    if task != "multiclass":
+        return None
     from cxrkd.trainables.kd import layout_of  # torch: only once a study is checked
     from cxrkd.trainables.methods.kd_logit import LAYOUT, MULTICLASS_APPROACHES
 
-    approach = getattr(cfg.method, "kd_approach", None)
-    if task != "multiclass" or layout_of(cfg.train.method) != LAYOUT:
+    if layout_of(cfg.train.method) != LAYOUT:
         return None
+    approach = getattr(cfg.method, "kd_approach", None)
     return approach if approach not in MULTICLASS_APPROACHES else None
 
 

@@ -38,6 +38,7 @@ import sys
 
 from ray.tune import Callback
 
+from cxrkd.search.optuna_live import warn
 from cxrkd.trainables import storage
 from cxrkd.trainables.errors import CxrkdError
 from cxrkd.trainables.trainable import CELL_KEY, STAGE_KEY
@@ -57,10 +58,6 @@ MLFLOW_ENV = {
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
 }
 W_OFFLINE = ("offline", "disabled", "dryrun")
-
-
-def warn(msg: str) -> None:
-    print(f"cxrkd: warning: {msg}", file=sys.stderr, flush=True)
 
 
 def check_trackers(names: list[str] | None, *, mlflow_uri: str | None = None) -> list[str]:

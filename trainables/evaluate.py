@@ -71,14 +71,14 @@ def predict(
     return {k: np.concatenate(v) for k, v in chunks.items()}, data.labels
 
 
-def _sigmoid(z: np.ndarray) -> np.ndarray:
+def sigmoid(z: np.ndarray) -> np.ndarray:
     """In float64: distinct logits up to about 36 stay distinct probabilities (float32: 17)."""
     z = np.asarray(z, dtype=np.float64)
     return 1.0 / (1.0 + np.exp(-z))
 
 
 def softmax(z: np.ndarray) -> np.ndarray:
-    """Row-wise softmax of ``(N, C)`` logits, in float64 (see :func:`_sigmoid`)."""
+    """Row-wise softmax of ``(N, C)`` logits, in float64 (see :func:`sigmoid`)."""
     z = np.asarray(z, dtype=np.float64)
     e = np.exp(z - z.max(axis=1, keepdims=True))
     return e / e.sum(axis=1, keepdims=True)
@@ -98,15 +98,15 @@ def split_metrics(
     if info.task == "binary":
         logits = outputs["logits"].reshape(-1)
         y = labels[:, global_idx]
-        out = dict(binary_metrics(y, _sigmoid(logits), val_threshold=threshold))
+        out = dict(binary_metrics(y, sigmoid(logits), val_threshold=threshold))
         out["loss"] = float(
             F.binary_cross_entropy_with_logits(torch.tensor(logits), torch.tensor(y))
         )
         return out
     y_find, y_glob = labels[:, list(finding_idx)], labels[:, global_idx]
-    p_find = _sigmoid(outputs["mlct"])
+    p_find = sigmoid(outputs["mlct"])
     macro, per_label = multilabel_auroc(y_find, p_find, info.finding_labels)
-    glob = binary_metrics(y_glob, _sigmoid(outputs["mcct"].reshape(-1)), val_threshold=threshold)
+    glob = binary_metrics(y_glob, sigmoid(outputs["mcct"].reshape(-1)), val_threshold=threshold)
     # auroc_mean weighs both tasks equally: what lowres-kd selects configurations by.
     out = {
         "auroc_mlct": macro,
@@ -135,4 +135,4 @@ def val_threshold(info: DatasetInfo, outputs: dict[str, np.ndarray], labels: np.
     y = labels[:, global_idx]
     if y.min() == y.max():
         return 0.5
-    return choose_threshold(y, _sigmoid(outputs[key].reshape(-1)))
+    return choose_threshold(y, sigmoid(outputs[key].reshape(-1)))

@@ -36,7 +36,7 @@ from cxrkd.trainables.config import TrainConfig, field_names, parse_config
 from cxrkd.trainables.data.augment import Pipeline
 from cxrkd.trainables.data.pipeline import BatchLoader, DatasetInfo
 from cxrkd.trainables.errors import CxrkdError
-from cxrkd.trainables.evaluate import softmax
+from cxrkd.trainables.evaluate import sigmoid, softmax
 from cxrkd.trainables.export_format import (
     FORMATS,
     ONNX_INSTALL,
@@ -353,4 +353,4 @@ def probabilities(sidecar: dict, logits: np.ndarray) -> np.ndarray:
     over the classes of a multi-class model, else a sigmoid per output."""
     if is_multiclass(sidecar):
         return softmax(logits)
-    return 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+    return sigmoid(logits)

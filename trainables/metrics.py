@@ -303,7 +303,7 @@ def multiclass_metrics(
     # per class: precision tp / predicted, recall tp / true, F1 2tp / (predicted + true)
     precision = [_ratio(t, n) for t, n in zip(tp, cm.sum(axis=0), strict=True)]
     recall = [_ratio(t, n) for t, n in zip(tp, cm.sum(axis=1), strict=True)]
-    f1 = [_ratio(2 * t, a + b) for t, a, b in zip(tp, cm.sum(0), cm.sum(1), strict=True)]
+    f1 = [_f1(t, a - t, b - t) for t, a, b in zip(tp, cm.sum(0), cm.sum(1), strict=True)]
     out: dict[str, float | int] = {
         "auc": macro,
         "acc": _ratio(tp.sum(), y.size),

@@ -72,9 +72,11 @@ def test_a_report_away_from_the_data_takes_the_task_from_the_run(capsys):
     from cxrkd.spaces.studies import get_study
 
     study = get_study("pneumonia-kd", "demo")
-    binary = manifest_of("elsewhere", study, ["test_auc", "test_threshold"])
+    binary = manifest_of("elsewhere", study, lambda: pd.DataFrame(columns=["test_auc"]))
     assert (binary.task, binary.labels, binary.synthetic) == ("binary", (), False)
-    columns = ["test_auc", "test_cm:normal:covid", "test_cm:covid:covid", "test_cm:viral:normal"]
-    multi = manifest_of("elsewhere", study, columns)
+    classes = ["covid", "normal", "viral"]
+    columns = ["test_auc", *[f"test_auroc_{c}" for c in classes],
+               *[f"test_cm:{a}:{p}" for a in classes for p in classes]]  # fmt: skip
+    multi = manifest_of("elsewhere", study, lambda: pd.DataFrame(columns=columns))
     assert (multi.task, multi.labels) == ("multiclass", ("covid", "normal", "viral"))
     assert "unknown dataset 'elsewhere'" in capsys.readouterr().err

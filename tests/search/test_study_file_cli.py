@@ -72,11 +72,17 @@ def test_study_list(capsys):
 def test_bad_study_file_exits_2_and_writes_nothing(capsys, tmp_path, home, old, new, message):
     path = _show(capsys, tmp_path)
     path.write_text(path.read_text().replace(old, new, 1))
-    runs = tmp_path / "runs"
+    refused(capsys, path, tmp_path / "runs", message)
+
+
+def refused(capsys, path: Path, runs: Path, message: str) -> None:
+    """``search run`` and ``search plan`` of a bad study file: exit 2 naming the problem,
+    and no run folder written."""
     assert main(["search", "run", str(path), "--storage", str(runs)]) == 2
     assert message in capsys.readouterr().err
     assert not runs.exists() or not any(runs.iterdir())
     assert main(["search", "plan", str(path)]) == 2
+    assert message in capsys.readouterr().err
 
 
 def test_file_profile_must_exist(capsys, tmp_path):

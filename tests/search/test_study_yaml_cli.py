@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from test_study_file_cli import refused
 
 from cxrkd.results.study_tables import study_tables
 from cxrkd.search.cli import main
@@ -66,12 +67,7 @@ def test_toml_stays_the_default(capsys):
 def test_bad_yaml_file_exits_2_and_writes_nothing(capsys, tmp_path, home, old, new, message):
     path = _show(capsys, tmp_path)
     path.write_text(path.read_text().replace(old, new, 1))
-    runs = tmp_path / "runs"
-    assert main(["search", "run", str(path), "--storage", str(runs)]) == 2
-    assert message in capsys.readouterr().err
-    assert not runs.exists() or not any(runs.iterdir())
-    assert main(["search", "plan", str(path)]) == 2
-    assert message in capsys.readouterr().err
+    refused(capsys, path, tmp_path / "runs", message)
 
 
 @pytest.mark.parametrize("suffix", [".yaml", ".yml"])

@@ -9,7 +9,7 @@ import numpy as np
 
 from cxrkd.trainables.config import parse_config
 from cxrkd.trainables.context import DataBundle
-from cxrkd.trainables.data.pipeline import DatasetInfo, SplitData
+from cxrkd.trainables.data.pipeline import BatchLoader, DatasetInfo, SplitData
 from cxrkd.trainables.loop import run_trial
 from cxrkd.trainables.teachers import TeacherKey, TeacherRegistry
 from cxrkd.trainables.trainable import LocalReporter
@@ -133,3 +133,18 @@ def example_config(method: str, teacher_uri: str | None = None) -> dict:
     if load_methods()[method].needs_teacher:
         flat["teacher_path"] = teacher_uri
     return flat
+
+
+def first_batch(task, data: DataBundle, *, n: int = 6, train: bool = True):
+    """Views, labels and side arrays of the first ``n`` training images, as the loop makes
+    them (``train``: with the training augmentation), at the bundle's stored side."""
+    import torch
+
+    split = data.split("train")
+    loader = BatchLoader(
+        split.images, split.labels, batch_size=n, shuffle=False, device=torch.device("cpu")
+    )
+    idx = loader.epoch_order(0)[:n]
+    x, y = loader.batch(idx)
+    extras = {k: torch.from_numpy(v[idx]) for k, v in task.side_arrays("train").items()}
+    return task.make_pipeline(input_size=data.info.resolution)(x, train=train), y, extras

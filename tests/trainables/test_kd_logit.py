@@ -12,13 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import TINY, binary_bundle, train_teacher
+from helpers import TINY, binary_bundle, first_batch, train_teacher
 
 from cxrkd.trainables import teacher_outputs
 from cxrkd.trainables.checkpoint import MODEL_FILE, read_state
 from cxrkd.trainables.config import ConfigError, parse_config
 from cxrkd.trainables.context import DataBundle, TrialContext
-from cxrkd.trainables.data.pipeline import BatchLoader
 from cxrkd.trainables.features import FeatureTaps
 from cxrkd.trainables.kd import get_kd, kd_names
 from cxrkd.trainables.loop import run_trial
@@ -67,15 +66,6 @@ def build(flat: dict, data: DataBundle) -> Task:
     return get_method("kd_logit").build(
         parse_config(flat), data.info, TrialContext(device=CPU, data=data)
     )
-
-
-def first_batch(task: Task, data: DataBundle):
-    train = data.split("train")
-    loader = BatchLoader(train.images, train.labels, batch_size=BATCH, shuffle=False, device=CPU)
-    idx = loader.epoch_order(0)[:BATCH]
-    x, y = loader.batch(idx)
-    extras = {k: torch.from_numpy(v[idx]) for k, v in task.side_arrays("train").items()}
-    return task.make_pipeline(input_size=data.info.resolution)(x, train=True), y, extras
 
 
 # --- every approach, through the loop -----------------------------------------------------

@@ -13,12 +13,12 @@ from helpers import (
     TEACHERS,
     example_bundle,
     example_config,
+    first_batch,
     train_teacher,
 )
 
 from cxrkd.trainables.config import ConfigError, parse_config
 from cxrkd.trainables.context import DataBundle, TrialContext
-from cxrkd.trainables.data.pipeline import BatchLoader
 from cxrkd.trainables.errors import CxrkdError
 from cxrkd.trainables.methods import get_method, load_methods, register_method
 from cxrkd.trainables.task import Task
@@ -78,18 +78,6 @@ def example_task(method: str, bundles, teachers) -> tuple[Task, DataBundle]:
 def build(method: str, data: DataBundle, teacher_uri: str | None = None, **overrides) -> Task:
     """A binary method's task from its example config plus ``overrides``."""
     return build_task({**example_config(method, teacher_uri), **overrides}, data)
-
-
-def first_batch(task: Task, data: DataBundle):
-    """Views, labels and side arrays of the first BATCH training images, as the loop makes them."""
-    train = data.split("train")
-    loader = BatchLoader(train.images, train.labels, batch_size=BATCH, shuffle=False, device=CPU)
-    idx = loader.epoch_order(0)[:BATCH]
-    x, y = loader.batch(idx)
-    extras = {k: torch.from_numpy(v[idx]) for k, v in task.side_arrays("train").items()}
-    # The example configs train at the bundles' stored side.
-    views = task.make_pipeline(input_size=data.info.resolution)(x, train=True)
-    return views, y, extras
 
 
 def check_output(output, data: DataBundle) -> None:

@@ -9,12 +9,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import TINY, multiclass_bundle, train_teacher
+from helpers import TINY, first_batch, multiclass_bundle, train_teacher
 
 from cxrkd.trainables.checkpoint import TEST_SCORES_FILE
 from cxrkd.trainables.config import ConfigError, parse_config
 from cxrkd.trainables.context import TrialContext
-from cxrkd.trainables.data.pipeline import BatchLoader
 from cxrkd.trainables.evaluate import softmax, split_metrics, val_threshold
 from cxrkd.trainables.kd import get_kd, kd_names
 from cxrkd.trainables.loop import per_image_scores, run_trial
@@ -95,7 +94,8 @@ def test_split_metrics_and_test_scores_of_class_logits(data):
     logits = rng.normal(size=labels.shape).astype(np.float32) * 4
     out = split_metrics(data.info, {"logits": logits}, labels, threshold=0.5)
     y = labels.argmax(axis=1)
-    p = softmax(logits)
+    p = torch.softmax(torch.tensor(logits, dtype=torch.float64), dim=1).numpy()  # not ours
+    np.testing.assert_allclose(softmax(logits), p, rtol=1e-12)
     assert out["loss"] == pytest.approx(skm.log_loss(y, p, labels=[0, 1, 2]), rel=1e-5)
     assert out["auc"] == pytest.approx(skm.roc_auc_score(y, p, multi_class="ovr"))
     assert "threshold" not in out and val_threshold(data.info, {"logits": logits}, labels) == 0.5
@@ -107,22 +107,13 @@ def test_split_metrics_and_test_scores_of_class_logits(data):
     np.testing.assert_allclose(back, p, rtol=1e-12, atol=1e-15)
 
 
-def _first_batch(task, data, n=6):
-    train = data.split("train")
-    loader = BatchLoader(train.images, train.labels, batch_size=n, shuffle=False, device=CPU)
-    idx = loader.epoch_order(0)[:n]
-    x, y = loader.batch(idx)
-    extras = {k: torch.from_numpy(v[idx]) for k, v in task.side_arrays("train").items()}
-    return task.make_pipeline(input_size=data.info.resolution)(x, train=False), y, extras
-
-
 @pytest.mark.parametrize(
     ("method", "model"), [("transfer", "test_resnet"), ("cnn_baseline", "cnn_baseline")]
 )
 def test_classifier_trains_one_logit_per_class_with_cross_entropy(data, method, model):
     flat = {**TINY, "method": method, "model": model, "evaluate_test": True}
     task = get_method(method).build(parse_config(flat), data.info, None)
-    views, y, _ = _first_batch(task, data)
+    views, y, _ = first_batch(task, data, train=False)
     out = task(views, y)
     assert out["output"].shape == (6, 3)
     ce = F.cross_entropy(out["output"].detach(), y.argmax(1))
@@ -151,7 +142,7 @@ def test_kd_logit_hinton_is_softmax_kd_over_the_classes(data, teacher_uri):
         parse_config(flat), data.info, TrialContext(device=CPU, data=data)
     )
     assert task.cached is not None and task.cached.shape[1] == 3  # cached teacher logits
-    views, y, extras = _first_batch(task, data)
+    views, y, extras = first_batch(task, data, train=False)
     out = task(views, y, **extras)
     s = out["output"].detach().double()
     t = extras["teacher_logits"].double()
