@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import atexit
+import contextlib
+import os
 import sys
+import threading
 
 from cxrkd.trainables.errors import CxrkdError
 
@@ -54,5 +58,33 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def exit_now(code: int):
+    """End the process with ``code`` as a normal exit would, without tearing the interpreter
+    down: other threads are joined, atexit handlers run (Ray's shutdown, logging, temporary
+    folders' finalizers), the standard streams are flushed; then ``os._exit``. Freeing every
+    module and object of torch, timm, Ray and plotly one by one takes 2-4 s of a CPU core at
+    the end of each command, and nothing of ours needs it."""
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing more to say
+            stream.flush()
+    os._exit(code)
+
+
+def run() -> None:
+    """The ``cxrkd`` command (``python -m cxrkd.search.cli``): :func:`main`, then
+    :func:`exit_now`. Tests call :func:`main`, which returns the exit code."""
+    try:
+        code = main()
+    except SystemExit as exc:  # argparse: --help, --version, a usage error
+        if not isinstance(exc.code, int | None):
+            raise
+        code = exc.code or 0
+    exit_now(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

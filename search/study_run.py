@@ -336,7 +336,7 @@ def run_experiment(ctx: StudyContext) -> StudyDriver:
     _Active.context, _Active.driver = ctx, None
     try:
         with signed_tune_state(signer):
-            _fit(_tuner(ctx))
+            _fit(_tuner(ctx), ctx.max_concurrent)
         driver = _Active.driver
     finally:
         _Active.context = None
@@ -392,6 +392,6 @@ def _tuner(ctx: StudyContext):
     )
 
 
-def _fit(tuner) -> None:
-    with retry_lost_workers_only(), durable_snapshots(), keep_starting_actors():
+def _fit(tuner, slots: int) -> None:
+    with retry_lost_workers_only(), durable_snapshots(), keep_starting_actors(slots):
         tuner.fit()

@@ -28,7 +28,7 @@ from cxrkd.trainables.errors import CxrkdError
 from cxrkd.trainables.evaluate import predict, softmax, split_metrics, val_threshold
 from cxrkd.trainables.methods import get_method
 from cxrkd.trainables.optim import make_optimizer, make_scheduler
-from cxrkd.trainables.precision import autocast
+from cxrkd.trainables.precision import autocast, precision_tag
 from cxrkd.trainables.profiling import (
     count_flops,
     count_parameters,
@@ -242,19 +242,27 @@ def test_metrics(task, pipeline, data, device, threshold) -> tuple[dict, dict]:
 COST_BUDGET_S = 1.0
 
 
+# What this trial process has measured: (architecture, input size, batch, device, precision)
+# -> FLOPs, latency and throughput. They depend on the architecture, not on its weights.
+_MEASURED: dict[tuple, dict] = {}
+
+
 def cost_metrics(task, pipeline, device, batch) -> dict:
-    """The deployed model's cost: parameters, FLOPs, latency (one image), throughput."""
+    """The deployed model's cost: parameters, FLOPs, latency (one image), throughput.
+
+    FLOPs, latency and throughput are measured once per trial process for each architecture
+    (the model's structure as ``repr`` prints it: layers and their shapes, not weights), input
+    size, batch size, device and precision: the trials of one cell that a process runs get the
+    same figures, not one noisy timing each, and the ~2 s of timing is not repeated."""
     model = task.model.eval()
-    one = torch.zeros(1, 1, pipeline.input_size, pipeline.input_size, device=device)
     total, trainable = count_parameters(model)
-    many = one.expand(batch, -1, -1, -1).contiguous()
-    with autocast(device):
-        latency = measure_latency_ms(model, one, budget_s=COST_BUDGET_S)
-        throughput = measure_throughput(model, many, budget_s=COST_BUDGET_S)
-    return {
-        "params": total,
-        "params_trainable": trainable,
-        "flops": count_flops(model, one),
-        "latency_ms": latency,
-        "throughput": throughput,
-    }
+    key = (repr(model), pipeline.input_size, batch, str(device), precision_tag(device))
+    if key not in _MEASURED:
+        one = torch.zeros(1, 1, pipeline.input_size, pipeline.input_size, device=device)
+        many = one.expand(batch, -1, -1, -1).contiguous()
+        with autocast(device):
+            latency = measure_latency_ms(model, one, budget_s=COST_BUDGET_S)
+            throughput = measure_throughput(model, many, budget_s=COST_BUDGET_S)
+        flops = count_flops(model, one)
+        _MEASURED[key] = {"flops": flops, "latency_ms": latency, "throughput": throughput}
+    return {"params": total, "params_trainable": trainable, **_MEASURED[key]}

@@ -293,3 +293,35 @@ def test_a_run_leaves_no_checkpoints_in_the_temp_folder(data, tmp_path, monkeypa
     del reporter, folder
     gc.collect()
     assert list(tmp_path.iterdir()) == []  # the loop's folder and the reporter's are gone
+
+
+def test_a_models_cost_is_measured_once_per_architecture_size_and_batch(monkeypatch):
+    """The trials of one cell that a process runs get one timing of their architecture (not one
+    noisy timing each); another input size, batch or architecture is timed again."""
+    from types import SimpleNamespace
+
+    from cxrkd.trainables import loop
+
+    timed = []
+    monkeypatch.setattr(loop, "_MEASURED", {})
+    monkeypatch.setattr(
+        loop, "measure_latency_ms", lambda model, x, **kw: timed.append(x.shape[-1]) or 1.5
+    )
+    monkeypatch.setattr(loop, "measure_throughput", lambda model, x, **kw: 10.0 * x.shape[0])
+
+    def cost(model, size=16, batch=4):
+        return loop.cost_metrics(SimpleNamespace(model=model), SimpleNamespace(input_size=size),
+                                 "cpu", batch)  # fmt: skip
+
+    torch.manual_seed(0)
+    first = cost(create_model("cnn_baseline", num_outputs=1, pretrained=False))
+    torch.manual_seed(1)  # the same architecture, other weights (another trial of the cell)
+    other = create_model("cnn_baseline", num_outputs=1, pretrained=False)
+    assert cost(other) == first and timed == [16]
+    for p in other.parameters():  # a frozen backbone has fewer trainable parameters
+        p.requires_grad_(False)
+    assert cost(other)["params_trainable"] == 0 and timed == [16]
+    assert cost(other, size=32)["flops"] > first["flops"] and timed == [16, 32]
+    assert cost(other, batch=8)["throughput"] == 80.0 and len(timed) == 3
+    cost(create_model("cnn_baseline", num_outputs=3, pretrained=False))  # another head
+    assert len(timed) == 4
