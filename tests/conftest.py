@@ -28,3 +28,10 @@ def _private_home(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("CXRKD_HOME", str(home))
     yield home
     shutil.rmtree(home, ignore_errors=True)  # datasets and teacher caches: MBs per test
+
+
+def pytest_collection_modifyitems(config, items):
+    """The slow tests first, in their own order, then the rest: with two test processes
+    (`scripts/test.sh`: pytest-xdist hands tests out in this order), the many short tests fill
+    the end of the run, so neither process waits alone on a long test at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -19,6 +19,8 @@ from cxrkd.results.held_out_scores import load_test_scores
 from cxrkd.search.cli import main
 
 skm = pytest.importorskip("sklearn.metrics")
+# One test process for both tests: their run (the module fixture) is made once.
+pytestmark = pytest.mark.xdist_group("multiclass-study")
 CLASSES = ("COVID", "NORMAL", "PNEUMONIA")
 try:
     import onnx  # noqa: F401
