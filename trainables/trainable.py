@@ -3,7 +3,9 @@
 Every method runs through this one function; the method is a config value. Data arrives
 through Ray's object store, teachers through the run storage, so nothing assumes a path shared
 with the driver. Checkpoints are reported with each epoch's metrics (``tune.report``) and a
-restored trial continues from ``tune.get_checkpoint()``.
+restored trial continues from ``tune.get_checkpoint()``; Tune moves each epoch's checkpoint
+folder into a run folder on the trial's own disk rather than copying it
+(``trainables.checkpoint_move``).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from cxrkd.trainables.checkpoint_move import move_local_checkpoints
 from cxrkd.trainables.context import DataBundle
 from cxrkd.trainables.loop import run_trial
 from cxrkd.trainables.scratch import scratch_dir
@@ -96,6 +99,7 @@ def tune_trainable(config: dict, data: DataBundle) -> None:
 
     if isinstance(data, ray.ObjectRef):
         data = ray.get(data)
+    move_local_checkpoints()  # a run folder on this disk: each epoch's folder renamed, not copied
     threads = os.environ.get("CXRKD_TRIAL_THREADS")
     if threads:
         import torch
