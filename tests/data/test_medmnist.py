@@ -80,7 +80,9 @@ def test_rgb_images_become_luma(tmp_path):
 @pytest.mark.parametrize("compressed", [False, True])
 def test_npz_array_reads_members_both_ways(tmp_path, compressed):
     path, arrays = write_npz(tmp_path / "x.npz", compressed=compressed)
-    array = npz_array(str(path), "train_images", 1)
+    # The file's own mtime, as the importer passes it: the cache is per process, and a passing
+    # test's tmp_path is deleted, so the next test can get the same path for another file.
+    array = npz_array(str(path), "train_images", path.stat().st_mtime_ns)
     assert isinstance(array, np.memmap) != compressed
     np.testing.assert_array_equal(array, arrays["train_images"])
 
