@@ -19,6 +19,7 @@ from cxrkd.results.tables_file import tables_data, tables_from_data, use_file_ta
 from cxrkd.search.run_state import RunOptions
 from cxrkd.spaces.studies import STUDIES, Study, get_study
 from cxrkd.spaces.study_file import YAML_SUFFIXES, dump_study_file, is_yaml, load_study_text
+from cxrkd.spaces.study_templates import EXTENDS
 from cxrkd.trainables import storage
 from cxrkd.trainables.errors import CxrkdError
 
@@ -62,7 +63,7 @@ def read_study_file(uri: str, profile: str) -> Study:
             "(pass one with --profile)"
         )
     study, body = studies[profile], data["profiles"][profile]
-    if "tables" not in body and "extends" in body:  # a built-in profile changed: its tables
+    if "tables" not in body and EXTENDS in body:  # a built-in profile changed: its tables
         use_file_tables(study.name, None)
         return study
     try:  # a file without tables has none (not those registered under its study's name)

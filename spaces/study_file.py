@@ -59,6 +59,7 @@ from cxrkd.spaces.studies import (
     StudyGrid,
     TeacherOf,
 )
+from cxrkd.spaces.study_templates import EXTENDS, extended_study
 from cxrkd.trainables.errors import CxrkdError
 
 if sys.version_info >= (3, 11):
@@ -71,7 +72,7 @@ __all__ = ["dump_study_file", "load_study_text", "parse_toml", "studies_from_dat
 STUDY_KEYS = {"name", "task", "default_dataset", "default_import", "metric", "mode", "profiles"}
 STUDY_REQUIRED = {"name", "task", "default_dataset", "default_import", "profiles"}
 # besides Profile's fields; tables: results.tables_file; extends: spaces.study_templates
-PROFILE_EXTRA = {"stages", "tables", "extends"}
+PROFILE_EXTRA = {"stages", "tables", EXTENDS}
 STAGE_KEYS = {"name", "role", "early_stopping", "cells"}
 SEARCH_KEYS = {"key", "space", "fixed", "num_samples", "bounds", "choices", "objectives"}
 FIXED_KEYS = {"key", "configs"}
@@ -360,12 +361,10 @@ def studies_from_data(data: dict, source: str) -> dict[str, Study]:
     out = {}
     for name, body in profiles.items():
         where = f"profiles.{name}"
-        extends = isinstance(body, dict) and "extends" in body
+        extends = isinstance(body, dict) and EXTENDS in body
         check_keys(body, {f.name for f in dataclasses.fields(Profile)} | PROFILE_EXTRA, where,
                    set() if extends else {"stages"})  # fmt: skip
         if extends:
-            from cxrkd.spaces.study_templates import extended_study
-
             values = _profile_values(body, where, drop=("tables",))
             out[name] = extended_study(data, name, values, where)
             continue

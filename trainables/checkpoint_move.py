@@ -18,7 +18,9 @@ import os
 _PATCHED = "_cxrkd_moves_local_checkpoints"  # set on our replacement of Tune's method
 
 
-def _same_local_disk(storage, checkpoint) -> bool:
+def _both_local(storage, checkpoint) -> bool:
+    """Whether the run folder and the checkpoint are both on local filesystems (whether on the
+    same one, ``os.rename`` tells: EXDEV)."""
     from pyarrow.fs import LocalFileSystem
 
     return isinstance(storage.storage_filesystem, LocalFileSystem) and isinstance(
@@ -36,7 +38,7 @@ def move_local_checkpoints() -> None:
         return
 
     def persist_current_checkpoint(self, checkpoint):
-        if not _same_local_disk(self, checkpoint):
+        if not _both_local(self, checkpoint):
             return copy(self, checkpoint)
         self._check_validation_file()  # as Tune does: the run folder must be reachable
         dest = self.checkpoint_fs_path

@@ -18,16 +18,22 @@ from cxrkd.trainables import checkpoint_move
 FILES = {"model.pt": b"weights" * 1000, "state.pt": b"optimiser" * 1000, "sub/x.npz": b"x"}
 
 
-@pytest.fixture
-def storage(tmp_path, monkeypatch) -> StorageContext:
-    """A trial's storage context in a run folder under ``tmp_path``; the patch undone after."""
+def _patched_context(monkeypatch, path: str, **kw) -> StorageContext:
+    """A trial's storage context at ``path``, with the move installed (twice: idempotent);
+    Tune's own method is back after the test."""
     monkeypatch.setattr(StorageContext, "persist_current_checkpoint",
                         StorageContext.persist_current_checkpoint)  # fmt: skip
-    ctx = StorageContext(str(tmp_path / "runs"), "study", trial_dir_name="trial_1")
+    ctx = StorageContext(path, "study", trial_dir_name="trial_1", **kw)
     ctx.current_checkpoint_index = 0
     checkpoint_move.move_local_checkpoints()
-    checkpoint_move.move_local_checkpoints()  # idempotent
+    checkpoint_move.move_local_checkpoints()
     return ctx
+
+
+@pytest.fixture
+def storage(tmp_path, monkeypatch) -> StorageContext:
+    """A run folder under ``tmp_path``, on the same disk as the tests' scratch folders."""
+    return _patched_context(monkeypatch, str(tmp_path / "runs"))
 
 
 def _epoch_folder(root: Path) -> Checkpoint:
@@ -69,13 +75,9 @@ def test_another_disk_or_a_folder_already_there_is_copied(storage, tmp_path, mon
 
 
 def test_a_run_folder_on_another_filesystem_is_copied_by_tune(tmp_path, monkeypatch):
-    monkeypatch.setattr(StorageContext, "persist_current_checkpoint",
-                        StorageContext.persist_current_checkpoint)  # fmt: skip
     (tmp_path / "bucket").mkdir()
     remote = pafs.SubTreeFileSystem(str(tmp_path / "bucket"), pafs.LocalFileSystem())
-    ctx = StorageContext("runs", "study", trial_dir_name="t", storage_filesystem=remote)
-    ctx.current_checkpoint_index = 0
-    checkpoint_move.move_local_checkpoints()
+    ctx = _patched_context(monkeypatch, "runs", storage_filesystem=remote)
     ckpt = _epoch_folder(tmp_path / "scratch")
     persisted = ctx.persist_current_checkpoint(ckpt)
     assert getattr(StorageContext.persist_current_checkpoint, checkpoint_move._PATCHED)
