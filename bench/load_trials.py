@@ -93,11 +93,11 @@ class Marks:
         self.records_s: dict[str, float] = {}
 
     def install(self) -> None:
-        from cxrkd.search import study_run
+        from cxrkd.search import records
 
         marks = self
 
-        class Timed(study_run.RecordsCallback):
+        class Timed(records.RecordsCallback):
             def _timed(self, name, trial, *args, **kwargs):
                 t0 = time.perf_counter()
                 getattr(super(), name)(*args, trial=trial, **kwargs)
@@ -115,7 +115,7 @@ class Marks:
                 marks.end[trial.trial_id] = time.perf_counter()
                 marks.rss_at_end.append(rss_mb())
 
-        study_run.RecordsCallback = Timed
+        records.RecordsCallback = Timed  # optuna_live.run_callbacks imports it per run
 
 
 def run_direct(configs: list[dict], store) -> list[float]:

@@ -84,12 +84,12 @@ def instrument(timeline: Timeline) -> None:
     """Wrap the driver's phases and add a timing callback to the study's Tuner."""
     import cxrkd.results.report as report_module
     import cxrkd.search.runner as runner_module
-    from cxrkd.search import study_run
+    from cxrkd.search import records, study_run
 
     run_experiment = study_run.run_experiment
 
     def run_experiment_timed(ctx):
-        original = study_run.RecordsCallback
+        original = records.RecordsCallback  # optuna_live.run_callbacks imports it per run
 
         class RecordsAndMarks(original):  # one more callback, same Tuner otherwise
             def __init__(self, **kwargs):
@@ -107,12 +107,12 @@ def instrument(timeline: Timeline) -> None:
                 super().on_trial_complete(*args, **kwargs)
                 self.marks.on_trial_complete(*args, **kwargs)
 
-        study_run.RecordsCallback = RecordsAndMarks
+        records.RecordsCallback = RecordsAndMarks
         timeline.stage_begin["experiment"] = time.perf_counter()
         try:
             return timeline.timed("experiment", run_experiment)(ctx)
         finally:
-            study_run.RecordsCallback = original
+            records.RecordsCallback = original
 
     runner_module.run_experiment = run_experiment_timed
     report_module.write_report = timeline.timed("report", report_module.write_report)

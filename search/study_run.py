@@ -28,6 +28,7 @@ from ray.tune.search import ConcurrencyLimiter
 from cxrkd.search import dependencies
 from cxrkd.search.actor_reuse import keep_starting_actors
 from cxrkd.search.cells import CellScheduler, CellSearcher, SchedulerState, cell_budget, cell_id
+from cxrkd.search.lean_trials import LeanTrials
 from cxrkd.search.optuna_live import run_callbacks
 from cxrkd.search.records import ProgressCallback, error_line
 from cxrkd.search.run_state import read_progress, write_state
@@ -385,6 +386,7 @@ def _tuner(ctx: StudyContext):
                 *run_callbacks(ctx.run_uri, study.name),  # records, their live Optuna mirror
                 ProgressCallback(searcher=searcher, metric=study.metric),
                 Trackers(),  # --log-to: TensorBoard, MLflow, W&B (search.trackers)
+                LeanTrials(),  # no running statistics of results kept (search.lean_trials)
             ],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS),
             failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
