@@ -115,13 +115,18 @@ def test_the_subset_goes_through_the_options_resume_reads():
 
 
 @pytest.mark.slow
-def test_only_runs_the_matched_cell_and_its_teacher(tiny_store, tiny, tmp_path, local_ray, capsys):
+def test_only_runs_the_matched_cell_and_its_teacher(
+    tiny_store, tiny, tmp_path, local_ray, capsys, caplog
+):
     sets = [a for k, v in tiny.items() for a in ("--set", f"{k}={v}")]
     storage = tmp_path / "runs"
     argv = ["search", "run", "pneumonia-kd", "--dataset", tiny_store.name, "--name", "sub",
             "--storage", str(storage), "--num-samples", "1", "--max-concurrent", "2",
             "--only", "resnet18_k?", *sets]  # fmt: skip
     assert main(argv) == 0
+    # None of Tune's warnings that do not apply to a study (search.study_run.quiet_tune).
+    for warning in ("snapshotting has been triggered", "Could not fetch metrics"):
+        assert warning not in caplog.text, warning
     run = storage / "sub"
     # `search plan` with the same arguments planned what ran (test_plan's check).
     plan_args = ["pneumonia-kd", "--dataset", tiny_store.name, "--num-samples", "1",
