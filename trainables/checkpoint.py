@@ -12,6 +12,12 @@ Trust: on a cluster a checkpoint folder lives on shared storage that every node 
 nothing read back may run code. ``state.pt`` holds tensors and plain values only (the Python
 and numpy RNG states are stored as tensors and numbers, not as pickled tuples and arrays) and is
 read with ``torch.load(weights_only=True)``, which refuses any other object.
+
+Speed: a checkpoint is written every epoch and the trial waits for it, so its files are written
+without the zip format's CRC-32 of each record (:func:`_write`): computing it was about half of
+the save (ResNet-18 with AdamW state, 128 MB: 0.21 -> 0.11 s; ResNet-50, 269 MB: 0.40 -> 0.25 s)
+and ``torch.load`` never checks it (a flipped byte in a tensor loads without error, with or
+without it), so it guarded nothing here.
 """
 
 from __future__ import annotations
@@ -108,7 +114,7 @@ def save(
         np.savez(folder / TEST_SCORES_FILE, **test_scores)
     # The model's weights are in model.pt; state.pt says so ("model_file") and holds the rest.
     rest = {k: v for k, v in trainable_state(task).items() if not k.startswith(MODEL_PREFIX)}
-    torch.save(
+    _write(
         {
             "task": rest,
             "model_file": MODEL_FILE,
@@ -120,9 +126,17 @@ def save(
         },
         folder / "state.pt",
     )
-    torch.save(task.model.state_dict(), folder / MODEL_FILE)
+    _write(task.model.state_dict(), folder / MODEL_FILE)
     (folder / "config.json").write_text(cfg.to_json())
     return folder
+
+
+def _write(obj, path: Path) -> None:
+    """``torch.save`` without the per-record CRC-32 (see the module's docstring)."""
+    from torch.utils.serialization import config
+
+    with config.patch({"save.compute_crc32": False}):
+        torch.save(obj, path)
 
 
 def load(folder: Path, *, task: Task, optimizer, scheduler) -> dict:
