@@ -149,6 +149,25 @@ def trial_costs(timeline: Timeline) -> pd.DataFrame:
     return frame
 
 
+def idle_slots(costs: pd.DataFrame, begin: float, slots: int) -> dict:
+    """Slot-seconds with no trial running, from the experiment's start to its last trial's
+    end: before the first trial, between trials, and after the last trial began (the tail,
+    where slots wait for the trials still running)."""
+    ends = costs["started"] + costs["span_s"]
+    events = sorted([(t, 1) for t in costs["started"]] + [(t, -1) for t in ends])
+    last_start, end = costs["started"].max(), ends.max()
+    out = {"before": (costs["started"].min() - begin) * slots, "between": 0.0, "tail": 0.0}
+    running, now = 0, costs["started"].min()
+    for t, step in events:
+        free = max(0, slots - running) * (t - now)
+        out["tail" if now >= last_start else "between"] += free
+        running, now = running + step, t
+    last = costs.loc[costs["started"].idxmax()]
+    out["total"] = (end - begin) * slots
+    out["last"] = f"{last['cell']} ({last['stage']}), {last['span_s']:.1f} s"
+    return out
+
+
 def print_trial_costs(costs: pd.DataFrame, timeline: Timeline) -> None:
     print("\nper trial (s): median [min, max] (n)")
     for label, values in [
@@ -163,6 +182,11 @@ def print_trial_costs(costs: pd.DataFrame, timeline: Timeline) -> None:
     begin = timeline.stage_begin["experiment"]
     print(f"\nexperiment start -> its first trial starts (Tuner set-up, actor scheduling): "
           f"{costs['started'].min() - begin:5.2f} s")  # fmt: skip
+    idle = idle_slots(costs, begin, int(costs.attrs.get("slots", 2)))
+    print(f"\nslot-seconds with no trial (of {idle['total']:.1f} slot-s in the experiment):")
+    print(f"  before the first trial      {idle['before']:6.1f}")
+    print(f"  between trials              {idle['between']:6.1f}  (actor hand-over, cells waiting)")
+    print(f"  after the last trial began  {idle['tail']:6.1f}  (last trial: {idle['last']})")
     print("\nactor reuse (fewer worker pids than trials = reused):")
     by_pid = costs.groupby("pid")["stage"].apply(lambda s: sorted(set(s)))
     mixed = sum(len(stages) > 1 for stages in by_pid)
@@ -269,6 +293,7 @@ def main() -> None:
         span = (rows["started"] + rows["span_s"]).max() - rows["started"].min()
         print(f"  {stage:<8} {len(rows):3d} trials  {span:6.1f}")
     if len(costs):
+        costs.attrs["slots"] = conc
         print_trial_costs(costs, timeline)
 
 

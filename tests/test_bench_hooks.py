@@ -59,3 +59,17 @@ def test_the_overhead_bench_wraps_the_experiment_and_the_report(tmp_path, monkey
     assert hasattr(seen[0], "marks")
     assert records.RecordsCallback is original  # put back once the experiment ended
     assert [name for name, _ in timeline.phases] == ["experiment"]
+
+
+def test_the_overhead_bench_splits_idle_slot_time_before_between_and_after():
+    import pandas as pd
+
+    # Two slots: a [1, 5], b [1, 6], c [5, 15], d [6, 8]; the experiment began at 0.
+    costs = pd.DataFrame({"started": [1.0, 1.0, 5.0, 6.0], "span_s": [4.0, 5.0, 10.0, 2.0],
+                          "cell": list("abcd"), "stage": ["final"] * 4})  # fmt: skip
+    idle = bench("tune_overhead").idle_slots(costs, 0.0, 2)
+    assert idle["before"] == 2.0  # both slots until the first trial
+    assert idle["between"] == 0.0  # c took a's slot, d took b's at once
+    assert idle["tail"] == 7.0  # c alone from 8 to 15
+    assert idle["total"] == 30.0 == idle["before"] + idle["tail"] + costs["span_s"].sum()
+    assert idle["last"].startswith("d (final)")
