@@ -168,7 +168,7 @@ def idle_slots(costs: pd.DataFrame, begin: float, slots: int) -> dict:
     return out
 
 
-def print_trial_costs(costs: pd.DataFrame, timeline: Timeline) -> None:
+def print_trial_costs(costs: pd.DataFrame, timeline: Timeline, slots: int) -> None:
     print("\nper trial (s): median [min, max] (n)")
     for label, values in [
         ("start, new actor", costs.loc[costs["new_actor"], "start_cost_s"]),
@@ -182,7 +182,7 @@ def print_trial_costs(costs: pd.DataFrame, timeline: Timeline) -> None:
     begin = timeline.stage_begin["experiment"]
     print(f"\nexperiment start -> its first trial starts (Tuner set-up, actor scheduling): "
           f"{costs['started'].min() - begin:5.2f} s")  # fmt: skip
-    idle = idle_slots(costs, begin, int(costs.attrs.get("slots", 2)))
+    idle = idle_slots(costs, begin, slots)
     print(f"\nslot-seconds with no trial (of {idle['total']:.1f} slot-s in the experiment):")
     print(f"  before the first trial      {idle['before']:6.1f}")
     print(f"  between trials              {idle['between']:6.1f}  (actor hand-over, cells waiting)")
@@ -293,8 +293,7 @@ def main() -> None:
         span = (rows["started"] + rows["span_s"]).max() - rows["started"].min()
         print(f"  {stage:<8} {len(rows):3d} trials  {span:6.1f}")
     if len(costs):
-        costs.attrs["slots"] = conc
-        print_trial_costs(costs, timeline)
+        print_trial_costs(costs, timeline, conc)
 
 
 if __name__ == "__main__":

@@ -30,10 +30,9 @@ def _no_statistics(trial) -> None:
 
 
 class LeanTrials(Callback):
+    # Tune calls on_trial_start whenever a trial's process starts it: first, after a failure,
+    # after a driver's restart.
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
-        _no_windows(trial)
-
-    def on_trial_restore(self, iteration, trials, trial, **info) -> None:
         _no_windows(trial)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:

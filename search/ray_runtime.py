@@ -57,6 +57,14 @@ def init_ray(address: str | None, *, dashboard: bool = False) -> bool:
     # silent, the new one still prints its banners.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    # Two of Tune's warnings that every study printed and that do not apply to it (a user's own
+    # setting wins): snapshots come often on purpose (a checkpoint Tune lets go of is deleted
+    # only after a snapshot that no longer names it: search.snapshots), and a run's results are
+    # its records, so the missing result.json/progress.csv of every trial is no news.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    analysis = logging.getLogger("ray.tune.analysis.experiment_analysis")
+    if analysis.level == logging.NOTSET:
+        analysis.setLevel(logging.ERROR)
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     # Ray reports usage to its makers by default (a request to the internet from the local
     # Ray's dashboard process): off unless the user turned it on (RAY_USAGE_STATS_ENABLED=1).

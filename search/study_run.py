@@ -18,9 +18,6 @@ the snapshot; a cell that ended after the snapshot was taken ends again (its cho
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import os
 import sys
 from dataclasses import dataclass
 
@@ -398,30 +395,5 @@ def _tuner(ctx: StudyContext):
 
 
 def _fit(tuner, slots: int) -> None:
-    with retry_lost_workers_only(), durable_snapshots(), keep_starting_actors(slots), quiet_tune():
+    with retry_lost_workers_only(), durable_snapshots(), keep_starting_actors(slots):
         tuner.fit()
-
-
-# Tune's warning when snapshots come often; a user's own setting wins.
-SNAPSHOT_WARNING = "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S"
-
-
-@contextlib.contextmanager
-def quiet_tune():
-    """Silence two of Tune's warnings that every study printed and that do not apply to it:
-    "snapshotting has been triggered multiple times ... consider increasing num_to_keep"
-    (snapshots come often on purpose: a checkpoint Tune lets go of is deleted only after a
-    snapshot that no longer names it, :mod:`search.snapshots`), and "Failed to fetch metrics
-    ... result.json and progress.csv were not found" for every trial at the end (a run's
-    results are its records; Tune is told not to write those files)."""
-    analysis = logging.getLogger("ray.tune.analysis.experiment_analysis")
-    level, set_here = analysis.level, SNAPSHOT_WARNING not in os.environ
-    if set_here:
-        os.environ[SNAPSHOT_WARNING] = "0"
-    analysis.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        analysis.setLevel(level)
-        if set_here:
-            os.environ.pop(SNAPSHOT_WARNING, None)

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.serialization import config as serialization_config
 
 from cxrkd.trainables.config import TrialConfig
 from cxrkd.trainables.errors import CxrkdError
@@ -133,9 +134,7 @@ def save(
 
 def _write(obj, path: Path) -> None:
     """``torch.save`` without the per-record CRC-32 (see the module's docstring)."""
-    from torch.utils.serialization import config
-
-    with config.patch({"save.compute_crc32": False}):
+    with serialization_config.patch({"save.compute_crc32": False}):
         torch.save(obj, path)
 
 

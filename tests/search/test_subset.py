@@ -124,10 +124,14 @@ def test_only_runs_the_matched_cell_and_its_teacher(
             "--storage", str(storage), "--num-samples", "1", "--max-concurrent", "2",
             "--only", "resnet18_k?", *sets]  # fmt: skip
     assert main(argv) == 0
-    # None of Tune's warnings that do not apply to a study (search.study_run.quiet_tune).
+    # None of Tune's warnings that do not apply to a study (search.ray_runtime.init_ray).
     for warning in ("snapshotting has been triggered", "Could not fetch metrics"):
         assert warning not in caplog.text, warning
     run = storage / "sub"
+    # Tune's last snapshot holds no running statistics of the ended trials (search.lean_trials).
+    snapshot = max((run / "study").glob("experiment_state-*.json"))
+    metas = [json.loads(meta) for _, meta in json.loads(snapshot.read_text())["trial_data"]]
+    assert len(metas) == 4 and all(meta["metric_analysis"] == {} for meta in metas)
     # `search plan` with the same arguments planned what ran (test_plan's check).
     plan_args = ["pneumonia-kd", "--dataset", tiny_store.name, "--num-samples", "1",
                  "--only", "resnet18_k?", *sets]  # fmt: skip
