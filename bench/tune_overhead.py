@@ -205,6 +205,7 @@ def main() -> None:
     parser.add_argument("--img-size", type=int, default=16, help="model input side (px)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--n", type=int, default=120, help="images in the phantom store")
+    parser.add_argument("--timeline", action="store_true", help="print every trial's span")
     parser.add_argument("--keep", help="keep the run folder here (default: a temp folder)")
     args = parser.parse_args()
 
@@ -294,6 +295,12 @@ def main() -> None:
         print(f"  {stage:<8} {len(rows):3d} trials  {span:6.1f}")
     if len(costs):
         print_trial_costs(costs, timeline, conc)
+    if args.timeline and len(costs):
+        begin = timeline.stage_begin["experiment"]
+        print("\ntimeline (s from the experiment's start): start, end, pid, stage/cell")
+        for row in costs.sort_values("started").itertuples():
+            print(f"  {row.started - begin:7.1f} {row.started - begin + row.span_s:7.1f} "
+                  f"{row.pid:>8} {row.stage}/{row.cell}")  # fmt: skip
 
 
 if __name__ == "__main__":

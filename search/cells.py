@@ -1,8 +1,10 @@
 """A study's cells side by side in one Tune experiment: a searcher and a scheduler per cell.
 
 :class:`CellSearcher` keeps one ``OptunaSearch`` (TPE, seeded) per search cell and hands out
-trials over the open cells that still have budget (earlier stages first, round robin within a
-stage), so no worker idles while any cell has work; the driver (:mod:`search.study_run`)
+trials over the open cells that still have budget (the cell of the highest level first:
+the work on its longest path to the study's end, :mod:`search.schedule`; then earlier stages
+first, round robin among equals), so no worker idles while any cell has work and the longest
+chain of cells is never left to run alone at the end; the driver (:mod:`search.study_run`)
 opens a cell as soon as what it needs is chosen. :class:`CellScheduler` keeps one ASHA per
 cell, so a trial is only ever stopped against trials of its own cell. Each suggested config
 carries its cell key under ``"cell"`` and its stage under ``"stage"`` (both stripped before
@@ -63,8 +65,10 @@ class CellSearcher(Searcher):
     """Every cell of a study in one experiment. Cells are added as they become ready (the
     driver, :mod:`search.study_run`, opens a student cell once its teacher is registered);
     :meth:`suggest` returns None while no open cell has budget left and FINISHED once the
-    driver :meth:`finish` es the study. Earlier stages go first (a teacher is on the path of
-    its students), then round robin over the cells of a stage.
+    driver :meth:`finish` es the study. The cell of the highest ``level`` goes first (the
+    work on its longest path to the study's end: a teacher before the baselines that nothing
+    waits for, a long final re-training before short searches), then earlier stages, then
+    round robin over equal cells.
 
     A cell may be *gated*: of the cells that share a gate (a teacher), one trial runs alone
     until it has reported, so it alone computes the teacher outputs the others then read."""
@@ -74,6 +78,7 @@ class CellSearcher(Searcher):
         self.seed = seed
         self.cells: dict[str, Cell] = {}  # cell id -> cell
         self.order: dict[str, tuple[int, int]] = {}  # cell id -> (stage, position)
+        self.level: dict[str, float] = {}  # cell id -> work on its longest path to the end
         self.stage_of: dict[str, str] = {}
         self.gate: dict[str, str] = {}  # cell id -> its gate
         self.optuna: dict[str, OptunaSearch] = {}
@@ -85,15 +90,23 @@ class CellSearcher(Searcher):
         self.finished = False
         self._saved: dict | None = None  # a snapshot's state of cells not added yet
 
-    def add_cell(self, stage: str, cell: Cell, *, order: tuple[int, int], gate=None) -> str:
+    def __setstate__(self, state: dict) -> None:
+        # A run snapshot by a cxrkd before cell levels: its cells rank as equals.
+        self.__dict__.update({"level": {}, **state})
+
+    def add_cell(
+        self, stage: str, cell: Cell, *, order: tuple[int, int], gate=None, level: float = 0.0
+    ) -> str:
         """Open ``cell`` of ``stage`` (idempotent); ``order``: (stage index, position in its
-        stage), which also seeds its sampler as a stage-by-stage run did."""
+        stage), which also seeds its sampler as a stage-by-stage run did; ``level``: the
+        work on its longest path to the study's end (:mod:`search.schedule`)."""
         import optuna
 
         cid = cell_id(stage, cell.key)
         if cid in self.cells:
             return cid
         self.cells[cid], self.order[cid], self.stage_of[cid] = cell, order, stage
+        self.level[cid] = level
         self.issued[cid] = 0
         if gate:
             self.gate[cid] = gate
@@ -131,7 +144,7 @@ class CellSearcher(Searcher):
         ready = [cid for cid in self.cells if self.may_issue(cid)]
         if not ready:
             return None  # the driver opens more cells as earlier ones end
-        cid = min(ready, key=lambda c: (self.order[c][0], self.issued[c], self.order[c][1]))
+        cid = min(ready, key=self._rank)
         cell = self.cells[cid]
         if cid in self.optuna:
             config = self.optuna[cid].suggest(trial_id)
@@ -143,6 +156,12 @@ class CellSearcher(Searcher):
         if gate is not None and gate not in self.gates_open:
             self.gate_trial[gate] = trial_id
         return {**config, CELL_KEY: cell.key, STAGE_KEY: self.stage_of[cid]}
+
+    def _rank(self, cid: str) -> tuple:
+        """What :meth:`suggest` takes the smallest of (``search.schedule.study_makespan``
+        ranks the plan's cells the same way)."""
+        return (-self.level.get(cid, 0.0), self.order[cid][0], self.issued[cid],
+                self.order[cid][1])  # fmt: skip
 
     def _opens_gate(self, trial_id: str) -> None:
         for gate, opener in self.gate_trial.items():

@@ -17,11 +17,11 @@ from cxrkd.search.plan_costs import (
     Rates,
     add_costs,
     dataset_images,
-    study_makespan,
 )
 from cxrkd.search.plan_counts import CASES, StagePlan, plan_counts
 from cxrkd.search.plan_throughput import ThroughputTable, probe_table
 from cxrkd.search.run_state import RunOptions
+from cxrkd.search.schedule import flop_levels, study_makespan
 from cxrkd.search.study_options import study_with_options, typed_overrides
 from cxrkd.search.study_source import with_study_source
 
@@ -59,8 +59,10 @@ def build_plan(
     rates = Rates(table, kind)
     add_costs(stages, images, rates, workers=workers, price=usd)
     totals = {case: _sum_totals([s.totals[case] for s in stages]) for case in CASES}
+    order = flop_levels(stages, images, workers)  # the order the driver hands trials out in
     for case in CASES:  # cells start when what they need is done, not at a stage's end
-        totals[case]["wall_hours"] = round(study_makespan(stages, case, workers) / 3600, 3)
+        wall = study_makespan(stages, case, workers, order)
+        totals[case]["wall_hours"] = round(wall / 3600, 3)
     return {
         "study": study.name,
         "profile": study.profile.name,

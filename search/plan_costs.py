@@ -4,10 +4,8 @@ dollars and wall time.
 Seconds per epoch come from images per epoch (the dataset's splits, or a stated assumption)
 over images/s (:mod:`search.plan_throughput`), plus a fixed start-up per trial; device-hours
 (one device per trial) and dollars from the table's price. Wall time by list-scheduling the
-trials over ``workers`` in the order the searcher hands them out: per stage on its own
-(``stage.totals``), and for the whole study as the driver runs it (:func:`study_makespan`):
-a cell starts as soon as the cells it needs are done (its teacher cell, the cell whose choice
-it re-trains), so a stage's last trials overlap the next stage's first ones.
+trials over ``workers``: per stage on its own (``stage.totals``, round robin over its cells);
+the whole study as the driver runs it is :func:`search.schedule.study_makespan`.
 """
 
 from __future__ import annotations
@@ -137,43 +135,6 @@ def _totals(stage: StagePlan, case: str, workers: int, price: float | None) -> d
 
 def trial_seconds(cell, case: str) -> list[float]:
     return [e * cell.epoch_s + cell.trial_overhead_s for e in cell.per_trial[case]]
-
-
-def study_makespan(stages: list[StagePlan], case: str, workers: int) -> float:
-    """Seconds until the study's last trial ends when each cell starts as soon as the cells
-    it ``needs`` are done: free workers take the next trial of the ready cells round-robin, in
-    the study's order (earlier stages first), as the driver's searchers hand them out."""
-    # A final cell has its search cell's key: a node is (stage, key), and a cell needs the
-    # cell of that key in the latest earlier stage.
-    nodes: list[tuple[int, str]] = []
-    needs: dict[tuple[int, str], set] = {}
-    left: dict[tuple[int, str], list[float]] = {}
-    latest: dict[str, tuple[int, str]] = {}
-    for index, stage in enumerate(stages):
-        for cell in stage.cells:
-            node = (index, cell.key)
-            nodes.append(node)
-            needs[node] = {latest[k] for k in cell.needs if k in latest}
-            left[node] = trial_seconds(cell, case)
-        latest.update({cell.key: (index, cell.key) for cell in stage.cells})
-    running = dict.fromkeys(nodes, 0)
-    done = {n for n in nodes if not left[n]}
-    events: list[tuple[float, int, tuple[int, str]]] = []  # (end time, tie-break, node)
-    now, idle, serial, turn = 0.0, max(1, workers), 0, 0
-    while True:
-        ready = [n for n in nodes if left[n] and needs[n] <= done]
-        while idle and ready:  # round-robin over the ready cells
-            node = ready[turn % len(ready)]
-            turn += 1
-            heapq.heappush(events, (now + left[node].pop(0), serial, node))
-            serial, idle, running[node] = serial + 1, idle - 1, running[node] + 1
-            ready = [n for n in ready if left[n]]
-        if not events:
-            return now
-        now, _, node = heapq.heappop(events)
-        idle, running[node] = idle + 1, running[node] - 1
-        if not left[node] and not running[node]:
-            done.add(node)
 
 
 def makespan(durations: list[list[float]], workers: int) -> float:

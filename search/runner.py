@@ -30,6 +30,7 @@ from cxrkd.search.run_state import (
     run_uri_of,
     write_options,
 )
+from cxrkd.search.schedule import cell_levels
 from cxrkd.search.study_dataset import open_dataset
 from cxrkd.search.study_options import study_with_options, typed_overrides
 from cxrkd.search.study_run import EXPERIMENT, StudyContext, run_experiment
@@ -142,6 +143,7 @@ def _drive(
             seed=options.seed,
             dataset_fingerprint=store.manifest.fingerprint,
             overrides=options.overrides,
+            levels=levels_or_none(study, options, store.manifest.splits),
         )
         log(f"study {study.name} ({study.profile.banner}) on {store.manifest.title}")
         if options.only:
@@ -164,6 +166,18 @@ def _drive(
         if started:
             ray.shutdown()
     return run_uri
+
+
+def levels_or_none(study: Study, options: RunOptions, splits: dict) -> dict:
+    """The cells' levels (:mod:`search.schedule`), which order the trials; a study whose cost
+    cannot be estimated (a model that cannot be built on this machine to count its FLOPs)
+    runs in stage order rather than not at all."""
+    try:
+        return cell_levels(study, options.overrides, splits, max_concurrent(options))
+    except Exception as exc:  # an order, not a result: nothing the run computes depends on it
+        log(f"trials handed out in stage order: the cells' costs cannot be estimated "
+            f"({type(exc).__name__}: {exc})")  # fmt: skip
+        return {}
 
 
 def study_of_run(run_uri: str) -> Study:

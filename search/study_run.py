@@ -19,7 +19,7 @@ the snapshot; a cell that ended after the snapshot was taken ends again (its cho
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ray import tune
 from ray.tune import Callback
@@ -32,6 +32,7 @@ from cxrkd.search.lean_trials import LeanTrials
 from cxrkd.search.optuna_live import run_callbacks
 from cxrkd.search.records import ProgressCallback, error_line
 from cxrkd.search.run_state import read_progress, write_state
+from cxrkd.search.schedule import level_of
 from cxrkd.search.signing import Signer, signed_tune_state
 from cxrkd.search.snapshots import durable_snapshots
 from cxrkd.search.stage import (
@@ -67,6 +68,9 @@ class StudyContext:
     seed: int
     dataset_fingerprint: str
     overrides: dict
+    # (stage name, cell key) -> the work on the cell's longest path to the study's end: the
+    # order in which free slots take the ready cells' trials (search.schedule).
+    levels: dict = field(default_factory=dict)
 
 
 class _Active:
@@ -151,7 +155,11 @@ class StudyDriver(Callback):
             if cell_id(stage.name, cell.key) not in self.cells_done:
                 log(f"[{stage.name}] cell {cell.key} starts ({cell_budget(cell)} trials)")
             self.searcher.add_cell(
-                stage.name, cell, order=ready.order, gate=dependencies.teacher_gate(cell)
+                stage.name,
+                cell,
+                order=ready.order,
+                gate=dependencies.teacher_gate(cell),
+                level=level_of(self.ctx.levels, stage.name, cell.key),
             )
             self.scheduler.add_cell(
                 stage.name, cell, early_stopping=stage.early_stopping, default_epochs=default_epochs

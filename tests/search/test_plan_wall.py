@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 
 from cxrkd.search.plan import build_plan
-from cxrkd.search.plan_costs import study_makespan
 from cxrkd.search.plan_counts import CellPlan, StagePlan
 from cxrkd.search.run_state import RunOptions
+from cxrkd.search.schedule import study_makespan
 
 
 def _cell(key: str, trials: int, needs: tuple[str, ...] = ()) -> CellPlan:
