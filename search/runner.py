@@ -143,7 +143,7 @@ def _drive(
             seed=options.seed,
             dataset_fingerprint=store.manifest.fingerprint,
             overrides=options.overrides,
-            levels=levels_or_none(study, options, store.manifest.splits),
+            levels=study_levels(study, options, store.manifest.splits),
         )
         log(f"study {study.name} ({study.profile.banner}) on {store.manifest.title}")
         if options.only:
@@ -168,13 +168,13 @@ def _drive(
     return run_uri
 
 
-def levels_or_none(study: Study, options: RunOptions, splits: dict) -> dict:
+def study_levels(study: Study, options: RunOptions, splits: dict) -> dict:
     """The cells' levels (:mod:`search.schedule`), which order the trials; a study whose cost
     cannot be estimated (a model that cannot be built on this machine to count its FLOPs)
     runs in stage order rather than not at all."""
     try:
         return cell_levels(study, options.overrides, splits, max_concurrent(options))
-    except Exception as exc:  # an order, not a result: nothing the run computes depends on it
+    except Exception as exc:  # only the order of trials, which no guarantee depends on
         log(f"trials handed out in stage order: the cells' costs cannot be estimated "
             f"({type(exc).__name__}: {exc})")  # fmt: skip
         return {}

@@ -151,6 +151,6 @@ def test_a_study_whose_cost_cannot_be_estimated_runs_in_stage_order(monkeypatch,
     monkeypatch.setattr(schedule.FlopRates, "flops", cannot)
     study, _ = _demo()
     options = RunOptions(study="pneumonia-kd", max_concurrent=2)
-    assert runner.levels_or_none(study, options, {"train": 630, "val": 90}) == {}
+    assert runner.study_levels(study, options, {"train": 630, "val": 90}) == {}
     err = capsys.readouterr().err
     assert "stage order" in err and "needs a GPU to build" in err
