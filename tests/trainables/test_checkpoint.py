@@ -42,6 +42,8 @@ def test_rng_state_round_trips_through_a_weights_only_load(tmp_path):
 
 
 @pytest.mark.parametrize("how", ["torch.save", "raw pickle"])
+# torch says so when it meets the planted raw pickle's protocol, before refusing it.
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")
 def test_a_planted_state_file_is_refused_and_runs_nothing(tmp_path, how):
     marker = tmp_path / "marker"
     folder = tmp_path / "checkpoint_000001"
