@@ -3,8 +3,9 @@
 :class:`CellSearcher` keeps one ``OptunaSearch`` (TPE, seeded) per search cell and hands out
 trials over the open cells that still have budget (the cell of the highest level first:
 the work on its longest path to the study's end, :mod:`search.schedule`; then earlier stages
-first, round robin among equals), so no worker idles while any cell has work and the longest
-chain of cells is never left to run alone at the end; the driver (:mod:`search.study_run`)
+first, round robin among equals), so no worker idles while any cell has work and the end of
+the longest chain of cells rarely runs alone while other slots idle; the driver
+(:mod:`search.study_run`)
 opens a cell as soon as what it needs is chosen. :class:`CellScheduler` keeps one ASHA per
 cell, so a trial is only ever stopped against trials of its own cell. Each suggested config
 carries its cell key under ``"cell"`` and its stage under ``"stage"`` (both stripped before
@@ -55,6 +56,15 @@ def cell_id(stage: str, key: str) -> str:
     """A cell's name in the study's one experiment: a final cell re-trains a search cell's
     choice under the same key, so the key alone is not unique."""
     return f"{stage}/{key}"
+
+
+def rank(level: float, stage: int, issued: int, position: int) -> tuple:
+    """Of the ready cells, a free slot serves the one of the smallest rank: the highest level
+    (the work on its longest path to the study's end), then the earliest stage, then the one
+    that has issued fewest trials (round robin), then its place in its stage. The driver's
+    searcher and ``search plan``'s wall time (``search.schedule.study_makespan``) both rank
+    by it. The top cell takes every free slot until its trials are all handed out."""
+    return (-level, stage, issued, position)
 
 
 def cell_budget(cell: Cell) -> int:
@@ -158,10 +168,8 @@ class CellSearcher(Searcher):
         return {**config, CELL_KEY: cell.key, STAGE_KEY: self.stage_of[cid]}
 
     def _rank(self, cid: str) -> tuple:
-        """What :meth:`suggest` takes the smallest of (``search.schedule.study_makespan``
-        ranks the plan's cells the same way)."""
-        return (-self.level.get(cid, 0.0), self.order[cid][0], self.issued[cid],
-                self.order[cid][1])  # fmt: skip
+        (stage, position), level = self.order[cid], self.level.get(cid, 0.0)
+        return rank(level, stage, self.issued[cid], position)
 
     def _opens_gate(self, trial_id: str) -> None:
         for gate, opener in self.gate_trial.items():

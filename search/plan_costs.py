@@ -138,8 +138,8 @@ def trial_seconds(cell, case: str) -> list[float]:
 
 
 def makespan(durations: list[list[float]], workers: int) -> float:
-    """Seconds until the last trial ends: trials handed out round-robin over the cells (the
-    searcher's order), each to the worker that frees up first."""
+    """Seconds until the last trial ends: trials handed out round-robin over the cells (a
+    stage's own wall time, as if it ran alone), each to the worker that frees up first."""
     order = [
         d[i] for i in range(max(map(len, durations), default=0)) for d in durations if i < len(d)
     ]

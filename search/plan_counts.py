@@ -137,10 +137,13 @@ def plan_counts(study: Study, overrides: dict) -> list[StagePlan]:
         plans = [
             _cell_plan(study, stage.early_stopping, c, max_t, searched, state.best) for c in cells
         ]
+        known = set(planned)
         for plan, cell in zip(plans, cells, strict=True):
             waits = (*cell.teachers, *((chosen_of[cell.key],) if cell.key in chosen_of else ()))
             # A cell --only left out (or a teacher pinned by --set) is not waited for.
-            plan.needs = tuple(k for k in dict.fromkeys(waits) if k in planned)
+            plan.needs = tuple(k for k in dict.fromkeys(waits) if k in known)
+            if stage.role == Role.TEACHER:  # a later teacher may be distilled from this one
+                known.add(cell.key)
         planned.update(c.key for c in cells)
         for cell in cells:
             if isinstance(cell, SearchCell):

@@ -30,7 +30,7 @@ from cxrkd.search.run_state import (
     run_uri_of,
     write_options,
 )
-from cxrkd.search.schedule import cell_levels
+from cxrkd.search.schedule import FlopsUnknown, cell_levels
 from cxrkd.search.study_dataset import open_dataset
 from cxrkd.search.study_options import study_with_options, typed_overrides
 from cxrkd.search.study_run import EXPERIMENT, StudyContext, run_experiment
@@ -143,7 +143,6 @@ def _drive(
             seed=options.seed,
             dataset_fingerprint=store.manifest.fingerprint,
             overrides=options.overrides,
-            levels=study_levels(study, options, store.manifest.splits),
         )
         log(f"study {study.name} ({study.profile.banner}) on {store.manifest.title}")
         if options.only:
@@ -156,8 +155,9 @@ def _drive(
             tracking = trackers.tracking(
                 options.log_to, run_uri=run_uri, study=study.name, mlflow_uri_given=mlflow_uri
             )
+            levels = study_levels(study, options, store.manifest.splits)
             with optuna_live.mirroring(live, study), tracking:
-                run_experiment(ctx)
+                run_experiment(dataclasses.replace(ctx, levels=levels))
         # Tune's state can no longer be resumed: its signatures are never read again.
         storage.delete_dir(signing.signatures_uri(run_uri, EXPERIMENT))
         write_report(run_uri, study, store.manifest)
@@ -169,14 +169,13 @@ def _drive(
 
 
 def study_levels(study: Study, options: RunOptions, splits: dict) -> dict:
-    """The cells' levels (:mod:`search.schedule`), which order the trials; a study whose cost
-    cannot be estimated (a model that cannot be built on this machine to count its FLOPs)
-    runs in stage order rather than not at all."""
+    """The cells' levels (:mod:`search.schedule`), which order the trials; a study with a
+    model that cannot be built on this machine to count its FLOPs runs in stage order rather
+    than not at all (only the order depends on them)."""
     try:
         return cell_levels(study, options.overrides, splits, max_concurrent(options))
-    except Exception as exc:  # only the order of trials, which no guarantee depends on
-        log(f"trials handed out in stage order: the cells' costs cannot be estimated "
-            f"({type(exc).__name__}: {exc})")  # fmt: skip
+    except FlopsUnknown as exc:
+        log(f"trials handed out in stage order: {exc}")
         return {}
 
 

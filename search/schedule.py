@@ -24,19 +24,25 @@ import heapq
 import re
 from collections.abc import Callable
 
+from cxrkd.search.cells import rank
 from cxrkd.search.plan_costs import Images, config_seconds, trial_seconds
 from cxrkd.search.plan_counts import CellPlan, StagePlan, plan_counts
 from cxrkd.search.plan_throughput import ModelSpec, Rate, ThroughputTable, flops_key
-from cxrkd.spaces.studies import Study
+from cxrkd.spaces.studies import Role, Study
 from cxrkd.trainables.errors import CxrkdError
 
 Node = tuple[int, str]  # (stage index, cell key): a final cell has its search cell's key
 CASE = "typical"  # the ASHA case the levels assume
 
 
+class FlopsUnknown(CxrkdError):
+    """A model of the study cannot be built here to count its FLOPs."""
+
+
 def study_graph(stages: list[StagePlan]) -> tuple[list[Node], dict[Node, set[Node]]]:
     """The study's cells in order, and for each the cells it waits for: a cell needs the cell
-    of each key it names in the latest earlier stage that has one."""
+    of each key it names in the latest earlier stage that has one, or, in a teacher stage,
+    an earlier teacher of its own stage (a teacher distilled from another one)."""
     nodes: list[Node] = []
     needs: dict[Node, set[Node]] = {}
     latest: dict[str, Node] = {}
@@ -45,6 +51,8 @@ def study_graph(stages: list[StagePlan]) -> tuple[list[Node], dict[Node, set[Nod
             node = (index, cell.key)
             nodes.append(node)
             needs[node] = {latest[k] for k in cell.needs if k in latest}
+            if stage.role == Role.TEACHER:
+                latest[cell.key] = node
         latest.update({cell.key: (index, cell.key) for cell in stage.cells})
     return nodes, needs
 
@@ -92,7 +100,13 @@ class FlopRates:
                     value = other * (spec.img_size / size) ** 2
                     break
         if value is None:
-            value = self.table.flops(spec)
+            try:
+                value = self.table.flops(spec)
+            except Exception as exc:  # a model of the user's, built here without its weights
+                raise FlopsUnknown(
+                    f"the FLOPs of {spec.label} cannot be counted on this machine "
+                    f"({type(exc).__name__}: {exc})"
+                ) from exc
         self.cache[spec.arch] = float(value)
         return self.cache[spec.arch]
 
@@ -159,7 +173,7 @@ def study_makespan(
             ready = [n for n in nodes if left[n] and needs[n] <= done]
             if not ready:
                 break
-            node = min(ready, key=lambda n: (-order.get(n, 0.0), n[0], issued[n], position[n]))
+            node = min(ready, key=lambda n: rank(order.get(n, 0.0), n[0], issued[n], position[n]))
             heapq.heappush(events, (now + left[node].pop(0), serial, node))
             serial, idle = serial + 1, idle - 1
             issued[node], running[node] = issued[node] + 1, running[node] + 1
