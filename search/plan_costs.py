@@ -108,12 +108,18 @@ class Rates:
         return self.used[(spec, mode)]
 
 
+def cell_seconds(cell, images: Images, rates) -> tuple[float, float]:
+    """(seconds per epoch, seconds of the test pass) of a cell's trials: the mean over the
+    configurations they may run."""
+    costs = [config_seconds(c, t, images, rates) for c, t in cell.configs]
+    return sum(s for s, _ in costs) / len(costs), sum(t for _, t in costs) / len(costs)
+
+
 def add_costs(stages: list[StagePlan], images: Images, rates, *, workers: int, price) -> None:
     for stage in stages:
         for cell in stage.cells:
-            costs = [config_seconds(c, t, images, rates) for c, t in cell.configs]
-            cell.epoch_s = sum(s for s, _ in costs) / len(costs)
-            cell.trial_overhead_s = STARTUP_S + sum(t for _, t in costs) / len(costs)
+            cell.epoch_s, test_s = cell_seconds(cell, images, rates)
+            cell.trial_overhead_s = STARTUP_S + test_s
         stage.totals = {case: _totals(stage, case, workers, price) for case in CASES}
 
 

@@ -165,8 +165,8 @@ class ThroughputTable:
 
     def _distance(self, row: dict, spec: ModelSpec) -> tuple:
         other = _row_spec(row)
-        family = _family(other.model) != _family(spec.model)
-        return (family, abs(math.log(self.flops(other) / self.flops(spec))))
+        other_family = family(other.model) != family(spec.model)
+        return (other_family, abs(math.log(self.flops(other) / self.flops(spec))))
 
     def _peak_estimate(self, spec: ModelSpec, mode: str, kind: str) -> Rate:
         est = self.estimate
@@ -187,7 +187,7 @@ def _where(row: dict) -> str:
     return f"{row['device']}, batch {row['batch']}, {row['date']}"
 
 
-def _family(model: str) -> str:
+def family(model: str) -> str:
     """Transformers and convolutional networks use a device differently: scale within one."""
     return "vit" if model.startswith(("vit", "deit")) else "cnn"
 

@@ -155,7 +155,7 @@ def _drive(
             tracking = trackers.tracking(
                 options.log_to, run_uri=run_uri, study=study.name, mlflow_uri_given=mlflow_uri
             )
-            levels = study_levels(study, options, store.manifest.splits)
+            levels = study_levels(study, ctx.overrides, store.manifest.splits, ctx.max_concurrent)
             with optuna_live.mirroring(live, study), tracking:
                 run_experiment(dataclasses.replace(ctx, levels=levels))
         # Tune's state can no longer be resumed: its signatures are never read again.
@@ -168,12 +168,12 @@ def _drive(
     return run_uri
 
 
-def study_levels(study: Study, options: RunOptions, splits: dict) -> dict:
+def study_levels(study: Study, overrides: dict, splits: dict, slots: int) -> dict:
     """The cells' levels (:mod:`search.schedule`), which order the trials; a study with a
     model that cannot be built on this machine to count its FLOPs runs in stage order rather
     than not at all (only the order depends on them)."""
     try:
-        return cell_levels(study, options.overrides, splits, max_concurrent(options))
+        return cell_levels(study, overrides, splits, slots)
     except FlopsUnknown as exc:
         log(f"trials handed out in stage order: {exc}")
         return {}

@@ -21,14 +21,14 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
-import re
 from collections.abc import Callable
 
 from cxrkd.search.cells import rank
-from cxrkd.search.plan_costs import Images, config_seconds, trial_seconds
+from cxrkd.search.plan_costs import Images, cell_seconds, trial_seconds
 from cxrkd.search.plan_counts import CellPlan, StagePlan, plan_counts
-from cxrkd.search.plan_throughput import ModelSpec, Rate, ThroughputTable, flops_key
+from cxrkd.search.plan_throughput import ModelSpec, Rate, ThroughputTable, family, flops_key
 from cxrkd.spaces.studies import Role, Study
+from cxrkd.spaces.study_cells import front_of
 from cxrkd.trainables.errors import CxrkdError
 
 Node = tuple[int, str]  # (stage index, cell key): a final cell has its search cell's key
@@ -39,17 +39,17 @@ class FlopsUnknown(CxrkdError):
     """A model of the study cannot be built here to count its FLOPs."""
 
 
-def study_graph(stages: list[StagePlan]) -> tuple[list[Node], dict[Node, set[Node]]]:
-    """The study's cells in order, and for each the cells it waits for: a cell needs the cell
-    of each key it names in the latest earlier stage that has one, or, in a teacher stage,
-    an earlier teacher of its own stage (a teacher distilled from another one)."""
-    nodes: list[Node] = []
+def study_graph(stages: list[StagePlan]) -> tuple[dict[Node, CellPlan], dict[Node, set[Node]]]:
+    """The study's cells by node, in order, and for each the cells it waits for: a cell needs
+    the cell of each key it names in the latest earlier stage that has one, or, in a teacher
+    stage, an earlier teacher of its own stage (a teacher distilled from another one)."""
+    nodes: dict[Node, CellPlan] = {}
     needs: dict[Node, set[Node]] = {}
     latest: dict[str, Node] = {}
     for index, stage in enumerate(stages):
         for cell in stage.cells:
             node = (index, cell.key)
-            nodes.append(node)
+            nodes[node] = cell
             needs[node] = {latest[k] for k in cell.needs if k in latest}
             if stage.role == Role.TEACHER:
                 latest[cell.key] = node
@@ -63,14 +63,13 @@ def levels(
     """Each cell's level: its own span (its longest trial, or all its trials spread over
     ``slots``, whichever is longer) plus the highest level of the cells that need it.
     ``trials``: a cell's trial costs, in any unit."""
-    nodes, needs = study_graph(stages)
-    cells = {(i, c.key): c for i, s in enumerate(stages) for c in s.cells}
-    after: dict[Node, list[Node]] = {n: [] for n in nodes}
+    cells, needs = study_graph(stages)
+    after: dict[Node, list[Node]] = {n: [] for n in cells}
     for node, before in needs.items():
         for other in before:
             after[other].append(node)
     out: dict[Node, float] = {}
-    for node in reversed(nodes):  # a cell needs only cells of earlier stages
+    for node in reversed(cells):  # a cell needs only cells before it
         costs = trials(cells[node])
         span = max(max(costs, default=0.0), sum(costs) / max(1, slots))
         out[node] = span + max((out[n] for n in after[node]), default=0.0)
@@ -79,36 +78,25 @@ def levels(
 
 class FlopRates:
     """Images per second as 1e9 over the forward GFLOPs per image (3x for a train step): a
-    cost proportional to FLOPs, on no device. A CNN at a size the table has not counted is
-    scaled from a counted size by its pixels (a convolution's FLOPs are); anything else is
-    counted once by building it without weights."""
+    cost proportional to FLOPs, on no device. A CNN the table has counted at 224 px only is
+    scaled from that count by its pixels (a convolution's FLOPs are); anything else is counted
+    by the table (once: it keeps what it counted) by building the model without weights."""
 
     def __init__(self, table: ThroughputTable) -> None:
         self.table = table
-        self.cache: dict[tuple, float] = {}
 
     def flops(self, spec: ModelSpec) -> float:
         spec = dataclasses.replace(spec, low_res=0)  # the student runs at the model's size
-        if spec.arch in self.cache:
-            return self.cache[spec.arch]
-        counted = self.table.counted
-        value = counted.get(flops_key(spec))
-        if value is None and not spec.model.startswith(("vit", "deit")):
-            for size in (224, 256, 384, 512):
-                other = counted.get(flops_key(dataclasses.replace(spec, img_size=size)))
-                if other:
-                    value = other * (spec.img_size / size) ** 2
-                    break
-        if value is None:
-            try:
-                value = self.table.flops(spec)
-            except Exception as exc:  # a model of the user's, built here without its weights
-                raise FlopsUnknown(
-                    f"the FLOPs of {spec.label} cannot be counted on this machine "
-                    f"({type(exc).__name__}: {exc})"
-                ) from exc
-        self.cache[spec.arch] = float(value)
-        return self.cache[spec.arch]
+        at_224 = self.table.counted.get(flops_key(dataclasses.replace(spec, img_size=224)))
+        if at_224 and flops_key(spec) not in self.table.counted and family(spec.model) == "cnn":
+            return at_224 * (spec.img_size / 224) ** 2
+        try:
+            return self.table.flops(spec)
+        except Exception as exc:  # a model of the user's, built here without its weights
+            raise FlopsUnknown(
+                f"the FLOPs of {spec.label} cannot be counted on this machine "
+                f"({type(exc).__name__}: {exc})"
+            ) from exc
 
     def __call__(self, spec: ModelSpec, mode: str) -> Rate:
         per_image = (3 if mode == "train" else 1) * self.flops(spec)
@@ -124,11 +112,7 @@ def flop_levels(stages: list[StagePlan], images: Images, slots: int) -> dict[Nod
     rates = FlopRates(table)
 
     def trials(cell: CellPlan) -> list[float]:
-        costs = [config_seconds(c, t, images, rates) for c, t in cell.configs]
-        if not costs:
-            return []
-        epoch = sum(s for s, _ in costs) / len(costs)
-        test = sum(t for _, t in costs) / len(costs)
+        epoch, test = cell_seconds(cell, images, rates)
         return [e * epoch + test for e in cell.per_trial[CASE]]
 
     return levels(stages, trials, slots)
@@ -146,7 +130,7 @@ def level_of(levels: dict[tuple, float], stage: str, key: str) -> float:
     """A cell's level; a Pareto front's final cells (``KEY-paretoN``) take their cell's."""
     if (stage, key) in levels:
         return levels[(stage, key)]
-    return levels.get((stage, re.sub(r"-pareto\d+$", "", key)), 0.0)
+    return levels.get((stage, front_of(key)), 0.0)
 
 
 def study_makespan(
@@ -157,20 +141,19 @@ def study_makespan(
     level (``order``: ``search plan`` passes the driver's :func:`flop_levels`; by default the
     levels of the cells' own seconds), earlier stages first among equals, then the cell that
     has issued fewest, as the driver's searcher hands them out."""
-    nodes, needs = study_graph(stages)
-    cells = {(i, c.key): c for i, s in enumerate(stages) for c in s.cells}
+    cells, needs = study_graph(stages)
     if order is None:
         order = levels(stages, lambda cell: trial_seconds(cell, CASE), workers)
-    position = {node: i for i, node in enumerate(nodes)}
-    left = {n: trial_seconds(cells[n], case) for n in nodes}
-    issued = dict.fromkeys(nodes, 0)
-    running = dict.fromkeys(nodes, 0)
-    done = {n for n in nodes if not left[n]}
+    position = {node: i for i, node in enumerate(cells)}
+    left = {n: trial_seconds(cell, case) for n, cell in cells.items()}
+    issued = dict.fromkeys(cells, 0)
+    running = dict.fromkeys(cells, 0)
+    done = {n for n in cells if not left[n]}
     events: list[tuple[float, int, Node]] = []  # (end time, tie-break, node)
     now, idle, serial = 0.0, max(1, workers), 0
     while True:
         while idle:
-            ready = [n for n in nodes if left[n] and needs[n] <= done]
+            ready = [n for n in cells if left[n] and needs[n] <= done]
             if not ready:
                 break
             node = min(ready, key=lambda n: rank(order.get(n, 0.0), n[0], issued[n], position[n]))

@@ -183,10 +183,20 @@ class StudyState:
         return front_keys(cell, self.best)
 
 
+FRONT = "-pareto"  # between a cell's key and a rank in its front's final-stage keys
+
+
 def front_key(cell: str, rank: int) -> str:
     """Final-stage key of the ``rank``-th (1-based, best first metric first) Pareto-front
     configuration of a multi-objective cell."""
-    return f"{cell}-pareto{rank}"
+    return f"{cell}{FRONT}{rank}"
+
+
+def front_of(key: str) -> str:
+    """The cell whose Pareto front a :func:`front_key` ``key`` re-trains; any other key is its
+    own cell."""
+    cell, sep, rank = key.rpartition(FRONT)
+    return cell if sep and rank.isdigit() else key
 
 
 def front_keys(cell: str, present: Container[str]) -> list[str]:

@@ -161,15 +161,15 @@ def test_a_study_whose_cost_cannot_be_estimated_runs_in_stage_order(monkeypatch,
     monkeypatch.setattr(schedule.ThroughputTable, "load", lambda: schedule.ThroughputTable(
         {}, origin="none"))  # fmt: skip
     monkeypatch.setattr(plan_throughput, "count_model_flops", cannot)
-    study, _ = _demo()
-    options = RunOptions(study="pneumonia-kd", max_concurrent=2)
-    assert runner.study_levels(study, options, {"train": 630, "val": 90}) == {}
+    study, overrides = _demo()
+    splits = {"train": 630, "val": 90}
+    assert runner.study_levels(study, overrides, splits, 2) == {}
     err = capsys.readouterr().err
     assert "stage order" in err and "needs a GPU to build" in err
     # Anything else is a bug in cxrkd, and is not hidden behind the stage order.
     monkeypatch.setattr(schedule, "plan_counts", lambda *a: 1 / 0)
     with pytest.raises(ZeroDivisionError):
-        runner.study_levels(study, options, {"train": 630, "val": 90})
+        runner.study_levels(study, overrides, splits, 2)
 
 
 def test_a_gated_student_cell_of_the_highest_level_runs_one_trial_until_it_reports():
